@@ -12,3 +12,124 @@ pub fn name(obj: &Value) -> &str {
 pub fn namespace(obj: &Value) -> Option<&str> {
     obj.pointer("/metadata/namespace").and_then(Value::as_str)
 }
+
+/// `metadata.resourceVersion`, if set and non-empty.
+pub fn resource_version(obj: &Value) -> Option<&str> {
+    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// `metadata.deletionTimestamp` is set: the object is being deleted.
+pub fn is_deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+}
+
+/// `metadata.finalizers`, empty when absent.
+pub fn finalizers(obj: &Value) -> Vec<String> {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// A mutable handle on `metadata`, created if absent or not an object.
+pub fn metadata_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        obj["metadata"] = Value::Object(Default::default());
+    }
+    obj["metadata"].as_object_mut().expect("metadata was just made an object")
+}
+
+/// The result of decoding a request body through the typed schema of its kind.
+pub struct Decoded {
+    /// The object as the typed schema re-encodes it: unknown fields dropped.
+    pub object: Value,
+    /// Paths of fields the schema does not know (`spec.foo`, `spec.ports[0].bar`).
+    pub unknown_fields: Vec<String>,
+}
+
+fn roundtrip<T>(obj: Value) -> Result<Value, String>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let typed: T = serde_path_to_error::deserialize(obj).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{}: {}", path, e.inner())
+        }
+    })?;
+    serde_json::to_value(&typed).map_err(|e| e.to_string())
+}
+
+/// Decode `obj` (of `kind`) through its typed schema: rejects wrongly typed fields (the message
+/// names the field) and reports fields the schema does not know, as kube-apiserver's strict
+/// decoder does (`fieldValidation=Strict|Warn|Ignore` decides what the caller does with them).
+pub fn decode(kind: &str, obj: Value) -> Result<Decoded, String> {
+    use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc};
+    let input = obj.clone();
+    let object = match kind {
+        "Namespace" => roundtrip::<core::Namespace>(obj)?,
+        "Service" => roundtrip::<core::Service>(obj)?,
+        "Endpoints" => roundtrip::<core::Endpoints>(obj)?,
+        "Pod" => roundtrip::<core::Pod>(obj)?,
+        "Node" => roundtrip::<core::Node>(obj)?,
+        "Event" => roundtrip::<core::Event>(obj)?,
+        "ConfigMap" => roundtrip::<core::ConfigMap>(obj)?,
+        "EndpointSlice" => roundtrip::<disc::EndpointSlice>(obj)?,
+        "Lease" => roundtrip::<coord::Lease>(obj)?,
+        "Deployment" => roundtrip::<apps::Deployment>(obj)?,
+        "ReplicaSet" => roundtrip::<apps::ReplicaSet>(obj)?,
+        "IPAddressPool" => roundtrip::<crate::metallb::IPAddressPool>(obj)?,
+        "L2Advertisement" => roundtrip::<crate::metallb::L2Advertisement>(obj)?,
+        _ => obj,
+    };
+    let mut unknown_fields = Vec::new();
+    unknown(&input, &object, "", &mut unknown_fields);
+    Ok(Decoded { object, unknown_fields })
+}
+
+/// Collect paths present (and non-null) in `input` but absent from `output`.
+fn unknown(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match o.get(k) {
+                    None if !v.is_null() => out.push(p),
+                    Some(ov) => unknown(v, ov, &p, out),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (n, (iv, ov)) in i.iter().zip(o.iter()).enumerate() {
+                unknown(iv, ov, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decode_reports_unknown_fields_by_path() {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"},
+            "spec": {"ports": [{"port": 80, "bogus": 1}], "colour": "red"}});
+        let d = decode("Service", svc).expect("decodes");
+        assert_eq!(d.unknown_fields, vec!["spec.ports[0].bogus".to_string(), "spec.colour".to_string()]);
+        assert!(d.object.pointer("/spec/colour").is_none());
+    }
+
+    #[test]
+    fn decode_names_the_wrongly_typed_field() {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"},
+            "spec": {"ports": [{"port": "eighty"}]}});
+        let err = decode("Service", svc).err().expect("fails");
+        assert!(err.starts_with("spec.ports[0].port: invalid type"), "{err}");
+    }
+}

@@ -1,0 +1,156 @@
+//! Request and response bodies: JSON and YAML in, JSON or YAML out, chosen by `Content-Type` and
+//! `Accept` as kube-apiserver negotiates them. Decoding never panics: malformed input becomes a
+//! 400 that says where it went wrong.
+
+use serde_json::Value;
+use switchyard_api::status::StatusError;
+
+/// The largest request body accepted (kube-apiserver caps writes at 3 MiB as well).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The largest nesting depth accepted in a body, far beyond any real object, so that a hostile
+/// body cannot exhaust the stack in later recursive passes.
+const MAX_DEPTH: usize = 100;
+
+fn depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn check_depth(v: Value) -> Result<Value, StatusError> {
+    if depth(&v) > MAX_DEPTH {
+        return Err(StatusError::bad_request(format!("object nesting is deeper than {MAX_DEPTH} levels")));
+    }
+    Ok(v)
+}
+
+/// Decode a body as JSON, or as YAML if it is not JSON.
+pub fn decode_yaml_or_json(body: &[u8]) -> Result<Value, StatusError> {
+    let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &body[i..]).unwrap_or(&[]);
+    if trimmed.is_empty() {
+        return Err(StatusError::bad_request("the request body is empty; expected an object"));
+    }
+    if trimmed[0] == b'{' {
+        return decode_json(body);
+    }
+    let v: Value = serde_yaml::from_slice(body)
+        .map_err(|e| StatusError::bad_request(format!("error converting YAML to JSON: yaml: {e}")))?;
+    if !v.is_object() {
+        return Err(StatusError::bad_request("the request body must be an object"));
+    }
+    check_depth(v)
+}
+
+/// Decode a JSON body; errors name line and column.
+pub fn decode_json(body: &[u8]) -> Result<Value, StatusError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        StatusError::bad_request(format!(
+            "error decoding request body: json parse error at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if !v.is_object() {
+        return Err(StatusError::bad_request("the request body must be a JSON object"));
+    }
+    check_depth(v)
+}
+
+/// Decode a body by its content type (create and update; patches are decoded by type).
+pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, StatusError> {
+    let ct = content_type.split(';').next().unwrap_or("").trim();
+    match ct {
+        "" | "application/json" | "*/*" => decode_json(body),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml_or_json(body),
+        other => Err(StatusError::unsupported_media_type(other)),
+    }
+}
+
+/// How the client wants the response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+    /// `meta.k8s.io/v1 Table` (for `kubectl get`).
+    Table,
+}
+
+/// Pick the response format from an `Accept` header, in the client's order of preference.
+pub fn negotiate(accept: &str) -> Result<Format, StatusError> {
+    if accept.trim().is_empty() {
+        return Ok(Format::Json);
+    }
+    for part in accept.split(',') {
+        let mut params = part.split(';').map(str::trim);
+        let media = params.next().unwrap_or("");
+        let rest: Vec<&str> = params.collect();
+        let as_table = rest.iter().any(|p| p.replace(' ', "") == "as=Table");
+        match media {
+            "application/json" if as_table => return Ok(Format::Table),
+            "application/json" | "*/*" | "application/*" if !rest.iter().any(|p| p.starts_with("as=")) => {
+                return Ok(Format::Json)
+            }
+            "application/yaml" => return Ok(Format::Yaml),
+            _ => {}
+        }
+    }
+    Err(StatusError::not_acceptable(
+        "only the following media types are accepted: application/json, application/yaml",
+    ))
+}
+
+/// Encode a response body.
+pub fn encode(format: Format, v: &Value) -> (Vec<u8>, &'static str) {
+    match format {
+        Format::Yaml => match serde_yaml::to_string(v) {
+            Ok(s) => (s.into_bytes(), "application/yaml"),
+            Err(_) => (serde_json::to_vec(v).unwrap_or_default(), "application/json"),
+        },
+        _ => (serde_json::to_vec(v).unwrap_or_default(), "application/json"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_json_is_a_bad_request_that_says_where() {
+        let e = decode_json(b"{\"a\": 1,,}").err().expect("fails");
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("line 1 column"), "{}", e.message);
+    }
+
+    #[test]
+    fn yaml_bodies_decode_and_non_objects_are_refused() {
+        assert_eq!(decode_yaml_or_json(b"a: 1\n").expect("yaml")["a"], 1);
+        assert_eq!(decode_yaml_or_json(b"- 1\n").err().map(|e| e.code), Some(400));
+        assert_eq!(decode_yaml_or_json(b"a: [1\n").err().map(|e| e.code), Some(400));
+    }
+
+    #[test]
+    fn absurdly_deep_bodies_are_refused() {
+        let deep = format!("{}{}", "{\"a\":".repeat(120), "1".to_string() + &"}".repeat(120));
+        // serde_json's own recursion limit (128) or ours (100) refuses it; either way a 400.
+        assert_eq!(decode_json(deep.as_bytes()).err().map(|e| e.code), Some(400));
+    }
+
+    #[test]
+    fn kubectl_table_accept_header_selects_a_table() {
+        let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+        assert_eq!(negotiate(kubectl).expect("ok"), Format::Table);
+        assert_eq!(negotiate("application/yaml").expect("ok"), Format::Yaml);
+        assert_eq!(negotiate("").expect("ok"), Format::Json);
+        assert_eq!(negotiate("application/vnd.kubernetes.protobuf,application/json").expect("ok"), Format::Json);
+        assert_eq!(negotiate("application/vnd.kubernetes.protobuf").err().map(|e| e.code), Some(406));
+    }
+}

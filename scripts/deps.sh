@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Switchyard's system dependencies, installed idempotently. Sourced by scripts/up and scripts/test.
+# Installs only what is missing; says clearly what it cannot do and fails.
+set -euo pipefail
+
+sy_need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "switchyard: this needs root (network namespaces, nftables); run as root" >&2
+    exit 1
+  fi
+}
+
+# sy_apt PKG... : install the Debian packages that are not installed yet.
+sy_apt() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "switchyard: installing ${missing[*]}" >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+      echo "switchyard: could not install ${missing[*]} with apt-get; install them and retry" >&2
+      exit 1
+    fi
+  fi
+}
+
+sy_cargo() {
+  if ! command -v cargo >/dev/null; then
+    echo "switchyard: cargo not found; install Rust (https://rustup.rs) and retry" >&2
+    exit 1
+  fi
+}
+
+sy_kubectl() {
+  if ! command -v kubectl >/dev/null; then
+    echo "switchyard: kubectl not found on PATH; the compatibility tests need it (v1.32 expected at /usr/bin/kubectl)" >&2
+    exit 1
+  fi
+}
