@@ -92,7 +92,10 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
         resources.push(Value::Object(main));
         for sub in r.subresources {
             let mut s = Map::new();
-            s.insert("name".into(), json!(format!("{}/{}", r.plural, subresource_name(*sub))));
+            s.insert(
+                "name".into(),
+                json!(format!("{}/{}", r.plural, subresource_name(*sub))),
+            );
             s.insert("singularName".into(), json!(""));
             s.insert("namespaced".into(), json!(r.namespaced));
             let (g, v, k) = subresource_kind(r, *sub);
@@ -215,7 +218,14 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
         "responseKind".into(),
         json!({"group": r.group, "version": r.version, "kind": r.kind}),
     );
-    out.insert("scope".into(), json!(if r.namespaced { "Namespaced" } else { "Cluster" }));
+    out.insert(
+        "scope".into(),
+        json!(if r.namespaced {
+            "Namespaced"
+        } else {
+            "Cluster"
+        }),
+    );
     out.insert("singularResource".into(), json!(r.singular));
     out.insert("verbs".into(), json!(r.verbs()));
     if !r.short_names.is_empty() {
@@ -252,7 +262,10 @@ pub fn subresource_name(sub: Subresource) -> &'static str {
 
 /// The (group, version, kind) a subresource reads and writes: the parent's kind for `/status`,
 /// `autoscaling/v1` `Scale` for `/scale`.
-pub fn subresource_kind(r: &ResourceInfo, sub: Subresource) -> (&'static str, &'static str, &'static str) {
+pub fn subresource_kind(
+    r: &ResourceInfo,
+    sub: Subresource,
+) -> (&'static str, &'static str, &'static str) {
     match sub {
         Subresource::Status => (r.group, r.version, r.kind),
         Subresource::Scale => ("autoscaling", "v1", "Scale"),
@@ -303,7 +316,10 @@ mod tests {
     const KUBECTL_132_ACCEPT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
 
     fn find_resource<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
-        list["resources"].as_array()?.iter().find(|r| r["name"] == name)
+        list["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == name)
     }
 
     #[test]
@@ -348,7 +364,9 @@ mod tests {
             let item = doc["items"]
                 .as_array()
                 .and_then(|items| {
-                    items.iter().find(|i| i["metadata"]["name"].as_str().unwrap_or("") == r.group)
+                    items
+                        .iter()
+                        .find(|i| i["metadata"]["name"].as_str().unwrap_or("") == r.group)
                 })
                 .expect("group listed");
             let version = item["versions"]
@@ -360,15 +378,29 @@ mod tests {
                 .as_array()
                 .and_then(|rs| rs.iter().find(|x| x["resource"] == r.plural))
                 .expect("resource listed");
-            assert_eq!(res["scope"], if r.namespaced { "Namespaced" } else { "Cluster" });
+            assert_eq!(
+                res["scope"],
+                if r.namespaced {
+                    "Namespaced"
+                } else {
+                    "Cluster"
+                }
+            );
             assert_eq!(res["singularResource"], r.singular);
-            assert_eq!(res["responseKind"], json!({"group": r.group, "version": r.version, "kind": r.kind}));
+            assert_eq!(
+                res["responseKind"],
+                json!({"group": r.group, "version": r.version, "kind": r.kind})
+            );
             assert_eq!(res["verbs"], json!(r.verbs()));
             let subs: Vec<&str> = res["subresources"]
                 .as_array()
                 .map(|s| s.iter().filter_map(|x| x["subresource"].as_str()).collect())
                 .unwrap_or_default();
-            let want: Vec<&str> = r.subresources.iter().map(|s| subresource_name(*s)).collect();
+            let want: Vec<&str> = r
+                .subresources
+                .iter()
+                .map(|s| subresource_name(*s))
+                .collect();
             assert_eq!(subs, want, "{}", r.plural);
         }
     }
@@ -387,15 +419,22 @@ mod tests {
     #[test]
     fn the_group_list_names_every_non_core_group_with_its_preferred_version() {
         let list = api_group_list();
-        let names: Vec<&str> =
-            list["groups"].as_array().expect("groups").iter().filter_map(|g| g["name"].as_str()).collect();
+        let names: Vec<&str> = list["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .filter_map(|g| g["name"].as_str())
+            .collect();
         for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
             assert!(names.contains(&r.group), "{} missing", r.group);
         }
         assert!(!names.contains(&""));
         let apps = api_group("apps").expect("apps served");
         assert_eq!(apps["kind"], "APIGroup");
-        assert_eq!(apps["preferredVersion"], json!({"groupVersion": "apps/v1", "version": "v1"}));
+        assert_eq!(
+            apps["preferredVersion"],
+            json!({"groupVersion": "apps/v1", "version": "v1"})
+        );
         assert!(api_group("batch").is_none());
         assert!(api_group("").is_none());
         assert!(api_resource_list("batch", "v1").is_none());
@@ -405,20 +444,32 @@ mod tests {
     fn api_versions_advertises_the_given_server_address() {
         let v = api_versions("10.0.0.1:6443");
         assert_eq!(v["versions"], json!(["v1"]));
-        assert_eq!(v["serverAddressByClientCIDRs"][0]["serverAddress"], "10.0.0.1:6443");
+        assert_eq!(
+            v["serverAddressByClientCIDRs"][0]["serverAddress"],
+            "10.0.0.1:6443"
+        );
     }
 
     #[test]
     fn wants_aggregated_picks_v2_from_the_header_kubectl_sends() {
-        assert_eq!(wants_aggregated(KUBECTL_132_ACCEPT), Some(AGGREGATED_DISCOVERY_V2_CONTENT_TYPE));
+        assert_eq!(
+            wants_aggregated(KUBECTL_132_ACCEPT),
+            Some(AGGREGATED_DISCOVERY_V2_CONTENT_TYPE)
+        );
     }
 
     #[test]
     fn wants_aggregated_honours_v2beta1_only_clients_nopeer_and_legacy_clients() {
         let beta = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
-        assert_eq!(wants_aggregated(beta), Some(AGGREGATED_DISCOVERY_V2BETA1_CONTENT_TYPE));
+        assert_eq!(
+            wants_aggregated(beta),
+            Some(AGGREGATED_DISCOVERY_V2BETA1_CONTENT_TYPE)
+        );
         let nopeer = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList;profile=nopeer,application/json";
-        assert_eq!(wants_aggregated(nopeer), Some(AGGREGATED_DISCOVERY_V2_CONTENT_TYPE));
+        assert_eq!(
+            wants_aggregated(nopeer),
+            Some(AGGREGATED_DISCOVERY_V2_CONTENT_TYPE)
+        );
         assert_eq!(wants_aggregated("application/json"), None);
         assert_eq!(wants_aggregated("application/json, */*"), None);
         assert_eq!(wants_aggregated(""), None);

@@ -71,7 +71,11 @@ pub struct IPAddressPoolSpec {
     #[schemars(extend("default" = true))]
     pub auto_assign: Option<bool>,
     /// AvoidBuggyIPs prevents addresses ending with .0 and .255 to be used by a pool.
-    #[serde(default, rename = "avoidBuggyIPs", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "avoidBuggyIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(extend("default" = false))]
     pub avoid_buggy_ips: Option<bool>,
     /// AllocateTo makes ip pool allocation to specific namespace and/or service. The controller
@@ -111,16 +115,32 @@ pub struct ServiceAllocation {
 #[schemars(rename = "io.metallb.v1beta1.IPAddressPoolStatus")]
 pub struct IPAddressPoolStatus {
     /// AssignedIPv4 is the number of assigned IPv4 addresses.
-    #[serde(default, rename = "assignedIPv4", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "assignedIPv4",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub assigned_ipv4: Option<i64>,
     /// AssignedIPv6 is the number of assigned IPv6 addresses.
-    #[serde(default, rename = "assignedIPv6", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "assignedIPv6",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub assigned_ipv6: Option<i64>,
     /// AvailableIPv4 is the number of available IPv4 addresses.
-    #[serde(default, rename = "availableIPv4", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "availableIPv4",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub available_ipv4: Option<i64>,
     /// AvailableIPv6 is the number of available IPv6 addresses.
-    #[serde(default, rename = "availableIPv6", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "availableIPv6",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub available_ipv6: Option<i64>,
 }
 
@@ -160,12 +180,20 @@ pub struct L2Advertisement {
 #[schemars(rename = "io.metallb.v1beta1.L2AdvertisementSpec")]
 pub struct L2AdvertisementSpec {
     /// The list of IPAddressPools to advertise via this advertisement, selected by name.
-    #[serde(default, rename = "ipAddressPools", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipAddressPools",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ip_address_pools: Option<Vec<String>>,
     /// A selector for the IPAddressPools which would get advertised via this advertisement. If
     /// no IPAddressPool is selected by this or by the list, the advertisement is applied to all
     /// the IPAddressPools.
-    #[serde(default, rename = "ipAddressPoolSelectors", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ipAddressPoolSelectors",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ip_address_pool_selectors: Option<Vec<LabelSelector>>,
     /// NodeSelectors allows to limit the nodes to announce as next hops for the LoadBalancer IP.
     /// When empty, all the nodes having  are announced as next hops.

@@ -41,12 +41,15 @@
 //!   `allOf` and `#/components/schemas/` refs.
 //! - `/openapi/v2` is requested only as protobuf (`Accept:
 //!   application/com.github.proto-openapi.spec.v2@v1.0+protobuf`, client-go
-//!   `DiscoveryClient.OpenAPISchema`). A 404 or 406 is an error wherever kubectl needs it; a
-//!   `Content-Type` containing `@` fails to parse. With a valid v3 document kubectl 1.32 still
-//!   fetched it in our runs whenever v3 was missing; [`v2_protobuf`] is a small valid protobuf
-//!   document (no paths or definitions), which is all those fallbacks need: the v2 verifier then
-//!   finds no kind and skips client-side validation, and the patcher falls back to its built-in
-//!   structs.
+//!   `DiscoveryClient.OpenAPISchema`), and only on fallback paths. Observed with kubectl 1.32:
+//!   with the v3 documents served, applying a built-in kind never fetches v2; applying a metallb
+//!   kind fetches it once (the patcher's v2 step, after v3 offered no strategic merge patch) and
+//!   tolerates any error there, ending in a JSON merge patch. With `/openapi/v3` missing, the
+//!   verifier's v2 fallback is fatal on error: a 404 aborts `kubectl apply` with "failed to
+//!   download openapi", and a `Content-Type` containing `@` fails to parse ("mime: unexpected
+//!   content after media subtype"). [`v2_protobuf`] is a small valid protobuf document (no paths
+//!   or definitions), which every such fallback accepts: the v2 verifier finds no kind and skips
+//!   client-side validation, the patcher falls back to compiled-in structs or a merge patch.
 //!
 //! # What Switchyard serves
 //!
@@ -94,10 +97,20 @@ pub enum V2Format {
 pub fn v2_negotiate(accept: &str) -> Option<V2Format> {
     const ACCEPTED: &[(&str, V2Format)] = &[
         ("json", V2Format::Json),
-        ("com.github.proto-openapi.spec.v2@v1.0+protobuf", V2Format::Protobuf),
-        ("com.github.proto-openapi.spec.v2.v1.0+protobuf", V2Format::Protobuf),
+        (
+            "com.github.proto-openapi.spec.v2@v1.0+protobuf",
+            V2Format::Protobuf,
+        ),
+        (
+            "com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            V2Format::Protobuf,
+        ),
     ];
-    let accept = if accept.trim().is_empty() { "*/*" } else { accept };
+    let accept = if accept.trim().is_empty() {
+        "*/*"
+    } else {
+        accept
+    };
     for range in accept.split(',') {
         let mut parts = range.split(';').map(str::trim);
         let media = parts.next().unwrap_or("").to_ascii_lowercase();
@@ -208,8 +221,16 @@ fn docs() -> &'static Docs {
             .map(|(group, version)| {
                 let value = build_v3(group, version);
                 let bytes = serde_json::to_vec(&value).unwrap_or_default();
-                let hash = Sha512::digest(&bytes).iter().map(|b| format!("{b:02X}")).collect();
-                V3Doc { path: gv_path(group, version), value, bytes, hash }
+                let hash = Sha512::digest(&bytes)
+                    .iter()
+                    .map(|b| format!("{b:02X}"))
+                    .collect();
+                V3Doc {
+                    path: gv_path(group, version),
+                    value,
+                    bytes,
+                    hash,
+                }
             })
             .collect();
         let v2 = build_v2(&v3);
@@ -295,38 +316,262 @@ pub type PatchMeta = (
 
 /// Every patch annotation of the kinds Switchyard serves (see [`PatchMeta`]).
 pub const PATCH_METADATA: &[PatchMeta] = &[
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", Some("merge"), None, Some("set"), &[]),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", Some("merge"), Some("uid"), Some("map"), &["uid"]),
-    ("io.k8s.api.core.v1.PodSpec", "containers", Some("merge"), Some("name"), Some("map"), &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "initContainers", Some("merge"), Some("name"), Some("map"), &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", Some("merge"), Some("name"), Some("map"), &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", Some("merge"), Some("name"), Some("map"), &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "volumes", Some("merge,retainKeys"), Some("name"), Some("map"), &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "hostAliases", Some("merge"), Some("ip"), Some("map"), &["ip"]),
-    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", Some("merge"), Some("topologyKey"), Some("map"), &["topologyKey", "whenUnsatisfiable"]),
-    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", Some("merge"), Some("name"), Some("map"), &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", Some("merge,retainKeys"), Some("name"), Some("map"), &["name"]),
-    ("io.k8s.api.core.v1.Container", "ports", Some("merge"), Some("containerPort"), Some("map"), &["containerPort", "protocol"]),
-    ("io.k8s.api.core.v1.Container", "env", Some("merge"), Some("name"), Some("map"), &["name"]),
-    ("io.k8s.api.core.v1.Container", "volumeMounts", Some("merge"), Some("mountPath"), Some("map"), &["mountPath"]),
-    ("io.k8s.api.core.v1.Container", "volumeDevices", Some("merge"), Some("devicePath"), Some("map"), &["devicePath"]),
-    ("io.k8s.api.core.v1.EphemeralContainer", "ports", Some("merge"), Some("containerPort"), Some("map"), &["containerPort", "protocol"]),
-    ("io.k8s.api.core.v1.EphemeralContainer", "env", Some("merge"), Some("name"), Some("map"), &["name"]),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", Some("merge"), Some("mountPath"), Some("map"), &["mountPath"]),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", Some("merge"), Some("devicePath"), Some("map"), &["devicePath"]),
-    ("io.k8s.api.core.v1.PodStatus", "conditions", Some("merge"), Some("type"), Some("map"), &["type"]),
-    ("io.k8s.api.core.v1.PodStatus", "podIPs", Some("merge"), Some("ip"), None, &[]),
-    ("io.k8s.api.core.v1.PodStatus", "hostIPs", Some("merge"), Some("ip"), None, &[]),
-    ("io.k8s.api.core.v1.PodStatus", "resourceClaimStatuses", Some("merge,retainKeys"), Some("name"), Some("map"), &["name"]),
-    ("io.k8s.api.core.v1.ServiceSpec", "ports", Some("merge"), Some("port"), Some("map"), &["port", "protocol"]),
-    ("io.k8s.api.core.v1.ServiceStatus", "conditions", Some("merge"), Some("type"), Some("map"), &["type"]),
-    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", Some("merge"), None, Some("set"), &[]),
-    ("io.k8s.api.core.v1.NodeStatus", "conditions", Some("merge"), Some("type"), Some("map"), &["type"]),
-    ("io.k8s.api.core.v1.NodeStatus", "addresses", Some("merge"), Some("type"), None, &[]),
-    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", Some("merge"), Some("type"), Some("map"), &["type"]),
-    ("io.k8s.api.apps.v1.DeploymentSpec", "strategy", Some("retainKeys"), None, None, &[]),
-    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", Some("merge"), Some("type"), Some("map"), &["type"]),
-    ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", Some("merge"), Some("type"), Some("map"), &["type"]),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "finalizers",
+        Some("merge"),
+        None,
+        Some("set"),
+        &[],
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "ownerReferences",
+        Some("merge"),
+        Some("uid"),
+        Some("map"),
+        &["uid"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "containers",
+        Some("merge"),
+        Some("name"),
+        Some("map"),
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "initContainers",
+        Some("merge"),
+        Some("name"),
+        Some("map"),
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "ephemeralContainers",
+        Some("merge"),
+        Some("name"),
+        Some("map"),
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "imagePullSecrets",
+        Some("merge"),
+        Some("name"),
+        Some("map"),
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "volumes",
+        Some("merge,retainKeys"),
+        Some("name"),
+        Some("map"),
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "hostAliases",
+        Some("merge"),
+        Some("ip"),
+        Some("map"),
+        &["ip"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "topologySpreadConstraints",
+        Some("merge"),
+        Some("topologyKey"),
+        Some("map"),
+        &["topologyKey", "whenUnsatisfiable"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "schedulingGates",
+        Some("merge"),
+        Some("name"),
+        Some("map"),
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "resourceClaims",
+        Some("merge,retainKeys"),
+        Some("name"),
+        Some("map"),
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "ports",
+        Some("merge"),
+        Some("containerPort"),
+        Some("map"),
+        &["containerPort", "protocol"],
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "env",
+        Some("merge"),
+        Some("name"),
+        Some("map"),
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeMounts",
+        Some("merge"),
+        Some("mountPath"),
+        Some("map"),
+        &["mountPath"],
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeDevices",
+        Some("merge"),
+        Some("devicePath"),
+        Some("map"),
+        &["devicePath"],
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "ports",
+        Some("merge"),
+        Some("containerPort"),
+        Some("map"),
+        &["containerPort", "protocol"],
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "env",
+        Some("merge"),
+        Some("name"),
+        Some("map"),
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeMounts",
+        Some("merge"),
+        Some("mountPath"),
+        Some("map"),
+        &["mountPath"],
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeDevices",
+        Some("merge"),
+        Some("devicePath"),
+        Some("map"),
+        &["devicePath"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "conditions",
+        Some("merge"),
+        Some("type"),
+        Some("map"),
+        &["type"],
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "podIPs",
+        Some("merge"),
+        Some("ip"),
+        None,
+        &[],
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "hostIPs",
+        Some("merge"),
+        Some("ip"),
+        None,
+        &[],
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "resourceClaimStatuses",
+        Some("merge,retainKeys"),
+        Some("name"),
+        Some("map"),
+        &["name"],
+    ),
+    (
+        "io.k8s.api.core.v1.ServiceSpec",
+        "ports",
+        Some("merge"),
+        Some("port"),
+        Some("map"),
+        &["port", "protocol"],
+    ),
+    (
+        "io.k8s.api.core.v1.ServiceStatus",
+        "conditions",
+        Some("merge"),
+        Some("type"),
+        Some("map"),
+        &["type"],
+    ),
+    (
+        "io.k8s.api.core.v1.NodeSpec",
+        "podCIDRs",
+        Some("merge"),
+        None,
+        Some("set"),
+        &[],
+    ),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "conditions",
+        Some("merge"),
+        Some("type"),
+        Some("map"),
+        &["type"],
+    ),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "addresses",
+        Some("merge"),
+        Some("type"),
+        None,
+        &[],
+    ),
+    (
+        "io.k8s.api.core.v1.NamespaceStatus",
+        "conditions",
+        Some("merge"),
+        Some("type"),
+        Some("map"),
+        &["type"],
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentSpec",
+        "strategy",
+        Some("retainKeys"),
+        None,
+        None,
+        &[],
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentStatus",
+        "conditions",
+        Some("merge"),
+        Some("type"),
+        Some("map"),
+        &["type"],
+    ),
+    (
+        "io.k8s.api.apps.v1.ReplicaSetStatus",
+        "conditions",
+        Some("merge"),
+        Some("type"),
+        Some("map"),
+        &["type"],
+    ),
 ];
 
 fn gvk(group: &str, version: &str, kind: &str) -> Value {
@@ -336,7 +581,9 @@ fn gvk(group: &str, version: &str, kind: &str) -> Value {
 /// Builds `components.schemas` for one group-version: the served kinds, their lists, `Scale`
 /// when a `/scale` subresource exists, and the shared meta types every kube-apiserver document
 /// carries.
-fn build_schemas(served: &[&'static ResourceInfo]) -> (Map<String, Value>, HashMap<&'static str, String>) {
+fn build_schemas(
+    served: &[&'static ResourceInfo],
+) -> (Map<String, Value>, HashMap<&'static str, String>) {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let mut kind_names: HashMap<&'static str, String> = HashMap::new();
     for r in served {
@@ -355,8 +602,11 @@ fn build_schemas(served: &[&'static ResourceInfo]) -> (Map<String, Value>, HashM
     generator.subschema_for::<meta::Patch>();
     generator.subschema_for::<meta::WatchEvent<Value>>();
     let mut schemas = generator.take_definitions(true);
-    for schema in schemas.values_mut() {
+    for (name, schema) in schemas.iter_mut() {
         normalize(schema);
+        if name.starts_with("io.metallb.") {
+            normalize_metallb(schema);
+        }
     }
 
     // Kinds this module has no type for still get a schema, so paths and explain resolve.
@@ -372,7 +622,9 @@ fn build_schemas(served: &[&'static ResourceInfo]) -> (Map<String, Value>, HashM
     }
 
     for r in served {
-        let Some(name) = kind_names.get(r.kind).cloned() else { continue };
+        let Some(name) = kind_names.get(r.kind).cloned() else {
+            continue;
+        };
         if let Some(Value::Object(schema)) = schemas.get_mut(&name) {
             schema.insert(
                 "x-kubernetes-group-version-kind".into(),
@@ -391,7 +643,10 @@ fn build_schemas(served: &[&'static ResourceInfo]) -> (Map<String, Value>, HashM
     }
     if wants_scale {
         if let Some(Value::Object(scale)) = schemas.get_mut("io.k8s.api.autoscaling.v1.Scale") {
-            scale.insert("x-kubernetes-group-version-kind".into(), json!([gvk("autoscaling", "v1", "Scale")]));
+            scale.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([gvk("autoscaling", "v1", "Scale")]),
+            );
             if let Some(Value::Array(req)) = scale.get_mut("required") {
                 req.retain(|f| f != "metadata");
             }
@@ -404,19 +659,30 @@ fn build_schemas(served: &[&'static ResourceInfo]) -> (Map<String, Value>, HashM
                 gvs.push(gv);
             }
         }
-        gvs.into_iter().map(|(g, v)| json!({"group": g, "version": v})).collect()
+        gvs.into_iter()
+            .map(|(g, v)| json!({"group": g, "version": v}))
+            .collect()
     };
     for kind in ["DeleteOptions", "WatchEvent"] {
         if let Some(Value::Object(schema)) = schemas.get_mut(&format!("{META}{kind}")) {
             let list: Vec<Value> = every_gv
                 .iter()
-                .map(|gv| gvk(gv["group"].as_str().unwrap_or(""), gv["version"].as_str().unwrap_or(""), kind))
+                .map(|gv| {
+                    gvk(
+                        gv["group"].as_str().unwrap_or(""),
+                        gv["version"].as_str().unwrap_or(""),
+                        kind,
+                    )
+                })
                 .collect();
             schema.insert("x-kubernetes-group-version-kind".into(), Value::Array(list));
         }
     }
     if let Some(Value::Object(schema)) = schemas.get_mut(&format!("{META}Status")) {
-        schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk("", "v1", "Status")]));
+        schema.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!([gvk("", "v1", "Status")]),
+        );
     }
 
     for (schema_name, property, strategy, merge_key, list_type, map_keys) in PATCH_METADATA {
@@ -482,7 +748,8 @@ fn normalize(v: &mut Value) {
     match v {
         Value::Object(obj) => {
             if let Some(Value::Array(any)) = obj.get("anyOf") {
-                let non_null: Vec<Value> = any.iter().filter(|s| !is_null_schema(s)).cloned().collect();
+                let non_null: Vec<Value> =
+                    any.iter().filter(|s| !is_null_schema(s)).cloned().collect();
                 if non_null.len() == 1 && non_null.len() < any.len() {
                     obj.remove("anyOf");
                     let inner = non_null.into_iter().next().unwrap_or(Value::Null);
@@ -501,7 +768,10 @@ fn normalize(v: &mut Value) {
             if let Some(Value::Array(types)) = obj.get("type") {
                 let rest: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
                 if rest.len() == 1 {
-                    obj.insert("type".into(), rest.into_iter().next().unwrap_or(Value::Null));
+                    obj.insert(
+                        "type".into(),
+                        rest.into_iter().next().unwrap_or(Value::Null),
+                    );
                 }
             }
             if obj.contains_key("$ref") && obj.len() > 1 {
@@ -519,7 +789,32 @@ fn normalize(v: &mut Value) {
 }
 
 fn is_null_schema(s: &Value) -> bool {
-    s.get("type") == Some(&json!("null")) || s.get("const") == Some(&Value::Null) && s.get("type").is_none()
+    s.get("type") == Some(&json!("null"))
+        || s.get("enum") == Some(&json!([null]))
+        || (s.get("const") == Some(&Value::Null) && s.get("type").is_none())
+}
+
+/// What schemars adds to the MetalLB schemas beyond the CRD's: the `Default` of every
+/// `#[serde(default)]` container field (only the CRD's boolean defaults are kept), and the line
+/// breaks of Rust doc comments (kube-apiserver descriptions are single paragraphs of one line).
+fn normalize_metallb(v: &mut Value) {
+    match v {
+        Value::Object(obj) => {
+            if matches!(obj.get("default"), Some(Value::Object(_) | Value::Array(_))) {
+                obj.remove("default");
+            }
+            if let Some(Value::String(d)) = obj.get_mut("description") {
+                *d = d
+                    .split("\n\n")
+                    .map(|p| p.replace('\n', " "))
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+            }
+            obj.values_mut().for_each(normalize_metallb);
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize_metallb),
+        _ => {}
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -595,7 +890,10 @@ fn content(schema: &Value, stream: bool) -> Value {
     c.insert("application/json".into(), json!({"schema": schema}));
     c.insert("application/yaml".into(), json!({"schema": schema}));
     if stream {
-        c.insert("application/json;stream=watch".into(), json!({"schema": schema}));
+        c.insert(
+            "application/json;stream=watch".into(),
+            json!({"schema": schema}),
+        );
     }
     Value::Object(c)
 }
@@ -603,7 +901,10 @@ fn content(schema: &Value, stream: bool) -> Value {
 fn responses(codes: &[(&str, &str)], schema: &Value, stream: bool) -> Value {
     let mut out = Map::new();
     for (code, description) in codes {
-        out.insert((*code).into(), json!({"description": description, "content": content(schema, stream)}));
+        out.insert(
+            (*code).into(),
+            json!({"description": description, "content": content(schema, stream)}),
+        );
     }
     out.insert("401".into(), json!({"description": "Unauthorized"}));
     Value::Object(out)
@@ -612,7 +913,11 @@ fn responses(codes: &[(&str, &str)], schema: &Value, stream: bool) -> Value {
 /// kube-apiserver's operationId prefix for a group-version: `CoreV1`, `AppsV1`,
 /// `DiscoveryV1`, `MetallbIoV1beta1`.
 fn op_prefix(group: &str, version: &str) -> String {
-    let group = if group.is_empty() { "core" } else { group.strip_suffix(".k8s.io").unwrap_or(group) };
+    let group = if group.is_empty() {
+        "core"
+    } else {
+        group.strip_suffix(".k8s.io").unwrap_or(group)
+    };
     let mut out = String::new();
     for part in group.split(['.', '-']).chain(std::iter::once(version)) {
         let mut chars = part.chars();
@@ -625,7 +930,11 @@ fn op_prefix(group: &str, version: &str) -> String {
 }
 
 fn tag(group: &str, version: &str) -> String {
-    let group = if group.is_empty() { "core" } else { group.strip_suffix(".k8s.io").unwrap_or(group) };
+    let group = if group.is_empty() {
+        "core"
+    } else {
+        group.strip_suffix(".k8s.io").unwrap_or(group)
+    };
     format!("{}_{}", group.replace(['.', '-'], "_"), version)
 }
 
@@ -653,7 +962,10 @@ fn op(o: Op<'_>) -> Value {
     }
     out.insert("responses".into(), o.responses);
     out.insert("x-kubernetes-action".into(), json!(o.action));
-    out.insert("x-kubernetes-group-version-kind".into(), gvk(o.kind.0, o.kind.1, o.kind.2));
+    out.insert(
+        "x-kubernetes-group-version-kind".into(),
+        gvk(o.kind.0, o.kind.1, o.kind.2),
+    );
     Value::Object(out)
 }
 
@@ -664,11 +976,23 @@ fn body(schema: &Value) -> Value {
 fn patch_body(strategic: bool) -> Value {
     let schema = schema_ref(&format!("{META}Patch"));
     let mut c = Map::new();
-    c.insert("application/apply-patch+yaml".into(), json!({"schema": schema}));
-    c.insert("application/json-patch+json".into(), json!({"schema": schema}));
-    c.insert("application/merge-patch+json".into(), json!({"schema": schema}));
+    c.insert(
+        "application/apply-patch+yaml".into(),
+        json!({"schema": schema}),
+    );
+    c.insert(
+        "application/json-patch+json".into(),
+        json!({"schema": schema}),
+    );
+    c.insert(
+        "application/merge-patch+json".into(),
+        json!({"schema": schema}),
+    );
     if strategic {
-        c.insert("application/strategic-merge-patch+json".into(), json!({"schema": schema}));
+        c.insert(
+            "application/strategic-merge-patch+json".into(),
+            json!({"schema": schema}),
+        );
     }
     json!({"content": c, "required": true})
 }
@@ -689,7 +1013,10 @@ fn resource_paths(paths: &mut Map<String, Value>, r: &'static ResourceInfo, kind
     // Built-in kinds accept strategic merge patches; CRD-style kinds (metallb) do not, exactly
     // as kube-apiserver answers 415 for them.
     let strategic = r.group != metallb::GROUP;
-    let namespace_param = path_param("namespace", "object name and auth scope, such as for teams and projects");
+    let namespace_param = path_param(
+        "namespace",
+        "object name and auth scope, such as for teams and projects",
+    );
     let name_param = path_param("name", &format!("name of the {}", r.kind));
 
     let collection = if r.namespaced {
@@ -721,7 +1048,11 @@ fn resource_paths(paths: &mut Map<String, Value>, r: &'static ResourceInfo, kind
         description: format!("create a {}", r.kind),
         params: vec![p_dry_run(), p_field_manager(false), p_field_validation()],
         body: Some(body(&kind_ref)),
-        responses: responses(&[("200", "OK"), ("201", "Created"), ("202", "Accepted")], &kind_ref, false),
+        responses: responses(
+            &[("200", "OK"), ("201", "Created"), ("202", "Accepted")],
+            &kind_ref,
+            false,
+        ),
     });
     let mut collection_delete_params = vec![];
     collection_delete_params.extend(list_params(false));
@@ -734,7 +1065,9 @@ fn resource_paths(paths: &mut Map<String, Value>, r: &'static ResourceInfo, kind
         id: format!("delete{pre}Collection{ns}{}", r.kind),
         description: format!("delete collection of {}", r.kind),
         params: collection_delete_params,
-        body: Some(json!({"content": {"*/*": {"schema": schema_ref(&format!("{META}DeleteOptions"))}}})),
+        body: Some(
+            json!({"content": {"*/*": {"schema": schema_ref(&format!("{META}DeleteOptions"))}}}),
+        ),
         responses: responses(&[("200", "OK")], &status_ref, false),
     });
     paths.insert(
@@ -774,7 +1107,12 @@ fn resource_paths(paths: &mut Map<String, Value>, r: &'static ResourceInfo, kind
         action: "patch",
         id: format!("patch{pre}{ns}{}", r.kind),
         description: format!("partially update the specified {}", r.kind),
-        params: vec![p_dry_run(), p_field_manager(true), p_field_validation(), p_force()],
+        params: vec![
+            p_dry_run(),
+            p_field_manager(true),
+            p_field_validation(),
+            p_force(),
+        ],
         body: Some(patch_body(strategic)),
         responses: responses(&[("200", "OK"), ("201", "Created")], &kind_ref, false),
     });
@@ -785,7 +1123,9 @@ fn resource_paths(paths: &mut Map<String, Value>, r: &'static ResourceInfo, kind
         id: format!("delete{pre}{ns}{}", r.kind),
         description: format!("delete a {}", r.kind),
         params: delete_params(),
-        body: Some(json!({"content": {"*/*": {"schema": schema_ref(&format!("{META}DeleteOptions"))}}})),
+        body: Some(
+            json!({"content": {"*/*": {"schema": schema_ref(&format!("{META}DeleteOptions"))}}}),
+        ),
         responses: responses(&[("200", "OK"), ("202", "Accepted")], &status_ref, false),
     });
     paths.insert(
@@ -804,7 +1144,10 @@ fn resource_paths(paths: &mut Map<String, Value>, r: &'static ResourceInfo, kind
             body: None,
             responses: responses(&[("200", "OK")], &list_ref, true),
         });
-        paths.insert(format!("{prefix}/{}", r.plural), json!({"get": all, "parameters": [p_pretty()]}));
+        paths.insert(
+            format!("{prefix}/{}", r.plural),
+            json!({"get": all, "parameters": [p_pretty()]}),
+        );
     }
 
     for sub in r.subresources {
@@ -845,7 +1188,12 @@ fn resource_paths(paths: &mut Map<String, Value>, r: &'static ResourceInfo, kind
             action: "patch",
             id: format!("patch{pre}{ns}{}{suffix}", r.kind),
             description: format!("partially update {what}"),
-            params: vec![p_dry_run(), p_field_manager(true), p_field_validation(), p_force()],
+            params: vec![
+                p_dry_run(),
+                p_field_manager(true),
+                p_field_validation(),
+                p_force(),
+            ],
             body: Some(patch_body(strategic)),
             responses: responses(&[("200", "OK"), ("201", "Created")], &sub_ref, false),
         });
@@ -857,12 +1205,17 @@ fn resource_paths(paths: &mut Map<String, Value>, r: &'static ResourceInfo, kind
 }
 
 fn build_v3(group: &str, version: &str) -> Value {
-    let served: Vec<&'static ResourceInfo> =
-        RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let served: Vec<&'static ResourceInfo> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
     let (schemas, kind_names) = build_schemas(&served);
     let mut paths = Map::new();
     for r in &served {
-        let name = kind_names.get(r.kind).cloned().unwrap_or_else(|| default_schema_name(r));
+        let name = kind_names
+            .get(r.kind)
+            .cloned()
+            .unwrap_or_else(|| default_schema_name(r));
         resource_paths(&mut paths, r, &name);
     }
     json!({
@@ -932,7 +1285,10 @@ fn to_v2_schema(v: &mut Value) {
             };
             if let Some(Value::String(r)) = lone_ref {
                 obj.remove("allOf");
-                obj.insert("$ref".into(), json!(r.replace(REF_PREFIX, "#/definitions/")));
+                obj.insert(
+                    "$ref".into(),
+                    json!(r.replace(REF_PREFIX, "#/definitions/")),
+                );
             }
             // Swagger 2.0 has no `default` beside `$ref` and no `x-kubernetes-int-or-string`
             // companions to worry about; everything else carries over.
@@ -962,14 +1318,21 @@ fn to_v2_param(p: &Value) -> Value {
 
 fn to_v2_path_item(item: &Value) -> Value {
     let mut out = Map::new();
-    let Some(item) = item.as_object() else { return Value::Object(out) };
+    let Some(item) = item.as_object() else {
+        return Value::Object(out);
+    };
     for (method, operation) in item {
         if method == "parameters" {
-            let params: Vec<Value> = operation.as_array().map(|a| a.iter().map(to_v2_param).collect()).unwrap_or_default();
+            let params: Vec<Value> = operation
+                .as_array()
+                .map(|a| a.iter().map(to_v2_param).collect())
+                .unwrap_or_default();
             out.insert("parameters".into(), Value::Array(params));
             continue;
         }
-        let Some(o) = operation.as_object() else { continue };
+        let Some(o) = operation.as_object() else {
+            continue;
+        };
         let mut op2 = Map::new();
         for key in ["description", "operationId", "tags"] {
             if let Some(v) = o.get(key) {
@@ -999,7 +1362,10 @@ fn to_v2_path_item(item: &Value) -> Value {
         if let Some(Value::Object(rs)) = o.get("responses") {
             for (code, resp) in rs {
                 let mut r2 = Map::new();
-                r2.insert("description".into(), resp.get("description").cloned().unwrap_or(json!("")));
+                r2.insert(
+                    "description".into(),
+                    resp.get("description").cloned().unwrap_or(json!("")),
+                );
                 if let Some(Value::Object(c)) = resp.get("content") {
                     produces.extend(c.keys().cloned());
                     if let Some(schema) = c.values().next().and_then(|m| m.get("schema")) {
@@ -1012,7 +1378,10 @@ fn to_v2_path_item(item: &Value) -> Value {
             }
         }
         if !produces.is_empty() {
-            op2.insert("produces".into(), json!(produces.into_iter().collect::<Vec<_>>()));
+            op2.insert(
+                "produces".into(),
+                json!(produces.into_iter().collect::<Vec<_>>()),
+            );
         }
         op2.insert("schemes".into(), json!(["https"]));
         if !params.is_empty() {
@@ -1052,7 +1421,12 @@ mod tests {
     }
 
     fn root_paths() -> Vec<String> {
-        v3_root()["paths"].as_object().expect("paths").keys().cloned().collect()
+        v3_root()["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     #[test]
@@ -1060,14 +1434,31 @@ mod tests {
         let root = v3_root();
         for (g, v) in group_versions() {
             let p = gv_path(g, v);
-            let url = root["paths"][&p]["serverRelativeURL"].as_str().expect("listed");
+            let url = root["paths"][&p]["serverRelativeURL"]
+                .as_str()
+                .expect("listed");
             let hash = v3_document_hash(&p).expect("document exists");
             assert_eq!(url, format!("/openapi/v3/{p}?hash={hash}"));
             assert_eq!(hash.len(), 128);
         }
         assert_eq!(root_paths().len(), group_versions().len());
-        assert_eq!(v3_document_bytes("/openapi/v3/api/v1?hash=x"), v3_document_bytes("api/v1"));
+        assert_eq!(
+            v3_document_bytes("/openapi/v3/api/v1?hash=x"),
+            v3_document_bytes("api/v1")
+        );
         assert!(v3_document("apis/batch/v1").is_none());
+    }
+
+    #[test]
+    fn documents_and_their_hashes_are_stable_across_builds() {
+        for (g, v) in group_versions() {
+            let again = serde_json::to_vec(&build_v3(g, v)).expect("serializes");
+            assert_eq!(
+                Some(again.as_slice()),
+                v3_document_bytes(&gv_path(g, v)),
+                "{g}/{v}"
+            );
+        }
     }
 
     #[test]
@@ -1081,7 +1472,9 @@ mod tests {
             all_refs(&doc, &mut refs);
             assert!(!refs.is_empty());
             for r in refs {
-                let name = r.strip_prefix(REF_PREFIX).unwrap_or_else(|| panic!("{p}: foreign ref {r}"));
+                let name = r
+                    .strip_prefix(REF_PREFIX)
+                    .unwrap_or_else(|| panic!("{p}: foreign ref {r}"));
                 assert!(schemas.contains_key(name), "{p}: dangling ref {r}");
             }
         }
@@ -1090,9 +1483,12 @@ mod tests {
     #[test]
     fn no_schema_keeps_schemars_nullable_or_null_types() {
         for p in root_paths() {
-            let text = String::from_utf8(v3_document_bytes(&p).expect("doc").to_vec()).expect("utf8");
+            let text =
+                String::from_utf8(v3_document_bytes(&p).expect("doc").to_vec()).expect("utf8");
             assert!(!text.contains("\"nullable\""), "{p}");
             assert!(!text.contains("\"null\""), "{p}");
+            assert!(!text.contains("[null]"), "{p}");
+            assert!(!text.contains("\"anyOf\""), "{p}");
             assert!(!text.contains("$defs"), "{p}");
         }
     }
@@ -1105,7 +1501,9 @@ mod tests {
             for kind in [r.kind.to_string(), r.list_kind()] {
                 let want = gvk(r.group, r.version, &kind);
                 let found = schemas.values().any(|s| {
-                    s["x-kubernetes-group-version-kind"].as_array().is_some_and(|l| l.contains(&want))
+                    s["x-kubernetes-group-version-kind"]
+                        .as_array()
+                        .is_some_and(|l| l.contains(&want))
                 });
                 assert!(found, "no schema for {kind}");
             }
@@ -1116,7 +1514,8 @@ mod tests {
     fn built_in_kinds_use_kube_apiserver_schema_names_and_metallb_uses_the_crd_names() {
         let core = v3_document("api/v1").expect("core");
         assert_eq!(
-            core["components"]["schemas"]["io.k8s.api.core.v1.Service"]["x-kubernetes-group-version-kind"],
+            core["components"]["schemas"]["io.k8s.api.core.v1.Service"]
+                ["x-kubernetes-group-version-kind"],
             json!([{"group": "", "kind": "Service", "version": "v1"}])
         );
         let mlb = v3_document("apis/metallb.io/v1beta1").expect("metallb");
@@ -1129,8 +1528,17 @@ mod tests {
         let spec = &mlb["components"]["schemas"]["io.metallb.v1beta1.IPAddressPoolSpec"];
         assert_eq!(spec["properties"]["autoAssign"]["type"], "boolean");
         assert_eq!(spec["properties"]["autoAssign"]["default"], true);
-        assert!(default_schema_name(crate::resources::find("metallb.io", "v1beta1", "ipaddresspools").expect("pool"))
-            .eq("io.metallb.v1beta1.IPAddressPool"));
+        assert!(spec["properties"]["addresses"].get("default").is_none());
+        assert!(pool["properties"]["spec"].get("default").is_none());
+        assert_eq!(
+            pool["properties"]["status"]["allOf"][0]["$ref"],
+            "#/components/schemas/io.metallb.v1beta1.IPAddressPoolStatus"
+        );
+        assert!(!spec["description"].as_str().unwrap_or("\n").contains('\n'));
+        assert!(default_schema_name(
+            crate::resources::find("metallb.io", "v1beta1", "ipaddresspools").expect("pool")
+        )
+        .eq("io.metallb.v1beta1.IPAddressPool"));
     }
 
     #[test]
@@ -1139,7 +1547,9 @@ mod tests {
             let doc = v3_document(&p).expect("doc");
             let mut patches = 0;
             for (path, item) in doc["paths"].as_object().expect("paths") {
-                let Some(patch) = item.get("patch") else { continue };
+                let Some(patch) = item.get("patch") else {
+                    continue;
+                };
                 patches += 1;
                 let names: Vec<&str> = patch["parameters"]
                     .as_array()
@@ -1151,8 +1561,13 @@ mod tests {
                     assert!(names.contains(&want), "{path} lacks {want}");
                 }
                 assert_eq!(patch["x-kubernetes-action"], "patch");
-                assert!(patch["x-kubernetes-group-version-kind"]["kind"].is_string(), "{path}");
-                assert!(patch["requestBody"]["content"]["application/apply-patch+yaml"].is_object());
+                assert!(
+                    patch["x-kubernetes-group-version-kind"]["kind"].is_string(),
+                    "{path}"
+                );
+                assert!(
+                    patch["requestBody"]["content"]["application/apply-patch+yaml"].is_object()
+                );
             }
             assert!(patches > 0, "{p}");
         }
@@ -1162,7 +1577,11 @@ mod tests {
     fn every_resource_has_its_collection_item_and_subresource_paths() {
         for r in RESOURCES {
             let doc = v3_document(&gv_path(r.group, r.version)).expect("doc");
-            let prefix = if r.group.is_empty() { "/api/v1".to_string() } else { format!("/apis/{}/{}", r.group, r.version) };
+            let prefix = if r.group.is_empty() {
+                "/api/v1".to_string()
+            } else {
+                format!("/apis/{}/{}", r.group, r.version)
+            };
             let collection = if r.namespaced {
                 format!("{prefix}/namespaces/{{namespace}}/{}", r.plural)
             } else {
@@ -1171,7 +1590,10 @@ mod tests {
             let paths = &doc["paths"];
             assert_eq!(paths[&collection]["get"]["x-kubernetes-action"], "list");
             assert_eq!(paths[&collection]["post"]["x-kubernetes-action"], "post");
-            assert_eq!(paths[&collection]["delete"]["x-kubernetes-action"], "deletecollection");
+            assert_eq!(
+                paths[&collection]["delete"]["x-kubernetes-action"],
+                "deletecollection"
+            );
             let list_params: Vec<&str> = paths[&collection]["get"]["parameters"]
                 .as_array()
                 .expect("list params")
@@ -1180,29 +1602,53 @@ mod tests {
                 .collect();
             assert!(list_params.contains(&"watch") && list_params.contains(&"labelSelector"));
             let item = format!("{collection}/{{name}}");
-            for (method, action) in [("get", "get"), ("put", "put"), ("patch", "patch"), ("delete", "delete")] {
-                assert_eq!(paths[&item][method]["x-kubernetes-action"], action, "{item} {method}");
-                assert_eq!(paths[&item][method]["x-kubernetes-group-version-kind"], gvk(r.group, r.version, r.kind));
+            for (method, action) in [
+                ("get", "get"),
+                ("put", "put"),
+                ("patch", "patch"),
+                ("delete", "delete"),
+            ] {
+                assert_eq!(
+                    paths[&item][method]["x-kubernetes-action"], action,
+                    "{item} {method}"
+                );
+                assert_eq!(
+                    paths[&item][method]["x-kubernetes-group-version-kind"],
+                    gvk(r.group, r.version, r.kind)
+                );
             }
             for sub in r.subresources {
                 let sp = format!("{item}/{}", subresource_name(*sub));
                 let (g, v, k) = subresource_kind(r, *sub);
-                assert_eq!(paths[&sp]["patch"]["x-kubernetes-group-version-kind"], gvk(g, v, k), "{sp}");
+                assert_eq!(
+                    paths[&sp]["patch"]["x-kubernetes-group-version-kind"],
+                    gvk(g, v, k),
+                    "{sp}"
+                );
             }
         }
         let apps = v3_document("apis/apps/v1").expect("apps");
-        assert!(apps["components"]["schemas"]["io.k8s.api.autoscaling.v1.Scale"]["x-kubernetes-group-version-kind"].is_array());
+        assert!(
+            apps["components"]["schemas"]["io.k8s.api.autoscaling.v1.Scale"]
+                ["x-kubernetes-group-version-kind"]
+                .is_array()
+        );
     }
 
     #[test]
     fn built_in_kinds_advertise_strategic_merge_patch_and_metallb_kinds_do_not() {
         let core = v3_document("api/v1").expect("core");
         let svc = &core["paths"]["/api/v1/namespaces/{namespace}/services/{name}"]["patch"];
-        assert!(svc["requestBody"]["content"]["application/strategic-merge-patch+json"].is_object());
+        assert!(
+            svc["requestBody"]["content"]["application/strategic-merge-patch+json"].is_object()
+        );
         let mlb = v3_document("apis/metallb.io/v1beta1").expect("metallb");
-        let pool = &mlb["paths"]["/apis/metallb.io/v1beta1/namespaces/{namespace}/ipaddresspools/{name}"]["patch"];
+        let pool = &mlb["paths"]
+            ["/apis/metallb.io/v1beta1/namespaces/{namespace}/ipaddresspools/{name}"]["patch"];
         assert!(pool["requestBody"]["content"]["application/merge-patch+json"].is_object());
-        assert!(pool["requestBody"]["content"].get("application/strategic-merge-patch+json").is_none());
+        assert!(pool["requestBody"]["content"]
+            .get("application/strategic-merge-patch+json")
+            .is_none());
     }
 
     #[test]
@@ -1213,23 +1659,54 @@ mod tests {
         assert_eq!(ports["x-kubernetes-patch-merge-key"], "port");
         assert_eq!(ports["x-kubernetes-patch-strategy"], "merge");
         assert_eq!(ports["x-kubernetes-list-type"], "map");
-        assert_eq!(ports["x-kubernetes-list-map-keys"], json!(["port", "protocol"]));
-        assert_eq!(s["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]["x-kubernetes-patch-merge-key"], "name");
-        assert_eq!(s["io.k8s.api.core.v1.PodSpec"]["properties"]["volumes"]["x-kubernetes-patch-strategy"], "merge,retainKeys");
-        assert_eq!(s["io.k8s.api.core.v1.Container"]["properties"]["env"]["x-kubernetes-patch-merge-key"], "name");
-        assert_eq!(s["io.k8s.api.core.v1.Container"]["properties"]["ports"]["x-kubernetes-patch-merge-key"], "containerPort");
-        assert_eq!(s["io.k8s.api.core.v1.PodStatus"]["properties"]["conditions"]["x-kubernetes-patch-merge-key"], "type");
+        assert_eq!(
+            ports["x-kubernetes-list-map-keys"],
+            json!(["port", "protocol"])
+        );
+        assert_eq!(
+            s["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]
+                ["x-kubernetes-patch-merge-key"],
+            "name"
+        );
+        assert_eq!(
+            s["io.k8s.api.core.v1.PodSpec"]["properties"]["volumes"]["x-kubernetes-patch-strategy"],
+            "merge,retainKeys"
+        );
+        assert_eq!(
+            s["io.k8s.api.core.v1.Container"]["properties"]["env"]["x-kubernetes-patch-merge-key"],
+            "name"
+        );
+        assert_eq!(
+            s["io.k8s.api.core.v1.Container"]["properties"]["ports"]
+                ["x-kubernetes-patch-merge-key"],
+            "containerPort"
+        );
+        assert_eq!(
+            s["io.k8s.api.core.v1.PodStatus"]["properties"]["conditions"]
+                ["x-kubernetes-patch-merge-key"],
+            "type"
+        );
         let apps = v3_document("apis/apps/v1").expect("apps");
         let a = &apps["components"]["schemas"];
-        assert_eq!(a["io.k8s.api.apps.v1.DeploymentSpec"]["properties"]["strategy"]["x-kubernetes-patch-strategy"], "retainKeys");
-        assert_eq!(a["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]["x-kubernetes-patch-strategy"], "merge");
+        assert_eq!(
+            a["io.k8s.api.apps.v1.DeploymentSpec"]["properties"]["strategy"]
+                ["x-kubernetes-patch-strategy"],
+            "retainKeys"
+        );
+        assert_eq!(
+            a["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]
+                ["x-kubernetes-patch-strategy"],
+            "merge"
+        );
     }
 
     #[test]
     fn every_patch_annotation_lands_on_a_real_property_of_some_document() {
         for (schema, property, ..) in PATCH_METADATA {
             let found = root_paths().iter().any(|p| {
-                v3_document(p).is_some_and(|d| d["components"]["schemas"][*schema]["properties"][*property].is_object())
+                v3_document(p).is_some_and(|d| {
+                    d["components"]["schemas"][*schema]["properties"][*property].is_object()
+                })
             });
             assert!(found, "{schema}.{property} is in no document");
         }
@@ -1245,19 +1722,34 @@ mod tests {
         let mut refs = Vec::new();
         all_refs(&v2, &mut refs);
         for r in refs {
-            let name = r.strip_prefix("#/definitions/").unwrap_or_else(|| panic!("foreign ref {r}"));
+            let name = r
+                .strip_prefix("#/definitions/")
+                .unwrap_or_else(|| panic!("foreign ref {r}"));
             assert!(defs.contains_key(name), "dangling {r}");
         }
         let patch = &v2["paths"]["/api/v1/namespaces/{namespace}/services/{name}"]["patch"];
-        assert!(patch["consumes"].as_array().is_some_and(|c| c.contains(&json!("application/strategic-merge-patch+json"))));
-        let names: Vec<&str> = patch["parameters"].as_array().expect("params").iter().filter_map(|p| p["name"].as_str()).collect();
+        assert!(patch["consumes"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("application/strategic-merge-patch+json"))));
+        let names: Vec<&str> = patch["parameters"]
+            .as_array()
+            .expect("params")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
         assert!(names.contains(&"fieldValidation") && names.contains(&"body"));
     }
 
     #[test]
     fn v2_negotiation_follows_kube_openapi() {
-        assert_eq!(v2_negotiate("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"), Some(V2Format::Protobuf));
-        assert_eq!(v2_negotiate("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"), Some(V2Format::Protobuf));
+        assert_eq!(
+            v2_negotiate("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"),
+            Some(V2Format::Protobuf)
+        );
+        assert_eq!(
+            v2_negotiate("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
+            Some(V2Format::Protobuf)
+        );
         assert_eq!(v2_negotiate("application/json"), Some(V2Format::Json));
         assert_eq!(v2_negotiate("*/*"), Some(V2Format::Json));
         assert_eq!(v2_negotiate(""), Some(V2Format::Json));
@@ -1285,9 +1777,13 @@ mod tests {
         assert_eq!(op_prefix("metallb.io", "v1beta1"), "MetallbIoV1beta1");
         let core = v3_document("api/v1").expect("core");
         assert_eq!(
-            core["paths"]["/api/v1/namespaces/{namespace}/services/{name}/status"]["patch"]["operationId"],
+            core["paths"]["/api/v1/namespaces/{namespace}/services/{name}/status"]["patch"]
+                ["operationId"],
             "patchCoreV1NamespacedServiceStatus"
         );
-        assert_eq!(core["paths"]["/api/v1/services"]["get"]["operationId"], "listCoreV1ServiceForAllNamespaces");
+        assert_eq!(
+            core["paths"]["/api/v1/services"]["get"]["operationId"],
+            "listCoreV1ServiceForAllNamespaces"
+        );
     }
 }
