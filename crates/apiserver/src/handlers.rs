@@ -170,7 +170,7 @@ pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: Request
                 allow_bookmarks: truthy(q, "allowWatchBookmarks"),
                 send_initial_events: truthy(q, "sendInitialEvents"),
                 timeout,
-                table: (format == Format::Table).then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str))),
+                table: if format == Format::Table { Some(IncludeObject::try_parse(q.get("includeObject").map(String::as_str))?) } else { None },
                 bookmark_interval,
             };
             let rx = watch::start(registry.clone(), r, ns.map(str::to_string), params).await?;
@@ -187,7 +187,7 @@ pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: Request
                 if let Some(n) = remaining {
                     meta["remainingItemCount"] = Value::from(n);
                 }
-                let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
+                let include = IncludeObject::try_parse(q.get("includeObject").map(String::as_str))?;
                 return Ok(Reply::ok(table::table(r, &items, meta, include, jiff::Timestamp::now(), true), Format::Json));
             }
             Ok(Reply::ok(list_object(r, items, rv, cont, remaining), format))
@@ -197,7 +197,7 @@ pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: Request
             match (sub, format) {
                 (Some(Subresource::Scale), f) => Ok(Reply::ok(scale_of(&obj), if f == Format::Table { Format::Json } else { f })),
                 (_, Format::Table) => {
-                    let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
+                    let include = IncludeObject::try_parse(q.get("includeObject").map(String::as_str))?;
                     let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
                     Ok(Reply::ok(table::table(r, &[obj], json!({"resourceVersion": rv}), include, jiff::Timestamp::now(), true), Format::Json))
                 }
@@ -225,6 +225,10 @@ pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: Request
         (Method::PATCH, Some(name)) => {
             let patch_type = PatchType::from_content_type(req.content_type)
                 .ok_or_else(|| StatusError::unsupported_media_type(req.content_type))?;
+            if patch_type == PatchType::Strategic && r.group == "metallb.io" {
+                // As for any custom resource: no strategic merge patch.
+                return Err(StatusError::unsupported_media_type(req.content_type));
+            }
             let ctx = write_ctx(q, req.user_agent, "unknown")?;
             if patch_type == PatchType::Apply && q.get("fieldManager").is_none_or(|m| m.is_empty()) {
                 return Err(StatusError::bad_request("PATCH requests with apply content type need a fieldManager"));

@@ -108,16 +108,25 @@ impl Front {
             return json_response(StatusCode::OK, &openapi::v3_root());
         }
         if let Some(gv) = path.strip_prefix("/openapi/v3/") {
-            return match openapi::v3_document(gv) {
-                Some(doc) => json_response(StatusCode::OK, &doc),
+            return match openapi::v3_document_bytes(gv) {
+                Some(doc) => {
+                    let mut resp = respond(StatusCode::OK, doc.to_vec(), "application/json");
+                    if let Some(etag) = openapi::v3_document_hash(gv).and_then(|h| HeaderValue::from_str(&format!("\"{h}\"")).ok()) {
+                        resp.headers_mut().insert(header::ETAG, etag);
+                    }
+                    resp
+                }
                 None => error_response(&StatusError::no_route(&path)),
             };
         }
         if path == "/openapi/v2" {
-            if accept.contains("protobuf") && !accept.contains("json") {
-                return error_response(&StatusError::not_acceptable("only application/json is served for /openapi/v2"));
-            }
-            return json_response(StatusCode::OK, &openapi::v2_document());
+            return match openapi::v2_negotiate(&accept) {
+                Some(openapi::V2Format::Protobuf) => {
+                    respond(StatusCode::OK, openapi::v2_protobuf().to_vec(), openapi::OPENAPI_V2_PROTOBUF_CONTENT_TYPE)
+                }
+                Some(openapi::V2Format::Json) => json_response(StatusCode::OK, &openapi::v2_document()),
+                None => error_response(&StatusError::not_acceptable("/openapi/v2 is served as application/json or protobuf")),
+            };
         }
         if !(path == "/api" || path.starts_with("/api/") || path == "/apis" || path.starts_with("/apis/")) {
             return error_response(&StatusError::no_route(&path));
