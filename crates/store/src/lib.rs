@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+mod hub;
 pub mod memory;
 pub mod sqlite;
 
@@ -120,7 +121,10 @@ pub struct ListResult {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The key was created or modified. `prev` is the value before, if the key existed.
-    Put { kv: KeyValue, prev: Option<KeyValue> },
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
     /// The key was deleted at `revision`. `prev` is the last value it had.
     Delete { prev: KeyValue, revision: Revision },
 }
@@ -139,6 +143,43 @@ impl Event {
             Event::Delete { prev, .. } => &prev.key,
         }
     }
+    /// The key's value before this event, if it existed.
+    pub fn prev(&self) -> Option<&KeyValue> {
+        match self {
+            Event::Put { prev, .. } => prev.as_ref(),
+            Event::Delete { prev, .. } => Some(prev),
+        }
+    }
+    /// Whether this event deleted its key.
+    pub fn is_delete(&self) -> bool {
+        matches!(self, Event::Delete { .. })
+    }
+}
+
+/// Tuning knobs shared by the backends. [`Default`] gives sensible production values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Events buffered per watcher. A watcher that falls this many events behind is disconnected
+    /// with [`StoreError::WatcherTooSlow`].
+    pub watch_channel_capacity: usize,
+    /// Recent events kept in memory to serve watches from the recent past without reading the
+    /// backend (SQLite; the memory backend keeps all events until compaction).
+    pub event_ring_capacity: usize,
+    /// Idle read connections kept open (SQLite).
+    pub read_connections: usize,
+    /// At most this many transactions are committed together by one group commit (SQLite).
+    pub max_group_commit: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            watch_channel_capacity: 1024,
+            event_ring_capacity: 10_000,
+            read_connections: 4,
+            max_group_commit: 1024,
+        }
+    }
 }
 
 /// A stream of watch events, ending with an error if the watcher falls behind or the store
@@ -150,10 +191,16 @@ pub enum StoreError {
     /// The requested revision has been compacted away. Not retryable at that revision: the caller
     /// must re-list (Kubernetes: 410 Expired).
     #[error("required revision {requested} has been compacted (compacted revision {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     /// The requested revision is newer than the store's current revision.
     #[error("required revision {requested} is a future revision (current revision {current})")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     /// The watcher could not keep up and was disconnected. Retryable: watch again from the last
     /// revision received.
     #[error("watcher too slow: disconnected after falling {0} events behind")]
