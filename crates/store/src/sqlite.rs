@@ -258,7 +258,10 @@ fn commit_group(
         }
         Err(err) => {
             tracing::error!(error = %err, txns = txns.len(), "group commit failed");
-            let message = err.to_string();
+            let message = match err {
+                StoreError::Backend(message) => message,
+                other => other.to_string(),
+            };
             for reply in replies {
                 let _ = reply.send(Err(StoreError::Backend(message.clone())));
             }
@@ -276,6 +279,15 @@ fn apply_group(conn: &mut Connection, start: Revision, txns: &[Txn]) -> Result<A
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .db()?;
+    // One process per database file: a revision moved behind the writer's back means another
+    // writer exists, and going on would fork the history.
+    let stored = meta(&tx, "revision")?;
+    if stored != start {
+        return Err(StoreError::Backend(format!(
+            "the database revision moved from {start} to {stored} behind this store's writer: \
+             is another process writing the same file?"
+        )));
+    }
     let mut revision = start;
     let mut outcomes = Vec::with_capacity(txns.len());
     let mut events = Vec::new();
