@@ -59,7 +59,11 @@ pub enum Op {
 }
 
 /// An atomic compare-and-write: if every compare holds, all ops are applied under one new
-/// revision; otherwise nothing is written. A transaction with no ops never bumps the revision.
+/// revision; otherwise nothing is written. A transaction with no ops never bumps the revision,
+/// nor does one whose ops change nothing (deletes of absent keys only), as etcd does.
+///
+/// Ops apply in order: a key written twice in one transaction ends with the last value, and each
+/// write produces its own event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Txn {
     pub compares: Vec<Compare>,
@@ -98,7 +102,9 @@ pub enum TxnOutcome {
 /// Options of a range read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListOptions {
-    /// Read the snapshot at this revision; `None` means the current revision.
+    /// Read the snapshot at this revision; `None` (or 0) means the current revision. A revision
+    /// above the current one fails with [`StoreError::FutureRevision`], one below the compacted
+    /// revision with [`StoreError::Compacted`].
     pub revision: Option<Revision>,
     /// At most this many keys; `None` or 0 means no limit.
     pub limit: Option<usize>,
@@ -230,8 +236,17 @@ pub trait Store: Send + Sync + 'static {
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome>;
     /// Every event on keys starting with `prefix` with revision > `after`, in revision order
     /// (events of one transaction in op order), exactly once, then live events as they happen.
+    ///
+    /// Fails with [`StoreError::Compacted`] if `after` is below the compacted revision. A watch
+    /// from beyond the current revision is accepted and delivers its events once they happen
+    /// (it never fails with [`StoreError::FutureRevision`]). The stream ends after its first
+    /// error: [`StoreError::WatcherTooSlow`] once the buffered events have been delivered,
+    /// [`StoreError::Closed`] when the store is dropped.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream>;
     /// Forget history below `revision`: values overwritten or deleted before it are dropped.
+    /// The snapshot at `revision` itself stays readable, and watches from `revision` on keep
+    /// working. Compacting at or below the compacted revision does nothing; beyond the current
+    /// revision fails with [`StoreError::FutureRevision`].
     async fn compact(&self, revision: Revision) -> Result<()>;
     /// The compacted revision (0 if never compacted).
     async fn compacted_revision(&self) -> Result<Revision>;

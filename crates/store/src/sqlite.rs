@@ -5,7 +5,8 @@
 //! the live value of every key, maintained in the same SQLite transaction as the log so that
 //! current-state reads never scan history; and a `meta` table holding the current and compacted
 //! revisions. Keys are stored as blobs so that SQLite orders them bytewise and a prefix is a
-//! plain key range.
+//! plain key range. Every log row points (`prev_id`) at the live version it replaced, so events
+//! replayed from the log carry previous values like live ones.
 //!
 //! Writes go through one writer thread that owns the only write connection. It group-commits:
 //! it takes every pending transaction, evaluates and applies each in turn (each seeing the writes
@@ -13,7 +14,12 @@
 //! `synchronous=FULL`, so an acknowledged write survives a crash or a power loss), then answers
 //! every caller and publishes the events to the watch hub. Reads use a small pool of separate
 //! read connections on blocking threads, so they never wait for the writer and never block the
-//! async runtime.
+//! async runtime. A watch from the recent past is served from the hub's ring of events; older
+//! history is replayed from the log, chunk by chunk, each chunk in a read transaction that
+//! re-checks compaction.
+//!
+//! One process owns a database file: the writer checks at every commit that the stored revision
+//! is the one it last wrote, and refuses to write if another writer moved it.
 //!
 //! This module must never block the writer on a watcher (the hub only `try_send`s), nor run
 //! SQLite calls on an async worker thread.
@@ -63,6 +69,10 @@ CREATE TABLE IF NOT EXISTS current (
     id              INTEGER NOT NULL
 );
 ";
+
+/// The last log row at or before a revision (index-only, unlike `MAX(id)`).
+const MAX_ID_AT_REVISION: &str = "SELECT COALESCE(
+    (SELECT id FROM kv WHERE revision <= ?1 ORDER BY revision DESC, id DESC LIMIT 1), 0)";
 
 /// How many revisions one watch-replay query covers.
 const REPLAY_CHUNK_REVISIONS: Revision = 512;
@@ -172,6 +182,8 @@ impl SqliteStore {
     }
 }
 
+/// Dropping the store stops the writer thread after the transactions it holds, and waits for it
+/// (briefly blocking the dropping thread); watch streams then end with [`StoreError::Closed`].
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         if let Some(Writer { requests, thread }) = self.writer.take() {
@@ -458,11 +470,7 @@ fn compact(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .db()?;
     let bound: i64 = tx
-        .query_row(
-            "SELECT COALESCE(MAX(id), 0) FROM kv WHERE revision <= ?1",
-            [target],
-            |row| row.get(0),
-        )
+        .query_row(MAX_ID_AT_REVISION, [target], |row| row.get(0))
         .db()?;
     // Versions overwritten or deleted at or before the target...
     let superseded = tx
@@ -645,11 +653,7 @@ fn list_in(conn: &mut Connection, prefix: &str, opts: &ListOptions) -> Result<Li
         )
     } else {
         let bound: i64 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(id), 0) FROM kv WHERE revision <= ?1",
-                [revision],
-                |row| row.get(0),
-            )
+            .query_row(MAX_ID_AT_REVISION, [revision], |row| row.get(0))
             .db()?;
         let condition = range.condition("key", &mut params);
         params.push(Value::Integer(bound));
@@ -725,7 +729,7 @@ fn replay_chunk(
                     p.value, p.create_revision, p.revision
              FROM kv AS k LEFT JOIN kv AS p ON p.id = k.prev_id
              WHERE k.revision > ? AND k.revision <= ? AND {}
-             ORDER BY k.id",
+             ORDER BY k.revision, k.id",
             range.condition("k.key", &mut params)
         ))
         .db()?;

@@ -606,9 +606,20 @@ mod cases {
     pub async fn watch_delivers_every_event_exactly_once_in_order_under_concurrent_writes(
         open: Open,
     ) {
+        // With the default ring the backlog comes from memory; with a one-event ring it comes
+        // from the backend's log while live events pile up.
+        for ring in [StoreOptions::default().event_ring_capacity, 1] {
+            let options = StoreOptions {
+                event_ring_capacity: ring,
+                ..StoreOptions::default()
+            };
+            every_event_exactly_once_under_concurrent_writes(open(options).await).await;
+        }
+    }
+
+    async fn every_event_exactly_once_under_concurrent_writes(store: Fixture) {
         const WRITERS: usize = 6;
         const WRITES: usize = 40;
-        let store = open(StoreOptions::default()).await;
         let start = store.current_revision().await.expect("revision");
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let mut started_tx = Some(started_tx);
