@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+mod hub;
 pub mod memory;
 pub mod sqlite;
 
@@ -58,7 +59,11 @@ pub enum Op {
 }
 
 /// An atomic compare-and-write: if every compare holds, all ops are applied under one new
-/// revision; otherwise nothing is written. A transaction with no ops never bumps the revision.
+/// revision; otherwise nothing is written. A transaction with no ops never bumps the revision,
+/// nor does one whose ops change nothing (deletes of absent keys only), as etcd does.
+///
+/// Ops apply in order: a key written twice in one transaction ends with the last value, and each
+/// write produces its own event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Txn {
     pub compares: Vec<Compare>,
@@ -97,7 +102,9 @@ pub enum TxnOutcome {
 /// Options of a range read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListOptions {
-    /// Read the snapshot at this revision; `None` means the current revision.
+    /// Read the snapshot at this revision; `None` (or 0) means the current revision. A revision
+    /// above the current one fails with [`StoreError::FutureRevision`], one below the compacted
+    /// revision with [`StoreError::Compacted`].
     pub revision: Option<Revision>,
     /// At most this many keys; `None` or 0 means no limit.
     pub limit: Option<usize>,
@@ -120,7 +127,10 @@ pub struct ListResult {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The key was created or modified. `prev` is the value before, if the key existed.
-    Put { kv: KeyValue, prev: Option<KeyValue> },
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
     /// The key was deleted at `revision`. `prev` is the last value it had.
     Delete { prev: KeyValue, revision: Revision },
 }
@@ -139,6 +149,43 @@ impl Event {
             Event::Delete { prev, .. } => &prev.key,
         }
     }
+    /// The key's value before this event, if it existed.
+    pub fn prev(&self) -> Option<&KeyValue> {
+        match self {
+            Event::Put { prev, .. } => prev.as_ref(),
+            Event::Delete { prev, .. } => Some(prev),
+        }
+    }
+    /// Whether this event deleted its key.
+    pub fn is_delete(&self) -> bool {
+        matches!(self, Event::Delete { .. })
+    }
+}
+
+/// Tuning knobs shared by the backends. [`Default`] gives sensible production values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Events buffered per watcher. A watcher that falls this many events behind is disconnected
+    /// with [`StoreError::WatcherTooSlow`].
+    pub watch_channel_capacity: usize,
+    /// Recent events kept in memory to serve watches from the recent past without reading the
+    /// backend (SQLite; the memory backend keeps all events until compaction).
+    pub event_ring_capacity: usize,
+    /// Idle read connections kept open (SQLite).
+    pub read_connections: usize,
+    /// At most this many transactions are committed together by one group commit (SQLite).
+    pub max_group_commit: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            watch_channel_capacity: 1024,
+            event_ring_capacity: 10_000,
+            read_connections: 4,
+            max_group_commit: 1024,
+        }
+    }
 }
 
 /// A stream of watch events, ending with an error if the watcher falls behind or the store
@@ -150,10 +197,16 @@ pub enum StoreError {
     /// The requested revision has been compacted away. Not retryable at that revision: the caller
     /// must re-list (Kubernetes: 410 Expired).
     #[error("required revision {requested} has been compacted (compacted revision {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     /// The requested revision is newer than the store's current revision.
     #[error("required revision {requested} is a future revision (current revision {current})")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     /// The watcher could not keep up and was disconnected. Retryable: watch again from the last
     /// revision received.
     #[error("watcher too slow: disconnected after falling {0} events behind")]
@@ -183,8 +236,17 @@ pub trait Store: Send + Sync + 'static {
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome>;
     /// Every event on keys starting with `prefix` with revision > `after`, in revision order
     /// (events of one transaction in op order), exactly once, then live events as they happen.
+    ///
+    /// Fails with [`StoreError::Compacted`] if `after` is below the compacted revision. A watch
+    /// from beyond the current revision is accepted and delivers its events once they happen
+    /// (it never fails with [`StoreError::FutureRevision`]). The stream ends after its first
+    /// error: [`StoreError::WatcherTooSlow`] once the buffered events have been delivered,
+    /// [`StoreError::Closed`] when the store is dropped.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream>;
     /// Forget history below `revision`: values overwritten or deleted before it are dropped.
+    /// The snapshot at `revision` itself stays readable, and watches from `revision` on keep
+    /// working. Compacting at or below the compacted revision does nothing; beyond the current
+    /// revision fails with [`StoreError::FutureRevision`].
     async fn compact(&self, revision: Revision) -> Result<()>;
     /// The compacted revision (0 if never compacted).
     async fn compacted_revision(&self) -> Result<Revision>;
