@@ -9,6 +9,11 @@
 //! range into a lower "static" band that dynamic allocation only uses once the upper band is full
 //! (KEP-3070 for IPs, KEP-3668 for NodePorts), so that users can pick well-known values from the
 //! lower band (e.g. `10.96.0.10` for DNS) with little risk of collision.
+//!
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/registry/core/service/ipallocator/bitmap.go>
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/registry/core/service/portallocator/allocator.go>
+//! - <https://github.com/kubernetes/enhancements/tree/master/keps/sig-network/3070-reserved-service-ip-range>
+//! - <https://github.com/kubernetes/enhancements/tree/master/keps/sig-network/3668-reserved-service-nodeport-range>
 
 use std::fmt;
 use std::net::IpAddr;

@@ -3,9 +3,14 @@
 //! what `kubectl get -o yaml` shows, look like Kubernetes'. Validation runs after defaulting and
 //! may rely on these fields being present.
 //!
-//! References in kubernetes/kubernetes: `pkg/apis/core/v1/defaults.go`,
-//! `pkg/apis/apps/v1/defaults.go`, `pkg/apis/discovery/v1/defaults.go`, the declarative
-//! `+default` markers behind `zz_generated.defaults.go`, and the Namespace strategy (finalizer).
+//! References (kubernetes/kubernetes):
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/apis/core/v1/defaults.go>
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/apis/apps/v1/defaults.go>
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/apis/discovery/v1/defaults.go>
+//! - the declarative `+default` markers behind `zz_generated.defaults.go` (port protocols)
+//! - the `kubernetes` finalizer of Namespaces:
+//!   <https://github.com/kubernetes/kubernetes/blob/master/pkg/registry/core/namespace/strategy.go>
+//!
 //! Admission plugins (ServiceAccount, DefaultTolerationSeconds) and status fields the API server
 //! sets on create are not defaults and are not applied here.
 

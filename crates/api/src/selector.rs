@@ -3,10 +3,12 @@
 //! and ReplicaSet selectors) and `map[string]string` selectors (Service `.spec.selector`). Parse
 //! errors carry kube-apiserver's wording so that `kubectl get -l ...` fails the way users expect.
 //!
-//! References: `staging/src/k8s.io/apimachinery/pkg/labels/selector.go` and
-//! `staging/src/k8s.io/apimachinery/pkg/fields/selector.go` in kubernetes/kubernetes; the
-//! supported field labels come from each resource's `GetAttrs`/`ToSelectableFields` and the field
-//! label conversion functions in `pkg/apis/*/v1/conversion.go`.
+//! References (kubernetes/kubernetes):
+//! - <https://github.com/kubernetes/kubernetes/blob/master/staging/src/k8s.io/apimachinery/pkg/labels/selector.go>
+//! - <https://github.com/kubernetes/kubernetes/blob/master/staging/src/k8s.io/apimachinery/pkg/fields/selector.go>
+//! - supported field labels: each resource's `ToSelectableFields` (e.g.
+//!   <https://github.com/kubernetes/kubernetes/blob/master/pkg/registry/core/pod/strategy.go>) and the field label conversion functions in
+//!   <https://github.com/kubernetes/kubernetes/blob/master/pkg/apis/core/v1/conversion.go>.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

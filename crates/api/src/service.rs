@@ -5,10 +5,13 @@
 //! `initIPFamilyFields`), `ValidateService`/`ValidateServiceUpdate`, and the predicates the
 //! allocators use to decide what a Service needs (a ClusterIP, NodePorts, a health-check port).
 //!
-//! References in kubernetes/kubernetes: `pkg/apis/core/v1/defaults.go`,
-//! `pkg/registry/core/service/strategy.go`, `pkg/registry/core/service/storage/{storage,alloc}.go`,
-//! `pkg/apis/core/validation/validation.go` (`ValidateService` and friends) and
-//! `pkg/api/service/util.go`.
+//! References (kubernetes/kubernetes):
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/apis/core/v1/defaults.go> (`SetDefaults_Service`)
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/registry/core/service/strategy.go> (`dropTypeDependentFields`)
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/registry/core/service/storage/storage.go> (`patchAllocatedValues`,
+//!   `normalizeClusterIPs`) and `.../storage/alloc.go` (`initIPFamilyFields`)
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/apis/core/validation/validation.go> (`ValidateService` and friends)
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/api/service/util.go> (`ExternallyAccessible`, `NeedsHealthCheck`)
 //!
 //! Switchyard is a single-stack cluster; IP families default to the family of the Service's own
 //! addresses, else IPv4.

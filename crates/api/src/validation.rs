@@ -7,6 +7,13 @@
 //!
 //! Objects arrive as `serde_json::Value`, already defaulted by [`crate::defaults`]. Values that
 //! a field error shows are rendered as Go's `%v`/`%q`/`%#v` would render them.
+//!
+//! References (kubernetes/kubernetes):
+//! - <https://github.com/kubernetes/kubernetes/blob/master/staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go>
+//! - <https://github.com/kubernetes/kubernetes/blob/master/staging/src/k8s.io/apimachinery/pkg/api/validation/objectmeta.go>
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/apis/core/validation/validation.go>
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/apis/apps/validation/validation.go>
+//! - <https://github.com/kubernetes/kubernetes/blob/master/pkg/apis/discovery/validation/validation.go>
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
