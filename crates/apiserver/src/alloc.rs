@@ -168,8 +168,12 @@ impl ServiceAllocator {
                 }
             } else if let Ok(ip) = current.parse::<IpAddr>() {
                 if !before.ips.contains(&ip) {
-                    if !self.ip_range.contains(&ip) {
-                        errors.push(allocator::ip_out_of_range_error("spec.clusterIPs", &ip, &self.ip_range));
+                    if !self.ip_range.contains(ip) {
+                        errors.push(allocator::cluster_ip_out_of_range_error(
+                            &cluster_ips(svc),
+                            &current,
+                            &self.ip_range,
+                        ));
                     }
                     requested_keys.insert(ip_key(&ip));
                 }
@@ -200,7 +204,7 @@ impl ServiceAllocator {
                             if np > u16::MAX as u64 || !self.port_range.contains(np16) {
                                 errors.push(allocator::node_port_out_of_range_error(
                                     &path,
-                                    np as i64,
+                                    np as i32,
                                     &self.port_range,
                                 ));
                             }
@@ -248,7 +252,7 @@ impl ServiceAllocator {
                         if np > u16::MAX as u64 || !self.port_range.contains(np16) {
                             errors.push(allocator::node_port_out_of_range_error(
                                 "spec.healthCheckNodePort",
-                                np as i64,
+                                np as i32,
                                 &self.port_range,
                             ));
                         }
@@ -294,14 +298,14 @@ impl ServiceAllocator {
     /// The 422 for a requested IP or port another service holds.
     pub fn already_allocated(&self, svc: &Value, key: &str) -> StatusError {
         let name = svc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-        let err = if let Some(ip) = key.strip_prefix(IP_PREFIX).and_then(|s| s.parse::<IpAddr>().ok()) {
-            allocator::ip_already_allocated_error("spec.clusterIPs", &ip)
+        let err = if let Some(ip) = key.strip_prefix(IP_PREFIX) {
+            allocator::cluster_ip_already_allocated_error(&cluster_ips(svc), ip)
         } else {
-            let port: i64 = key.strip_prefix(PORT_PREFIX).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let port: i32 = key.strip_prefix(PORT_PREFIX).and_then(|s| s.parse().ok()).unwrap_or(0);
             let path = svc
                 .pointer("/spec/ports")
                 .and_then(Value::as_array)
-                .and_then(|ps| ps.iter().position(|p| p.get("nodePort").and_then(Value::as_i64) == Some(port)))
+                .and_then(|ps| ps.iter().position(|p| p.get("nodePort").and_then(Value::as_i64) == Some(port as i64)))
                 .map(|i| format!("spec.ports[{i}].nodePort"))
                 .unwrap_or_else(|| "spec.healthCheckNodePort".to_string());
             allocator::port_already_allocated_error(&path, port)
@@ -353,6 +357,13 @@ impl ServiceAllocator {
         }
         Ok(())
     }
+}
+
+fn cluster_ips(svc: &Value) -> Vec<String> {
+    svc.pointer("/spec/clusterIPs")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
 }
 
 fn invalid(name: &str, errors: &[FieldError]) -> StatusError {

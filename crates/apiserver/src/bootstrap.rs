@@ -35,7 +35,12 @@ pub async fn run(registry: &Registry, advertise: IpAddr, port: u16) -> Result<()
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure(registry, "namespaces", "", "v1", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await?;
     }
-    let first = registry.services.ip_range.first().to_string();
+    let first = registry
+        .services
+        .ip_range
+        .first()
+        .ok_or_else(|| StatusError::internal("the service IP range has no usable address"))?
+        .to_string();
     ensure(
         registry,
         "services",

@@ -123,7 +123,10 @@ pub async fn start(config: Config, store: SharedStore) -> Result<RunningServer> 
     let client_host = if config.bind_address.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { config.bind_address };
     let advertise = config.advertise_address.unwrap_or(client_host);
 
-    let mut names = vec![client_host.to_string(), advertise.to_string(), ip_range.first().to_string()];
+    let first_service_ip = ip_range
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("--service-cluster-ip-range {:?} has no usable address", config.service_cluster_ip_range))?;
+    let mut names = vec![client_host.to_string(), advertise.to_string(), first_service_ip.to_string()];
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
         if !h.trim().is_empty() {
             names.push(h.trim().to_string());

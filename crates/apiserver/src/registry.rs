@@ -345,7 +345,7 @@ impl Registry {
             if let Some(prefix) = body.pointer("/metadata/generateName").and_then(Value::as_str).map(str::to_string) {
                 const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
                 let suffix: String =
-                    (0..5).map(|_| ALPHABET[rand::random::<usize>() % ALPHABET.len()] as char).collect();
+                    (0..5).map(|_| ALPHABET[(rand::random::<u32>() as usize) % ALPHABET.len()] as char).collect();
                 object::metadata_mut(&mut body).insert("name".into(), Value::String(format!("{prefix}{suffix}")));
             }
         }
@@ -546,9 +546,11 @@ impl Registry {
             }
         }
         if r.kind == "Service" && r.group.is_empty() {
+            // Carries over what was allocated and the client omitted.
             switchyard_api::service::default_service(&mut new, Some(old));
+        } else {
+            defaults::apply_defaults(r, &mut new);
         }
-        defaults::apply_defaults(r, &mut new);
         if spec_part(&new) != spec_part(old) {
             let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
             object::metadata_mut(&mut new).insert("generation".into(), Value::from(g));

@@ -208,7 +208,7 @@ fn reply_response(reply: Reply) -> Response<Body> {
         }
         Reply::Stream(rx) => {
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
-            let mut resp = Response::new(StreamBody::new(stream).boxed());
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
             resp
