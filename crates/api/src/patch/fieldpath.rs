@@ -53,7 +53,9 @@ impl PathElement {
 
     /// Parses a `fieldsV1` key (other than `.`).
     pub fn from_fields_v1_key(s: &str) -> Result<Self, String> {
-        let (prefix, rest) = s.split_at_checked(2).ok_or_else(|| format!("invalid path element {s:?}"))?;
+        let (prefix, rest) = s
+            .split_at_checked(2)
+            .ok_or_else(|| format!("invalid path element {s:?}"))?;
         match prefix {
             "f:" => Ok(PathElement::Field(rest.to_string())),
             "k:" => match serde_json::from_str::<Value>(rest) {
@@ -81,7 +83,10 @@ impl PathElement {
         match self {
             PathElement::Field(name) => format!(".{name}"),
             PathElement::Key(fields) => {
-                let parts: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={}", value_to_string(v))).collect();
+                let parts: Vec<String> = fields
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", value_to_string(v)))
+                    .collect();
                 format!("[{}]", parts.join(","))
             }
             PathElement::Value(v) => format!("[={}]", value_to_string(v)),
@@ -94,11 +99,21 @@ impl PathElement {
 fn value_to_string(v: &Value) -> String {
     match v {
         Value::Null => "null".to_string(),
-        Value::Array(items) => format!("[{}]", items.iter().map(value_to_string).collect::<Vec<_>>().join(",")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(value_to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            let parts: Vec<String> = keys.iter().map(|k| format!("{k}={}", value_to_string(&m[k.as_str()]))).collect();
+            let parts: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{k}={}", value_to_string(&m[k.as_str()])))
+                .collect();
             format!("{{{}}}", parts.join(","))
         }
         other => other.to_string(),
@@ -199,9 +214,13 @@ pub(crate) fn compare_values(a: &Value, b: &Value) -> Ordering {
 pub(crate) fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(_), Value::Number(_)) => compare_values(a, b) == Ordering::Equal,
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+        }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -257,7 +276,10 @@ impl FieldSet {
     pub fn union_in_place(&mut self, other: &FieldSet) {
         self.members.extend(other.members.iter().cloned());
         for (pe, child) in &other.children {
-            self.children.entry(pe.clone()).or_default().union_in_place(child);
+            self.children
+                .entry(pe.clone())
+                .or_default()
+                .union_in_place(child);
         }
     }
 
@@ -384,7 +406,10 @@ impl FieldSet {
 
 /// Builds a path of field names.
 pub(crate) fn field_path(names: &[&str]) -> Vec<PathElement> {
-    names.iter().map(|n| PathElement::Field((*n).to_string())).collect()
+    names
+        .iter()
+        .map(|n| PathElement::Field((*n).to_string()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -413,10 +438,16 @@ mod tests {
         let p = vec![
             PathElement::Field("spec".into()),
             PathElement::Field("ports".into()),
-            PathElement::Key(vec![("port".into(), json!(80)), ("protocol".into(), json!("TCP"))]),
+            PathElement::Key(vec![
+                ("port".into(), json!(80)),
+                ("protocol".into(), json!("TCP")),
+            ]),
             PathElement::Field("targetPort".into()),
         ];
-        assert_eq!(path_string(&p), ".spec.ports[port=80,protocol=\"TCP\"].targetPort");
+        assert_eq!(
+            path_string(&p),
+            ".spec.ports[port=80,protocol=\"TCP\"].targetPort"
+        );
         assert_eq!(PathElement::Value(json!("a")).display(), "[=\"a\"]");
     }
 

@@ -27,7 +27,10 @@ pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
         });
     }
     if ops.len() > MAX_JSON_PATCH_OPERATIONS {
-        return Err(PatchError::TooManyOperations { count: ops.len(), limit: MAX_JSON_PATCH_OPERATIONS });
+        return Err(PatchError::TooManyOperations {
+            count: ops.len(),
+            limit: MAX_JSON_PATCH_OPERATIONS,
+        });
     }
     let mut out = doc.clone();
     for (index, op) in ops.iter().enumerate() {
@@ -37,11 +40,14 @@ pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
 }
 
 fn invalid(index: usize, message: impl std::fmt::Display) -> PatchError {
-    PatchError::Unprocessable { message: format!("json patch operation {index}: {message}") }
+    PatchError::Unprocessable {
+        message: format!("json patch operation {index}: {message}"),
+    }
 }
 
 fn member<'a>(op: &'a Value, index: usize, name: &str) -> Result<&'a Value, PatchError> {
-    op.get(name).ok_or_else(|| invalid(index, format!("missing {name:?}")))
+    op.get(name)
+        .ok_or_else(|| invalid(index, format!("missing {name:?}")))
 }
 
 fn pointer_member(op: &Value, index: usize, name: &str) -> Result<Vec<String>, PatchError> {
@@ -55,8 +61,16 @@ fn apply_op(doc: &mut Value, index: usize, op: &Value) -> Result<(), PatchError>
     let name = member(op, index, "op")?
         .as_str()
         .ok_or_else(|| invalid(index, "\"op\" must be a string"))?;
-    let path_text = op.get("path").and_then(Value::as_str).unwrap_or_default().to_string();
-    let not_found = |path: &str| PatchError::PathNotFound { index, op: name.to_string(), path: path.to_string() };
+    let path_text = op
+        .get("path")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let not_found = |path: &str| PatchError::PathNotFound {
+        index,
+        op: name.to_string(),
+        path: path.to_string(),
+    };
     match name {
         "add" => {
             let path = pointer_member(op, index, "path")?;
@@ -65,7 +79,9 @@ fn apply_op(doc: &mut Value, index: usize, op: &Value) -> Result<(), PatchError>
         }
         "remove" => {
             let path = pointer_member(op, index, "path")?;
-            remove(doc, &path).map(drop).map_err(|e| e.into_error(index, name, &path_text))
+            remove(doc, &path)
+                .map(drop)
+                .map_err(|e| e.into_error(index, name, &path_text))
         }
         "replace" => {
             let path = pointer_member(op, index, "path")?;
@@ -80,10 +96,15 @@ fn apply_op(doc: &mut Value, index: usize, op: &Value) -> Result<(), PatchError>
             let from_text = op.get("from").and_then(Value::as_str).unwrap_or_default();
             // RFC 6902 section 4.4: a location cannot be moved into one of its children.
             if path.len() > from.len() && path.starts_with(&from) {
-                return Err(invalid(index, format!("cannot move {from_text:?} into its child {path_text:?}")));
+                return Err(invalid(
+                    index,
+                    format!("cannot move {from_text:?} into its child {path_text:?}"),
+                ));
             }
             if from == path {
-                return get(doc, &from).map(drop).ok_or_else(|| not_found(from_text));
+                return get(doc, &from)
+                    .map(drop)
+                    .ok_or_else(|| not_found(from_text));
             }
             let value = remove(doc, &from).map_err(|e| e.into_error(index, name, from_text))?;
             add(doc, &path, value).map_err(|e| e.into_error(index, name, &path_text))
@@ -92,7 +113,9 @@ fn apply_op(doc: &mut Value, index: usize, op: &Value) -> Result<(), PatchError>
             let from = pointer_member(op, index, "from")?;
             let path = pointer_member(op, index, "path")?;
             let from_text = op.get("from").and_then(Value::as_str).unwrap_or_default();
-            let value = get(doc, &from).cloned().ok_or_else(|| not_found(from_text))?;
+            let value = get(doc, &from)
+                .cloned()
+                .ok_or_else(|| not_found(from_text))?;
             add(doc, &path, value).map_err(|e| e.into_error(index, name, &path_text))
         }
         "test" => {
@@ -100,7 +123,10 @@ fn apply_op(doc: &mut Value, index: usize, op: &Value) -> Result<(), PatchError>
             let value = member(op, index, "value")?;
             match get(doc, &path) {
                 Some(actual) if json_eq(actual, value) => Ok(()),
-                Some(_) => Err(PatchError::TestFailed { index, path: path_text }),
+                Some(_) => Err(PatchError::TestFailed {
+                    index,
+                    path: path_text,
+                }),
                 None => Err(not_found(&path_text)),
             }
         }
@@ -140,7 +166,10 @@ fn parse_pointer(p: &str) -> Result<Vec<String>, String> {
 
 /// An array index token: decimal digits without leading zeros (RFC 6901 section 4).
 fn array_index(token: &str) -> Option<usize> {
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_digit()) || (token.len() > 1 && token.starts_with('0')) {
+    if token.is_empty()
+        || !token.bytes().all(|b| b.is_ascii_digit())
+        || (token.len() > 1 && token.starts_with('0'))
+    {
         return None;
     }
     token.parse().ok()
@@ -171,7 +200,11 @@ enum OpFailure {
 impl OpFailure {
     fn into_error(self, index: usize, op: &str, path: &str) -> PatchError {
         match self {
-            OpFailure::NotFound => PatchError::PathNotFound { index, op: op.to_string(), path: path.to_string() },
+            OpFailure::NotFound => PatchError::PathNotFound {
+                index,
+                op: op.to_string(),
+                path: path.to_string(),
+            },
             OpFailure::Invalid(message) => invalid(index, format!("{op} {path:?}: {message}")),
         }
     }
@@ -192,9 +225,13 @@ fn add(doc: &mut Value, path: &[String], value: Value) -> Result<(), OpFailure> 
                 items.push(value);
                 return Ok(());
             }
-            let i = array_index(last).ok_or_else(|| OpFailure::Invalid(format!("invalid array index {last:?}")))?;
+            let i = array_index(last)
+                .ok_or_else(|| OpFailure::Invalid(format!("invalid array index {last:?}")))?;
             if i > items.len() {
-                return Err(OpFailure::Invalid(format!("index {i} is out of bounds for a list of {}", items.len())));
+                return Err(OpFailure::Invalid(format!(
+                    "index {i} is out of bounds for a list of {}",
+                    items.len()
+                )));
             }
             items.insert(i, value);
             Ok(())
@@ -205,7 +242,9 @@ fn add(doc: &mut Value, path: &[String], value: Value) -> Result<(), OpFailure> 
 
 fn remove(doc: &mut Value, path: &[String]) -> Result<Value, OpFailure> {
     let Some((last, parent_path)) = path.split_last() else {
-        return Err(OpFailure::Invalid("cannot remove the whole document".to_string()));
+        return Err(OpFailure::Invalid(
+            "cannot remove the whole document".to_string(),
+        ));
     };
     match get_mut(doc, parent_path).ok_or(OpFailure::NotFound)? {
         Value::Object(m) => m.shift_remove(last).ok_or(OpFailure::NotFound),
@@ -234,7 +273,11 @@ mod tests {
         // RFC 6902 Appendix A.1 to A.16, the successful ones: (document, patch, result).
         let cases = [
             // A.1 adding an object member
-            (json!({"foo": "bar"}), json!([{"op": "add", "path": "/baz", "value": "qux"}]), json!({"foo": "bar", "baz": "qux"})),
+            (
+                json!({"foo": "bar"}),
+                json!([{"op": "add", "path": "/baz", "value": "qux"}]),
+                json!({"foo": "bar", "baz": "qux"}),
+            ),
             // A.2 adding an array element
             (
                 json!({"foo": ["bar", "baz"]}),
@@ -242,9 +285,17 @@ mod tests {
                 json!({"foo": ["bar", "qux", "baz"]}),
             ),
             // A.3 removing an object member
-            (json!({"baz": "qux", "foo": "bar"}), json!([{"op": "remove", "path": "/baz"}]), json!({"foo": "bar"})),
+            (
+                json!({"baz": "qux", "foo": "bar"}),
+                json!([{"op": "remove", "path": "/baz"}]),
+                json!({"foo": "bar"}),
+            ),
             // A.4 removing an array element
-            (json!({"foo": ["bar", "qux", "baz"]}), json!([{"op": "remove", "path": "/foo/1"}]), json!({"foo": ["bar", "baz"]})),
+            (
+                json!({"foo": ["bar", "qux", "baz"]}),
+                json!([{"op": "remove", "path": "/foo/1"}]),
+                json!({"foo": ["bar", "baz"]}),
+            ),
             // A.5 replacing a value
             (
                 json!({"baz": "qux", "foo": "bar"}),
@@ -302,13 +353,25 @@ mod tests {
     #[test]
     fn the_rfc_6902_appendix_failures_fail() {
         // A.9 testing a value: error
-        let e = json_patch(&json!({"baz": "qux"}), &json!([{"op": "test", "path": "/baz", "value": "bar"}]));
-        assert!(matches!(e, Err(PatchError::TestFailed { index: 0, .. })), "{e:?}");
+        let e = json_patch(
+            &json!({"baz": "qux"}),
+            &json!([{"op": "test", "path": "/baz", "value": "bar"}]),
+        );
+        assert!(
+            matches!(e, Err(PatchError::TestFailed { index: 0, .. })),
+            "{e:?}"
+        );
         // A.12 adding to a nonexistent target
-        let e = json_patch(&json!({"foo": "bar"}), &json!([{"op": "add", "path": "/baz/bat", "value": "qux"}]));
+        let e = json_patch(
+            &json!({"foo": "bar"}),
+            &json!([{"op": "add", "path": "/baz/bat", "value": "qux"}]),
+        );
         assert!(matches!(e, Err(PatchError::PathNotFound { .. })), "{e:?}");
         // A.15 comparing strings and numbers
-        let e = json_patch(&json!({"/": 9, "~1": 10}), &json!([{"op": "test", "path": "/~01", "value": "10"}]));
+        let e = json_patch(
+            &json!({"/": 9, "~1": 10}),
+            &json!([{"op": "test", "path": "/~01", "value": "10"}]),
+        );
         assert!(matches!(e, Err(PatchError::TestFailed { .. })), "{e:?}");
     }
 
@@ -338,15 +401,24 @@ mod tests {
     fn removing_or_replacing_a_missing_path_is_a_422() {
         let doc = json!({"spec": {}});
         for op in ["remove", "replace"] {
-            let e = json_patch(&doc, &json!([{"op": op, "path": "/spec/replicas", "value": 1}]));
+            let e = json_patch(
+                &doc,
+                &json!([{"op": op, "path": "/spec/replicas", "value": 1}]),
+            );
             assert_eq!(e.map_err(|e| e.code()), Err(422), "{op}");
         }
     }
 
     #[test]
     fn a_body_that_is_not_a_list_of_operations_is_a_400() {
-        assert_eq!(json_patch(&json!({}), &json!({"op": "add"})).map_err(|e| e.code()), Err(400));
-        assert_eq!(json_patch(&json!({}), &json!([1])).map_err(|e| e.code()), Err(400));
+        assert_eq!(
+            json_patch(&json!({}), &json!({"op": "add"})).map_err(|e| e.code()),
+            Err(400)
+        );
+        assert_eq!(
+            json_patch(&json!({}), &json!([1])).map_err(|e| e.code()),
+            Err(400)
+        );
         let e = json_patch(&json!({}), &json!([{"op": "frobnicate", "path": "/a"}]));
         assert_eq!(e.map_err(|e| e.code()), Err(422));
     }
@@ -356,25 +428,40 @@ mod tests {
         let doc = json!({"a": [1, 2]});
         assert!(json_patch(&doc, &json!([{"op": "add", "path": "/a/3", "value": 0}])).is_err());
         assert!(json_patch(&doc, &json!([{"op": "add", "path": "/a/01", "value": 0}])).is_err());
-        assert_eq!(ok(doc, json!([{"op": "add", "path": "/a/2", "value": 3}])), json!({"a": [1, 2, 3]}));
+        assert_eq!(
+            ok(doc, json!([{"op": "add", "path": "/a/2", "value": 3}])),
+            json!({"a": [1, 2, 3]})
+        );
     }
 
     #[test]
     fn copy_duplicates_and_root_replace_swaps_the_document() {
-        let out = ok(json!({"a": {"b": 1}}), json!([{"op": "copy", "from": "/a", "path": "/c"}]));
+        let out = ok(
+            json!({"a": {"b": 1}}),
+            json!([{"op": "copy", "from": "/a", "path": "/c"}]),
+        );
         assert_eq!(out, json!({"a": {"b": 1}, "c": {"b": 1}}));
-        let out = ok(json!({"a": 1}), json!([{"op": "replace", "path": "", "value": {"b": 2}}]));
+        let out = ok(
+            json!({"a": 1}),
+            json!([{"op": "replace", "path": "", "value": {"b": 2}}]),
+        );
         assert_eq!(out, json!({"b": 2}));
     }
 
     #[test]
     fn numbers_test_equal_by_value() {
-        ok(json!({"a": 1}), json!([{"op": "test", "path": "/a", "value": 1.0}]));
+        ok(
+            json!({"a": 1}),
+            json!([{"op": "test", "path": "/a", "value": 1.0}]),
+        );
     }
 
     #[test]
     fn moving_a_member_into_its_own_child_is_refused() {
-        let e = json_patch(&json!({"a": {"b": {}}}), &json!([{"op": "move", "from": "/a", "path": "/a/b/c"}]));
+        let e = json_patch(
+            &json!({"a": {"b": {}}}),
+            &json!([{"op": "move", "from": "/a", "path": "/a/b/c"}]),
+        );
         assert_eq!(e.map_err(|e| e.code()), Err(422));
     }
 }

@@ -50,12 +50,25 @@ pub(crate) struct ManagerId {
 }
 
 impl ManagerId {
-    pub fn new(manager: &str, operation: Operation, api_version: &str, subresource: Option<&str>) -> Self {
-        let manager = if manager.is_empty() { "unknown" } else { manager };
+    pub fn new(
+        manager: &str,
+        operation: Operation,
+        api_version: &str,
+        subresource: Option<&str>,
+    ) -> Self {
+        let manager = if manager.is_empty() {
+            "unknown"
+        } else {
+            manager
+        };
         Self {
             manager: manager.to_string(),
             operation,
-            api_version: if operation == Operation::Apply { String::new() } else { api_version.to_string() },
+            api_version: if operation == Operation::Apply {
+                String::new()
+            } else {
+                api_version.to_string()
+            },
             subresource: subresource.unwrap_or_default().to_string(),
         }
     }
@@ -113,7 +126,11 @@ impl Managed {
             match s("fieldsType") {
                 "FieldsV1" => {}
                 "" => return Err(format!("missing fieldsType in managed fields entry {i}")),
-                other => return Err(format!("invalid fieldsType {other:?} in managed fields entry {i}")),
+                other => {
+                    return Err(format!(
+                        "invalid fieldsType {other:?} in managed fields entry {i}"
+                    ))
+                }
             }
             let set = match e.get("fieldsV1") {
                 None | Some(Value::Null) => FieldSet::new(),
@@ -122,7 +139,11 @@ impl Managed {
             let id = ManagerId {
                 manager: s("manager").to_string(),
                 operation,
-                api_version: if operation == Operation::Apply { String::new() } else { s("apiVersion").to_string() },
+                api_version: if operation == Operation::Apply {
+                    String::new()
+                } else {
+                    s("apiVersion").to_string()
+                },
                 subresource: s("subresource").to_string(),
             };
             let entry = Entry {
@@ -157,7 +178,10 @@ impl Managed {
                     // Field order of metav1.ManagedFieldsEntry.
                     let mut m = Map::new();
                     m.insert("manager".into(), Value::String(e.id.manager.clone()));
-                    m.insert("operation".into(), Value::String(e.id.operation.as_str().into()));
+                    m.insert(
+                        "operation".into(),
+                        Value::String(e.id.operation.as_str().into()),
+                    );
                     m.insert("apiVersion".into(), Value::String(e.api_version.clone()));
                     if let Some(t) = &e.time {
                         m.insert("time".into(), Value::String(t.clone()));
@@ -165,7 +189,10 @@ impl Managed {
                     m.insert("fieldsType".into(), Value::String("FieldsV1".into()));
                     m.insert("fieldsV1".into(), e.set.to_fields_v1());
                     if !e.id.subresource.is_empty() {
-                        m.insert("subresource".into(), Value::String(e.id.subresource.clone()));
+                        m.insert(
+                            "subresource".into(),
+                            Value::String(e.id.subresource.clone()),
+                        );
                     }
                     Value::Object(m)
                 })
@@ -192,7 +219,12 @@ impl Managed {
                 e.set = set;
                 e.api_version = api_version.to_string();
             }
-            None => self.entries.push(Entry { id: id.clone(), api_version: api_version.to_string(), time: None, set }),
+            None => self.entries.push(Entry {
+                id: id.clone(),
+                api_version: api_version.to_string(),
+                time: None,
+                set,
+            }),
         }
     }
 
@@ -219,7 +251,12 @@ impl Managed {
     /// structured-merge-diff's `Updater.update`: the fields `cmp` adds or modifies move from every
     /// other manager to `workflow`'s operation, and removed fields leave every other manager. Without
     /// `force`, another manager owning a changed field is a conflict and nothing moves.
-    pub fn take_changed_fields(&mut self, workflow: Option<&ManagerId>, cmp: &Comparison, force: bool) -> Result<(), Vec<FieldConflict>> {
+    pub fn take_changed_fields(
+        &mut self,
+        workflow: Option<&ManagerId>,
+        cmp: &Comparison,
+        force: bool,
+    ) -> Result<(), Vec<FieldConflict>> {
         let changed = cmp.changed();
         if !force {
             let mut conflicts: Vec<(String, FieldSet)> = self
@@ -234,9 +271,10 @@ impl Managed {
                 return Err(conflicts
                     .into_iter()
                     .flat_map(|(manager, set)| {
-                        set.paths()
-                            .into_iter()
-                            .map(move |p| FieldConflict { manager: manager.clone(), field: path_string(&p) })
+                        set.paths().into_iter().map(move |p| FieldConflict {
+                            manager: manager.clone(),
+                            field: path_string(&p),
+                        })
                     })
                     .collect());
             }
@@ -251,16 +289,25 @@ impl Managed {
     /// `capManagersManager`: past ten update entries, the oldest are folded, per API version, into
     /// an `ancient-changes` entry.
     pub fn cap_update_managers(&mut self) {
-        let mut updaters: Vec<ManagerId> =
-            self.entries.iter().filter(|e| e.id.operation == Operation::Update).map(|e| e.id.clone()).collect();
+        let mut updaters: Vec<ManagerId> = self
+            .entries
+            .iter()
+            .filter(|e| e.id.operation == Operation::Update)
+            .map(|e| e.id.clone())
+            .collect();
         if updaters.len() <= MAX_UPDATE_MANAGERS {
             return;
         }
-        let time_of = |m: &Managed, id: &ManagerId| seconds(m.get(id).and_then(|e| e.time.as_deref()));
+        let time_of =
+            |m: &Managed, id: &ManagerId| seconds(m.get(id).and_then(|e| e.time.as_deref()));
         updaters.sort_by(|a, b| {
-            time_of(self, a)
-                .cmp(&time_of(self, b))
-                .then_with(|| (&a.manager, &a.api_version, &a.subresource).cmp(&(&b.manager, &b.api_version, &b.subresource)))
+            time_of(self, a).cmp(&time_of(self, b)).then_with(|| {
+                (&a.manager, &a.api_version, &a.subresource).cmp(&(
+                    &b.manager,
+                    &b.api_version,
+                    &b.subresource,
+                ))
+            })
         });
         let mut first_of_version: Vec<(String, ManagerId)> = Vec::new();
         let mut length = updaters.len();
@@ -268,9 +315,15 @@ impl Managed {
             if length <= MAX_UPDATE_MANAGERS {
                 break;
             }
-            let Some(entry) = self.get(&id).cloned() else { continue };
-            let bucket = ManagerId::new(ANCIENT_CHANGES, Operation::Update, &entry.api_version, None);
-            match first_of_version.iter().find(|(v, _)| *v == entry.api_version) {
+            let Some(entry) = self.get(&id).cloned() else {
+                continue;
+            };
+            let bucket =
+                ManagerId::new(ANCIENT_CHANGES, Operation::Update, &entry.api_version, None);
+            match first_of_version
+                .iter()
+                .find(|(v, _)| *v == entry.api_version)
+            {
                 Some((_, first)) => {
                     if self.get(&bucket).is_none() {
                         if let Some(f) = self.get_mut(first) {
@@ -294,7 +347,8 @@ impl Managed {
 /// Seconds since the epoch of an RFC 3339 timestamp, 0 when absent or unreadable (as a nil time
 /// sorts in Go).
 fn seconds(t: Option<&str>) -> i64 {
-    t.and_then(|t| t.parse::<jiff::Timestamp>().ok()).map_or(0, |ts| ts.as_second())
+    t.and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map_or(0, |ts| ts.as_second())
 }
 
 /// The fields nobody owns (`stripMetaManager`): an object's identity and server-set metadata.
@@ -351,7 +405,9 @@ pub(crate) fn store(obj: &mut Value, managed: &Managed) {
         return;
     }
     if let Some(root) = obj.as_object_mut() {
-        let meta = root.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+        let meta = root
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()));
         if let Some(meta) = meta.as_object_mut() {
             meta.insert("managedFields".to_string(), managed.encode());
         }
@@ -364,8 +420,10 @@ pub(crate) fn store(obj: &mut Value, managed: &Managed) {
 pub(crate) fn keep_timestamps_of_no_op(old: Option<&Value>, new: &mut Value) {
     let Some(old) = old else { return };
     let (Some(old_list), Some(new_list)) = (
-        old.pointer("/metadata/managedFields").and_then(Value::as_array),
-        new.pointer("/metadata/managedFields").and_then(Value::as_array),
+        old.pointer("/metadata/managedFields")
+            .and_then(Value::as_array),
+        new.pointer("/metadata/managedFields")
+            .and_then(Value::as_array),
     ) else {
         return;
     };
@@ -377,7 +435,10 @@ pub(crate) fn keep_timestamps_of_no_op(old: Option<&Value>, new: &mut Value) {
         e
     };
     if old_list.len() != new_list.len()
-        || old_list.iter().zip(new_list).any(|(a, b)| without_time(a) != without_time(b))
+        || old_list
+            .iter()
+            .zip(new_list)
+            .any(|(a, b)| without_time(a) != without_time(b))
     {
         return;
     }
@@ -398,7 +459,9 @@ pub(crate) fn keep_timestamps_of_no_op(old: Option<&Value>, new: &mut Value) {
 /// one empty entry.
 fn is_reset(obj: &Value) -> bool {
     match obj.pointer("/metadata/managedFields") {
-        Some(Value::Array(list)) => list.is_empty() || list.len() == 1 && list[0].as_object().is_some_and(Map::is_empty),
+        Some(Value::Array(list)) => {
+            list.is_empty() || list.len() == 1 && list[0].as_object().is_some_and(Map::is_empty)
+        }
         _ => false,
     }
 }
@@ -413,7 +476,12 @@ fn is_reset(obj: &Value) -> bool {
 /// `[{}]` clears them); otherwise `old`'s are used. If neither decodes, the object is stored
 /// without managedFields, which is how kube-apiserver recovers from corrupt bookkeeping. This
 /// never fails in practice; the `Result` leaves room for stricter callers.
-pub fn update_managed_fields(old: Option<&Value>, new: &mut Value, manager: &str, now: &str) -> Result<(), PatchError> {
+pub fn update_managed_fields(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    now: &str,
+) -> Result<(), PatchError> {
     record_update(old, new, manager, now, None)
 }
 
@@ -427,10 +495,22 @@ pub fn update_managed_fields_subresource(
     now: &str,
     subresource: &str,
 ) -> Result<(), PatchError> {
-    record_update(old, new, manager, now, Some(subresource).filter(|s| !s.is_empty()))
+    record_update(
+        old,
+        new,
+        manager,
+        now,
+        Some(subresource).filter(|s| !s.is_empty()),
+    )
 }
 
-fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, now: &str, subresource: Option<&str>) -> Result<(), PatchError> {
+fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    now: &str,
+    subresource: Option<&str>,
+) -> Result<(), PatchError> {
     let kind = new
         .get("kind")
         .and_then(Value::as_str)
@@ -459,7 +539,11 @@ fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, now: &str,
     let mut after = new.clone();
     remove_managed_fields(&mut before);
     remove_managed_fields(&mut after);
-    let mut cmp = typed::compare(&typed::with_zero_shape(&before, &zero), &typed::with_zero_shape(&after, &zero), ty);
+    let mut cmp = typed::compare(
+        &typed::with_zero_shape(&before, &zero),
+        &typed::with_zero_shape(&after, &zero),
+        ty,
+    );
     cmp.filter(&reset_set(&kind, subresource));
 
     // kube-apiserver runs the comparison as a temporary "current-operation" manager, so that the
@@ -469,7 +553,10 @@ fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, now: &str,
     let _ = managed.take_changed_fields(None, &cmp, true);
     let operation_set = cmp.changed().difference(&strip_set());
     if !operation_set.is_empty() {
-        let set = managed.get(&id).map_or_else(FieldSet::new, |e| e.set.clone()).union(&operation_set);
+        let set = managed
+            .get(&id)
+            .map_or_else(FieldSet::new, |e| e.set.clone())
+            .union(&operation_set);
         managed.set(&id, &api_version, set);
         managed.set_time(&id, now);
     }
@@ -484,5 +571,246 @@ fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, now: &str,
 pub fn fields_v1_of(obj: &Value, kind: &str) -> Value {
     let mut obj = obj.clone();
     remove_managed_fields(&mut obj);
-    typed::to_field_set(&obj, schema::of(kind)).unwrap_or_default().to_fields_v1()
+    typed::to_field_set(&obj, schema::of(kind))
+        .unwrap_or_default()
+        .to_fields_v1()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const T1: &str = "2024-05-01T10:00:00Z";
+    const T2: &str = "2024-05-01T11:00:00Z";
+
+    fn entries(obj: &Value) -> Vec<Value> {
+        obj["metadata"]["managedFields"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn entry<'a>(list: &'a [Value], manager: &str) -> &'a Value {
+        list.iter()
+            .find(|e| e["manager"] == manager)
+            .unwrap_or_else(|| panic!("no entry for {manager}: {list:?}"))
+    }
+
+    /// A Service as `kubectl create -f` sends it once decoding has set the defaults.
+    fn created_service() -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {
+                "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}],
+                "selector": {"app": "web"},
+                "sessionAffinity": "None",
+                "type": "ClusterIP"
+            }
+        })
+    }
+
+    #[test]
+    fn a_create_owns_every_field_in_kube_apiserver_shape() {
+        let mut svc = created_service();
+        update_managed_fields(None, &mut svc, "kubectl-create", T1).expect("recorded");
+        // The entry kube-apiserver writes for the same `kubectl create`: labels and ports get a
+        // "." because the empty Service has neither; spec and metadata exist in it, so they don't.
+        assert_eq!(
+            svc["metadata"]["managedFields"],
+            json!([{
+                "manager": "kubectl-create",
+                "operation": "Update",
+                "apiVersion": "v1",
+                "time": T1,
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {
+                    "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                    "f:spec": {
+                        "f:ports": {
+                            ".": {},
+                            "k:{\"port\":80,\"protocol\":\"TCP\"}": {".": {}, "f:port": {}, "f:protocol": {}, "f:targetPort": {}}
+                        },
+                        "f:selector": {},
+                        "f:sessionAffinity": {},
+                        "f:type": {}
+                    }
+                }
+            }])
+        );
+    }
+
+    #[test]
+    fn a_created_deployment_owns_its_containers_without_a_dot_on_the_list() {
+        let mut d = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "nginx", "image": "nginx", "resources": {}}]}
+                }
+            }
+        });
+        update_managed_fields(None, &mut d, "kubectl-create", T1).expect("recorded");
+        let fields = &entries(&d)[0]["fieldsV1"];
+        assert_eq!(
+            fields["f:spec"],
+            json!({
+                "f:replicas": {},
+                "f:selector": {},
+                "f:strategy": {"f:rollingUpdate": {".": {}, "f:maxSurge": {}, "f:maxUnavailable": {}}, "f:type": {}},
+                "f:template": {
+                    "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                    "f:spec": {"f:containers": {"k:{\"name\":\"nginx\"}": {
+                        ".": {}, "f:image": {}, "f:name": {}, "f:resources": {}
+                    }}}
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn an_update_takes_the_changed_fields_from_the_previous_owner() {
+        let mut svc = created_service();
+        update_managed_fields(None, &mut svc, "kubectl-create", T1).expect("recorded");
+        let old = svc.clone();
+        svc["spec"]["selector"] = json!({"app": "web2"});
+        svc["metadata"]["labels"]["team"] = json!("blue");
+        update_managed_fields(Some(&old), &mut svc, "kubectl-edit", T2).expect("recorded");
+        let list = entries(&svc);
+        assert_eq!(list.len(), 2);
+        let create = entry(&list, "kubectl-create");
+        assert_eq!(create["time"], T1);
+        assert!(create["fieldsV1"]["f:spec"].get("f:selector").is_none());
+        let edit = entry(&list, "kubectl-edit");
+        assert_eq!(edit["time"], T2);
+        assert_eq!(
+            edit["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {"f:team": {}}}, "f:spec": {"f:selector": {}}})
+        );
+    }
+
+    #[test]
+    fn a_write_that_changes_nothing_leaves_managed_fields_alone() {
+        let mut svc = created_service();
+        update_managed_fields(None, &mut svc, "kubectl-create", T1).expect("recorded");
+        let old = svc.clone();
+        update_managed_fields(Some(&old), &mut svc, "kubectl-replace", T2).expect("recorded");
+        assert_eq!(svc, old);
+    }
+
+    #[test]
+    fn status_changes_through_the_main_resource_are_not_owned_but_through_status_they_are() {
+        let mut svc = created_service();
+        svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}});
+        update_managed_fields(None, &mut svc, "kubectl-create", T1).expect("recorded");
+        assert!(entries(&svc)[0]["fieldsV1"].get("f:status").is_none());
+
+        let old = svc.clone();
+        svc["status"]["loadBalancer"]["ingress"] = json!([{"ip": "192.0.2.11", "ipMode": "VIP"}]);
+        svc["spec"]["type"] = json!("LoadBalancer");
+        update_managed_fields_subresource(Some(&old), &mut svc, "switchyard-lb", T2, "status")
+            .expect("recorded");
+        let list = entries(&svc);
+        let lb = entry(&list, "switchyard-lb");
+        assert_eq!(lb["subresource"], "status");
+        assert_eq!(
+            lb["fieldsV1"],
+            json!({"f:status": {"f:loadBalancer": {"f:ingress": {}}}})
+        );
+    }
+
+    #[test]
+    fn unreadable_managed_fields_are_reset() {
+        let mut old = created_service();
+        old["metadata"]["managedFields"] =
+            json!([{"manager": "x", "operation": "Sideways", "apiVersion": "v1"}]);
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("NodePort");
+        update_managed_fields(Some(&old), &mut new, "kubectl-edit", T2).expect("never fails");
+        assert_eq!(
+            entries(&new),
+            vec![json!({
+                "manager": "kubectl-edit", "operation": "Update", "apiVersion": "v1", "time": T2,
+                "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:type": {}}}
+            })]
+        );
+    }
+
+    #[test]
+    fn an_empty_managed_fields_list_in_the_request_clears_the_history() {
+        let mut svc = created_service();
+        update_managed_fields(None, &mut svc, "kubectl-create", T1).expect("recorded");
+        let old = svc.clone();
+        svc["metadata"]["managedFields"] = json!([]);
+        update_managed_fields(Some(&old), &mut svc, "kubectl-edit", T2).expect("recorded");
+        assert!(svc["metadata"].get("managedFields").is_none());
+    }
+
+    #[test]
+    fn managed_fields_sent_with_an_update_replace_the_stored_ones() {
+        let mut svc = created_service();
+        update_managed_fields(None, &mut svc, "kubectl-create", T1).expect("recorded");
+        let old = svc.clone();
+        svc["metadata"]["managedFields"][0]["manager"] = json!("renamed");
+        update_managed_fields(Some(&old), &mut svc, "kubectl-edit", T2).expect("recorded");
+        assert_eq!(entries(&svc)[0]["manager"], "renamed");
+    }
+
+    #[test]
+    fn an_empty_manager_name_is_recorded_as_unknown() {
+        let mut svc = created_service();
+        update_managed_fields(None, &mut svc, "", T1).expect("recorded");
+        assert_eq!(entries(&svc)[0]["manager"], "unknown");
+    }
+
+    #[test]
+    fn more_than_ten_updaters_fold_the_oldest_into_ancient_changes() {
+        let mut cm =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}});
+        for i in 0..12 {
+            let old = cm.clone();
+            cm["data"][format!("k{i}")] = json!("v");
+            update_managed_fields(
+                Some(&old),
+                &mut cm,
+                &format!("writer-{i:02}"),
+                &format!("2024-05-01T10:{i:02}:00Z"),
+            )
+            .expect("recorded");
+        }
+        let list = entries(&cm);
+        assert_eq!(list.len(), 10);
+        let ancient = entry(&list, "ancient-changes");
+        assert_eq!(
+            ancient["fieldsV1"],
+            json!({"f:data": {"f:k0": {}, "f:k1": {}, "f:k2": {}}})
+        );
+        assert_eq!(ancient["time"], "2024-05-01T10:02:00Z");
+        assert!(list.iter().all(|e| e["manager"] != "writer-00"));
+    }
+
+    #[test]
+    fn timestamps_are_written_in_whole_utc_seconds() {
+        let mut svc = created_service();
+        update_managed_fields(None, &mut svc, "m", "2024-05-01T12:00:00.123456+02:00")
+            .expect("recorded");
+        assert_eq!(entries(&svc)[0]["time"], "2024-05-01T10:00:00Z");
+    }
+
+    #[test]
+    fn fields_v1_of_lists_every_field_an_object_sets() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "b"}}, "data": {"k": "v"}});
+        assert_eq!(
+            fields_v1_of(&cm, "ConfigMap"),
+            json!({"f:apiVersion": {}, "f:data": {"f:k": {}}, "f:kind": {}, "f:metadata": {"f:labels": {"f:a": {}}, "f:name": {}}})
+        );
+    }
 }

@@ -53,9 +53,17 @@ mod tests {
         // RFC 7386 Appendix A: (original, patch, result).
         let cases = [
             (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
-            (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
             (json!({"a": "b"}), json!({"a": null}), json!({})),
-            (json!({"a": "b", "b": "c"}), json!({"a": null}), json!({"b": "c"})),
+            (
+                json!({"a": "b", "b": "c"}),
+                json!({"a": null}),
+                json!({"b": "c"}),
+            ),
             (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
             (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
             (
@@ -63,17 +71,37 @@ mod tests {
                 json!({"a": {"b": "d", "c": null}}),
                 json!({"a": {"b": "d"}}),
             ),
-            (json!({"a": [{"b": "c"}]}), json!({"a": [1]}), json!({"a": [1]})),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
             (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
             (json!({"a": "b"}), json!(["c"]), json!(["c"])),
             (json!({"a": "foo"}), json!(null), json!(null)),
             (json!({"a": "foo"}), json!("bar"), json!("bar")),
-            (json!({"e": null}), json!({"a": 1}), json!({"e": null, "a": 1})),
-            (json!([1, 2]), json!({"a": "b", "c": null}), json!({"a": "b"})),
-            (json!({}), json!({"a": {"bb": {"ccc": null}}}), json!({"a": {"bb": {}}})),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!([1, 2]),
+                json!({"a": "b", "c": null}),
+                json!({"a": "b"}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
         ];
         for (original, patch, expected) in cases {
-            assert_eq!(merge_patch(&original, &patch), expected, "patch {patch} on {original}");
+            assert_eq!(
+                merge_patch(&original, &patch),
+                expected,
+                "patch {patch} on {original}"
+            );
         }
     }
 
@@ -105,12 +133,18 @@ mod tests {
     fn merging_keeps_the_key_order_of_the_document() {
         let doc = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {}});
         let out = merge_patch(&doc, &json!({"metadata": {"labels": {"y": "2"}}}));
-        assert_eq!(out.to_string(), r#"{"metadata":{"name":"a","labels":{"x":"1","y":"2"}},"spec":{}}"#);
+        assert_eq!(
+            out.to_string(),
+            r#"{"metadata":{"name":"a","labels":{"x":"1","y":"2"}},"spec":{}}"#
+        );
     }
 
     #[test]
     fn a_non_object_patch_is_rejected_like_kube_apiserver_does() {
         assert!(check_merge_patch(&json!({"a": 1})).is_ok());
-        assert_eq!(check_merge_patch(&json!([1])).map_err(|e| e.code()), Err(400));
+        assert_eq!(
+            check_merge_patch(&json!([1])).map_err(|e| e.code()),
+            Err(400)
+        );
     }
 }

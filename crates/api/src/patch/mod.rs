@@ -65,7 +65,11 @@ pub enum PatchError {
     /// A JSON patch operation addresses a location that does not exist (`remove`, `replace`,
     /// `move`, `copy` or `test` of a missing member, `add` below a missing parent). HTTP 422.
     #[error("json patch operation {index}: {op} {path}: path not found")]
-    PathNotFound { index: usize, op: String, path: String },
+    PathNotFound {
+        index: usize,
+        op: String,
+        path: String,
+    },
 
     /// A patch is well-formed but cannot be applied: a JSON patch operation with a bad index,
     /// a missing member or an unknown `op`; a strategic patch with lists of lists or keys outside
@@ -86,7 +90,10 @@ pub enum PatchError {
 /// kube-apiserver's apply conflict message (`getConflictMessage`).
 fn conflict_message(conflicts: &[FieldConflict]) -> String {
     if let [c] = conflicts {
-        return format!("Apply failed with 1 conflict: conflict with {}: {}", c.manager, c.field);
+        return format!(
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            c.manager, c.field
+        );
     }
     let mut managers: Vec<&str> = conflicts.iter().map(|c| c.manager.as_str()).collect();
     managers.sort_unstable();
@@ -94,9 +101,18 @@ fn conflict_message(conflicts: &[FieldConflict]) -> String {
     let mut lines = Vec::new();
     for m in managers {
         lines.push(format!("conflicts with {m}:"));
-        lines.extend(conflicts.iter().filter(|c| c.manager == m).map(|c| format!("- {}", c.field)));
+        lines.extend(
+            conflicts
+                .iter()
+                .filter(|c| c.manager == m)
+                .map(|c| format!("- {}", c.field)),
+        );
     }
-    format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+    format!(
+        "Apply failed with {} conflicts: {}",
+        conflicts.len(),
+        lines.join("\n")
+    )
 }
 
 impl PatchError {
@@ -104,7 +120,9 @@ impl PatchError {
     pub fn code(&self) -> u16 {
         match self {
             PatchError::InvalidPatch { .. } => 400,
-            PatchError::TestFailed { .. } | PatchError::PathNotFound { .. } | PatchError::Unprocessable { .. } => 422,
+            PatchError::TestFailed { .. }
+            | PatchError::PathNotFound { .. }
+            | PatchError::Unprocessable { .. } => 422,
             PatchError::TooManyOperations { .. } => 413,
             PatchError::Conflict { .. } => 409,
         }
@@ -117,14 +135,15 @@ impl PatchError {
     pub fn to_status_error(&self) -> StatusError {
         match self {
             PatchError::InvalidPatch { message } => StatusError::bad_request(message.clone()),
-            PatchError::TestFailed { .. } | PatchError::PathNotFound { .. } | PatchError::Unprocessable { .. } => {
-                StatusError {
-                    code: 422,
-                    reason: "Invalid",
-                    message: "the server rejected our request due to an error in our request".to_string(),
-                    details: Some(json!({})),
-                }
-            }
+            PatchError::TestFailed { .. }
+            | PatchError::PathNotFound { .. }
+            | PatchError::Unprocessable { .. } => StatusError {
+                code: 422,
+                reason: "Invalid",
+                message: "the server rejected our request due to an error in our request"
+                    .to_string(),
+                details: Some(json!({})),
+            },
             PatchError::TooManyOperations { .. } => StatusError {
                 code: 413,
                 reason: "RequestEntityTooLarge",

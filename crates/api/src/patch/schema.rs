@@ -97,19 +97,34 @@ impl Ty {
 }
 
 const fn field(name: &'static str, ty: &'static Ty) -> Field {
-    Field { name, ty, strategy: Strategy::Default }
+    Field {
+        name,
+        ty,
+        strategy: Strategy::Default,
+    }
 }
 
 const fn merge_by(name: &'static str, ty: &'static Ty, key: &'static str) -> Field {
-    Field { name, ty, strategy: Strategy::MergeKey(key) }
+    Field {
+        name,
+        ty,
+        strategy: Strategy::MergeKey(key),
+    }
 }
 
 const fn merge_set(name: &'static str, ty: &'static Ty) -> Field {
-    Field { name, ty, strategy: Strategy::MergeSet }
+    Field {
+        name,
+        ty,
+        strategy: Strategy::MergeSet,
+    }
 }
 
 const fn key(name: &'static str) -> Key {
-    Key { name, default: None }
+    Key {
+        name,
+        default: None,
+    }
 }
 
 pub(crate) static SCALAR: Ty = Ty::Scalar;
@@ -117,15 +132,30 @@ pub(crate) static ATOMIC: Ty = Ty::Atomic;
 /// An unlisted struct: every key is a field of type `OPEN`, every list under it is atomic.
 pub(crate) static OPEN: Ty = Ty::Struct(&[]);
 static STRING_MAP: Ty = Ty::Map(&SCALAR);
-static STRING_SET: Ty = Ty::List(ListTy { elem: &SCALAR, kind: ListKind::Set });
-static ATOMIC_LIST: Ty = Ty::List(ListTy { elem: &OPEN, kind: ListKind::Atomic });
+static STRING_SET: Ty = Ty::List(ListTy {
+    elem: &SCALAR,
+    kind: ListKind::Set,
+});
+static ATOMIC_LIST: Ty = Ty::List(ListTy {
+    elem: &OPEN,
+    kind: ListKind::Atomic,
+});
 
 static BY_NAME: &[Key] = &[key("name")];
 static BY_TYPE: &[Key] = &[key("type")];
 static BY_IP: &[Key] = &[key("ip")];
-static NAMED_LIST: Ty = Ty::List(ListTy { elem: &OPEN, kind: ListKind::Map(BY_NAME) });
-static TYPED_LIST: Ty = Ty::List(ListTy { elem: &OPEN, kind: ListKind::Map(BY_TYPE) });
-static IP_LIST: Ty = Ty::List(ListTy { elem: &OPEN, kind: ListKind::Map(BY_IP) });
+static NAMED_LIST: Ty = Ty::List(ListTy {
+    elem: &OPEN,
+    kind: ListKind::Map(BY_NAME),
+});
+static TYPED_LIST: Ty = Ty::List(ListTy {
+    elem: &OPEN,
+    kind: ListKind::Map(BY_TYPE),
+});
+static IP_LIST: Ty = Ty::List(ListTy {
+    elem: &OPEN,
+    kind: ListKind::Map(BY_IP),
+});
 
 // metav1.ObjectMeta: finalizers is `+listType=set` with patchStrategy merge, ownerReferences is
 // keyed by uid, managedFields is atomic.
@@ -135,7 +165,10 @@ static OBJECT_META: Ty = Ty::Struct(&[
     merge_set("finalizers", &STRING_SET),
     merge_by(
         "ownerReferences",
-        &Ty::List(ListTy { elem: &OPEN, kind: ListKind::Map(&[key("uid")]) }),
+        &Ty::List(ListTy {
+            elem: &OPEN,
+            kind: ListKind::Map(&[key("uid")]),
+        }),
         "uid",
     ),
     field("managedFields", &ATOMIC_LIST),
@@ -149,19 +182,31 @@ static CONTAINER: Ty = Ty::Struct(&[
         "ports",
         &Ty::List(ListTy {
             elem: &OPEN,
-            kind: ListKind::Map(&[key("containerPort"), Key { name: "protocol", default: Some("TCP") }]),
+            kind: ListKind::Map(&[
+                key("containerPort"),
+                Key {
+                    name: "protocol",
+                    default: Some("TCP"),
+                },
+            ]),
         }),
         "containerPort",
     ),
     merge_by("env", &NAMED_LIST, "name"),
     merge_by(
         "volumeMounts",
-        &Ty::List(ListTy { elem: &OPEN, kind: ListKind::Map(&[key("mountPath")]) }),
+        &Ty::List(ListTy {
+            elem: &OPEN,
+            kind: ListKind::Map(&[key("mountPath")]),
+        }),
         "mountPath",
     ),
     merge_by(
         "volumeDevices",
-        &Ty::List(ListTy { elem: &OPEN, kind: ListKind::Map(&[key("devicePath")]) }),
+        &Ty::List(ListTy {
+            elem: &OPEN,
+            kind: ListKind::Map(&[key("devicePath")]),
+        }),
         "devicePath",
     ),
     field(
@@ -173,7 +218,10 @@ static CONTAINER: Ty = Ty::Struct(&[
         ]),
     ),
 ]);
-static CONTAINERS: Ty = Ty::List(ListTy { elem: &CONTAINER, kind: ListKind::Map(BY_NAME) });
+static CONTAINERS: Ty = Ty::List(ListTy {
+    elem: &CONTAINER,
+    kind: ListKind::Map(BY_NAME),
+});
 
 // core/v1 PodSpec. tolerations, readinessGates and the affinity term lists carry no strategy and
 // stay atomic; nodeSelector is `+mapType=atomic` (strategic merge patch still merges it key by key,
@@ -201,7 +249,10 @@ static POD_SPEC: Ty = Ty::Struct(&[
         "affinity",
         &Ty::Struct(&[field(
             "nodeAffinity",
-            &Ty::Struct(&[field("requiredDuringSchedulingIgnoredDuringExecution", &ATOMIC)]),
+            &Ty::Struct(&[field(
+                "requiredDuringSchedulingIgnoredDuringExecution",
+                &ATOMIC,
+            )]),
         )]),
     ),
 ]);
@@ -213,10 +264,14 @@ static POD_STATUS: Ty = Ty::Struct(&[
     merge_by("resourceClaimStatuses", &NAMED_LIST, "name"),
 ]);
 
-static POD_TEMPLATE_SPEC: Ty = Ty::Struct(&[field("metadata", &OBJECT_META), field("spec", &POD_SPEC)]);
+static POD_TEMPLATE_SPEC: Ty =
+    Ty::Struct(&[field("metadata", &OBJECT_META), field("spec", &POD_SPEC)]);
 
 // apps/v1 DeploymentSpec and ReplicaSetSpec: the selector is a LabelSelector, `+structType=atomic`.
-static WORKLOAD_SPEC: Ty = Ty::Struct(&[field("selector", &ATOMIC), field("template", &POD_TEMPLATE_SPEC)]);
+static WORKLOAD_SPEC: Ty = Ty::Struct(&[
+    field("selector", &ATOMIC),
+    field("template", &POD_TEMPLATE_SPEC),
+]);
 static CONDITIONS_STATUS: Ty = Ty::Struct(&[merge_by("conditions", &TYPED_LIST, "type")]);
 
 // core/v1 ServiceSpec: ports are `+listMapKey=port +listMapKey=protocol` for apply but merge by port
@@ -226,7 +281,13 @@ static SERVICE_SPEC: Ty = Ty::Struct(&[
         "ports",
         &Ty::List(ListTy {
             elem: &OPEN,
-            kind: ListKind::Map(&[key("port"), Key { name: "protocol", default: Some("TCP") }]),
+            kind: ListKind::Map(&[
+                key("port"),
+                Key {
+                    name: "protocol",
+                    default: Some("TCP"),
+                },
+            ]),
         }),
         "port",
     ),
@@ -248,14 +309,25 @@ static SERVICE: Ty = Ty::Struct(&[
     field("spec", &SERVICE_SPEC),
     field("status", &CONDITIONS_STATUS),
 ]);
-static POD: Ty = Ty::Struct(&[field("metadata", &OBJECT_META), field("spec", &POD_SPEC), field("status", &POD_STATUS)]);
+static POD: Ty = Ty::Struct(&[
+    field("metadata", &OBJECT_META),
+    field("spec", &POD_SPEC),
+    field("status", &POD_STATUS),
+]);
 static WORKLOAD: Ty = Ty::Struct(&[
     field("metadata", &OBJECT_META),
     field("spec", &WORKLOAD_SPEC),
     field("status", &CONDITIONS_STATUS),
 ]);
-static NODE: Ty = Ty::Struct(&[field("metadata", &OBJECT_META), field("spec", &NODE_SPEC), field("status", &NODE_STATUS)]);
-static NAMESPACE: Ty = Ty::Struct(&[field("metadata", &OBJECT_META), field("status", &CONDITIONS_STATUS)]);
+static NODE: Ty = Ty::Struct(&[
+    field("metadata", &OBJECT_META),
+    field("spec", &NODE_SPEC),
+    field("status", &NODE_STATUS),
+]);
+static NAMESPACE: Ty = Ty::Struct(&[
+    field("metadata", &OBJECT_META),
+    field("status", &CONDITIONS_STATUS),
+]);
 static CONFIG_MAP: Ty = Ty::Struct(&[
     field("metadata", &OBJECT_META),
     field("data", &STRING_MAP),
@@ -302,7 +374,9 @@ pub(crate) fn zero_object(kind: &str) -> Value {
             "spec": {"selector": null, "template": template, "strategy": {}},
             "status": {},
         }),
-        "ReplicaSet" => json!({"metadata": meta, "spec": {"selector": null, "template": template}, "status": {}}),
+        "ReplicaSet" => {
+            json!({"metadata": meta, "spec": {"selector": null, "template": template}, "status": {}})
+        }
         "Node" => json!({
             "metadata": meta,
             "spec": {},
@@ -353,5 +427,8 @@ pub(crate) fn reset_paths(kind: &str, subresource: Option<&str>) -> Vec<Vec<&'st
 
 /// The `apiVersion` Switchyard serves a kind at, if it serves it.
 pub(crate) fn api_version_of(kind: &str) -> Option<String> {
-    resources::RESOURCES.iter().find(|r| r.kind == kind).map(|r| r.api_version())
+    resources::RESOURCES
+        .iter()
+        .find(|r| r.kind == kind)
+        .map(|r| r.api_version())
 }

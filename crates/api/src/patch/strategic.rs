@@ -50,15 +50,23 @@ pub fn strategic_merge_patch(doc: &Value, patch: &Value, kind: &str) -> Result<V
 }
 
 fn bad(message: impl Into<String>) -> PatchError {
-    PatchError::InvalidPatch { message: message.into() }
+    PatchError::InvalidPatch {
+        message: message.into(),
+    }
 }
 
 fn no_merge_key(item: &Value, key: &str) -> PatchError {
-    bad(format!("map: {item} does not contain declared merge key: {key}"))
+    bad(format!(
+        "map: {item} does not contain declared merge key: {key}"
+    ))
 }
 
 /// `mergeMap`: merges `patch` into `original`.
-fn merge_map(mut original: Map<String, Value>, mut patch: Map<String, Value>, ty: &'static Ty) -> Result<Map<String, Value>, PatchError> {
+fn merge_map(
+    mut original: Map<String, Value>,
+    mut patch: Map<String, Value>,
+    ty: &'static Ty,
+) -> Result<Map<String, Value>, PatchError> {
     if let Some(directive) = patch.get(DIRECTIVE).cloned() {
         return match directive.as_str() {
             Some("replace") => {
@@ -68,7 +76,10 @@ fn merge_map(mut original: Map<String, Value>, mut patch: Map<String, Value>, ty
                 merge_map(Map::new(), patch, ty)
             }
             Some("delete") => Ok(Map::new()),
-            _ => Err(bad(format!("unknown patch type: {directive} in map: {}", Value::Object(patch.clone())))),
+            _ => Err(bad(format!(
+                "unknown patch type: {directive} in map: {}",
+                Value::Object(patch.clone())
+            ))),
         };
     }
 
@@ -111,7 +122,8 @@ fn merge_map(mut original: Map<String, Value>, mut patch: Map<String, Value>, ty
                 *o = merged;
             }
             (Value::Array(o), Value::Array(p)) => {
-                let merged = merge_list_field(std::mem::take(o), p, child_ty, strategy, is_delete_list)?;
+                let merged =
+                    merge_list_field(std::mem::take(o), p, child_ty, strategy, is_delete_list)?;
                 *o = merged;
             }
             (slot, patch_value) => {
@@ -130,7 +142,9 @@ fn merge_map(mut original: Map<String, Value>, mut patch: Map<String, Value>, ty
 fn new_value(v: Value, ty: &'static Ty, strategy: Strategy) -> Result<Value, PatchError> {
     match v {
         Value::Object(m) => merge_map(Map::new(), m, ty).map(Value::Object),
-        Value::Array(items) => merge_list_field(Vec::new(), items, ty, strategy, false).map(Value::Array),
+        Value::Array(items) => {
+            merge_list_field(Vec::new(), items, ty, strategy, false).map(Value::Array)
+        }
         other => Ok(other),
     }
 }
@@ -151,7 +165,9 @@ fn merge_list_field(
     is_delete_list: bool,
 ) -> Result<Vec<Value>, PatchError> {
     match strategy {
-        Strategy::MergeKey(key) => merge_list(original, patch, elem_of(ty), Some(key), is_delete_list),
+        Strategy::MergeKey(key) => {
+            merge_list(original, patch, elem_of(ty), Some(key), is_delete_list)
+        }
         Strategy::MergeSet => merge_list(original, patch, elem_of(ty), None, is_delete_list),
         Strategy::Default if is_delete_list => Err(bad("invalid patch format of primitive list")),
         Strategy::Default => Ok(patch
@@ -187,7 +203,11 @@ fn element_kind(lists: &[&[Value]]) -> Result<Option<ElemKind>, PatchError> {
     let mut kind: Option<u8> = None;
     for v in lists.iter().flat_map(|l| l.iter()) {
         let k = match v {
-            Value::Array(_) => return Err(PatchError::Unprocessable { message: "lists of lists are not supported".to_string() }),
+            Value::Array(_) => {
+                return Err(PatchError::Unprocessable {
+                    message: "lists of lists are not supported".to_string(),
+                })
+            }
             Value::Object(_) => 0,
             Value::String(_) => 1,
             Value::Number(_) => 2,
@@ -199,13 +219,23 @@ fn element_kind(lists: &[&[Value]]) -> Result<Option<ElemKind>, PatchError> {
             Some(prev) if prev != k => {
                 return Err(bad(format!(
                     "list element types are not identical: {}",
-                    lists.iter().map(|l| Value::Array(l.to_vec()).to_string()).collect::<Vec<_>>().join(" ")
+                    lists
+                        .iter()
+                        .map(|l| Value::Array(l.to_vec()).to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 )))
             }
             _ => {}
         }
     }
-    Ok(kind.map(|k| if k == 0 { ElemKind::Object } else { ElemKind::Scalar }))
+    Ok(kind.map(|k| {
+        if k == 0 {
+            ElemKind::Object
+        } else {
+            ElemKind::Scalar
+        }
+    }))
 }
 
 /// `mergeSlice`: merges a patch list into a list with merge strategy.
@@ -225,7 +255,10 @@ fn merge_list(
     let (original, patch, merged) = match kind {
         ElemKind::Scalar => {
             if is_delete_list {
-                return Ok(original.into_iter().filter(|v| !patch.iter().any(|p| json_eq(p, v))).collect());
+                return Ok(original
+                    .into_iter()
+                    .filter(|v| !patch.iter().any(|p| json_eq(p, v)))
+                    .collect());
             }
             let mut merged: Vec<Value> = Vec::new();
             for v in original.iter().chain(patch.iter()) {
@@ -244,7 +277,11 @@ fn merge_list(
             (original, patch, merged)
         }
     };
-    let key = if kind == ElemKind::Object { merge_key } else { None };
+    let key = if kind == ElemKind::Object {
+        merge_key
+    } else {
+        None
+    };
     let (patch_items, server_only) = partition(merged, &patch, key)?;
     normalize_element_order(patch_items, server_only, &patch, &original, key)
 }
@@ -270,7 +307,9 @@ fn apply_list_directives(
                     original.retain(|o| !o.get(key).is_some_and(|v| json_eq(v, value)));
                 }
                 Some("replace") => replace = true,
-                Some("merge") => return Err(bad("merging lists cannot yet be specified in the patch")),
+                Some("merge") => {
+                    return Err(bad("merging lists cannot yet be specified in the patch"))
+                }
                 _ => return Err(bad(format!("unknown patch type: {d} in map: {item}"))),
             },
         }
@@ -291,13 +330,23 @@ fn apply_list_directives(
 
 /// `mergeSliceWithoutSpecialElements`: items with a key already present are merged into it,
 /// others appended.
-fn merge_items(mut original: Vec<Value>, patch: &[Value], key: &str, elem: &'static Ty) -> Result<Vec<Value>, PatchError> {
+fn merge_items(
+    mut original: Vec<Value>,
+    patch: &[Value],
+    key: &str,
+    elem: &'static Ty,
+) -> Result<Vec<Value>, PatchError> {
     for item in patch {
         let Some(value) = item.get(key) else {
             return Err(no_merge_key(item, key));
         };
-        let Value::Object(p) = item.clone() else { continue };
-        match original.iter_mut().find(|o| o.get(key).is_some_and(|v| json_eq(v, value))) {
+        let Value::Object(p) = item.clone() else {
+            continue;
+        };
+        match original
+            .iter_mut()
+            .find(|o| o.get(key).is_some_and(|v| json_eq(v, value)))
+        {
             Some(Value::Object(o)) => {
                 let merged = merge_map(std::mem::take(o), p, elem)?;
                 *o = merged;
@@ -319,11 +368,16 @@ fn identity<'v>(item: &'v Value, key: Option<&str>) -> Option<&'v Value> {
 
 fn position(list: &[Value], item: &Value, key: Option<&str>) -> Option<usize> {
     let id = identity(item, key)?;
-    list.iter().position(|v| identity(v, key).is_some_and(|w| json_eq(w, id)))
+    list.iter()
+        .position(|v| identity(v, key).is_some_and(|w| json_eq(w, id)))
 }
 
 /// Splits `merged` into the items present in `by` and the others (`partitionMapsByPresentInList`).
-fn partition(merged: Vec<Value>, by: &[Value], key: Option<&str>) -> Result<(Vec<Value>, Vec<Value>), PatchError> {
+fn partition(
+    merged: Vec<Value>,
+    by: &[Value],
+    key: Option<&str>,
+) -> Result<(Vec<Value>, Vec<Value>), PatchError> {
     let mut present = Vec::new();
     let mut others = Vec::new();
     for item in merged {
@@ -354,14 +408,20 @@ fn normalize_element_order(
     let patch_items = sort_by_order(patch_items, patch_order, key)?;
     let server_only = sort_by_order(server_only, server_order, key)?;
     let mut out = Vec::with_capacity(patch_items.len() + server_only.len());
-    let (mut left, mut right) = (server_only.into_iter().peekable(), patch_items.into_iter().peekable());
+    let (mut left, mut right) = (
+        server_only.into_iter().peekable(),
+        patch_items.into_iter().peekable(),
+    );
     loop {
         match (left.peek(), right.peek()) {
             (None, None) => break,
             (Some(_), None) => out.extend(left.next()),
             (None, Some(_)) => out.extend(right.next()),
             (Some(l), Some(r)) => {
-                let before = match (position(server_order, l, key), position(server_order, r, key)) {
+                let before = match (
+                    position(server_order, l, key),
+                    position(server_order, r, key),
+                ) {
                     (Some(li), Some(ri)) => li < ri,
                     _ => false,
                 };
@@ -377,7 +437,11 @@ fn normalize_element_order(
 }
 
 /// `normalizeSliceOrder`: a stable sort by position in `order`; `$patch: delete` items go last.
-fn sort_by_order(items: Vec<Value>, order: &[Value], key: Option<&str>) -> Result<Vec<Value>, PatchError> {
+fn sort_by_order(
+    items: Vec<Value>,
+    order: &[Value],
+    key: Option<&str>,
+) -> Result<Vec<Value>, PatchError> {
     if let Some(k) = key {
         for v in items.iter().chain(order) {
             if v.get(k).is_none() {
@@ -395,7 +459,10 @@ fn sort_by_order(items: Vec<Value>, order: &[Value], key: Option<&str>) -> Resul
 
 /// `applyRetainKeysDirective`: with `$retainKeys`, keys of the object not listed are cleared, and
 /// the patch may only set listed keys.
-fn apply_retain_keys(original: &mut Map<String, Value>, patch: &mut Map<String, Value>) -> Result<(), PatchError> {
+fn apply_retain_keys(
+    original: &mut Map<String, Value>,
+    patch: &mut Map<String, Value>,
+) -> Result<(), PatchError> {
     let Some(retain) = patch.shift_remove(RETAIN_KEYS) else {
         return Ok(());
     };
@@ -404,7 +471,10 @@ fn apply_retain_keys(original: &mut Map<String, Value>, patch: &mut Map<String, 
     };
     let listed = |k: &str| list.iter().any(|v| v.as_str() == Some(k));
     for (k, v) in patch.iter() {
-        if v.is_null() || k.starts_with("$deleteFromPrimitiveList") || k.starts_with("$setElementOrder") {
+        if v.is_null()
+            || k.starts_with("$deleteFromPrimitiveList")
+            || k.starts_with("$setElementOrder")
+        {
             continue;
         }
         if !listed(k) {
@@ -420,10 +490,20 @@ fn apply_retain_keys(original: &mut Map<String, Value>, patch: &mut Map<String, 
 /// `mergePatchIntoOriginal`: merges every list that has a `$setElementOrder/<field>` directive
 /// and orders it by the directive (the directive's order, then the patch's, then the live
 /// object's). The merged lists are removed from the patch.
-fn merge_set_element_order(original: &mut Map<String, Value>, patch: &mut Map<String, Value>, ty: &'static Ty) -> Result<(), PatchError> {
-    let directives: Vec<String> = patch.keys().filter(|k| k.starts_with("$setElementOrder")).cloned().collect();
+fn merge_set_element_order(
+    original: &mut Map<String, Value>,
+    patch: &mut Map<String, Value>,
+    ty: &'static Ty,
+) -> Result<(), PatchError> {
+    let directives: Vec<String> = patch
+        .keys()
+        .filter(|k| k.starts_with("$setElementOrder"))
+        .cloned()
+        .collect();
     for directive in directives {
-        let Some(order) = patch.shift_remove(&directive) else { continue };
+        let Some(order) = patch.shift_remove(&directive) else {
+            continue;
+        };
         let Some(field) = directive.strip_prefix(SET_ELEMENT_ORDER) else {
             return Err(bad("invalid patch format of setElementOrder list"));
         };
@@ -433,12 +513,20 @@ fn merge_set_element_order(original: &mut Map<String, Value>, patch: &mut Map<St
         let original_list = match original.get(field) {
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) => Some(items.clone()),
-            Some(_) => return Err(bad(format!("invalid patch format of setElementOrder list: {field} is not a list"))),
+            Some(_) => {
+                return Err(bad(format!(
+                    "invalid patch format of setElementOrder list: {field} is not a list"
+                )))
+            }
         };
         let patch_list = match patch.get(field) {
             None => None,
             Some(Value::Array(items)) => Some(items.clone()),
-            Some(_) => return Err(bad(format!("invalid patch format of setElementOrder list: {field} is not a list"))),
+            Some(_) => {
+                return Err(bad(format!(
+                    "invalid patch format of setElementOrder list: {field} is not a list"
+                )))
+            }
         };
         let (child_ty, strategy) = ty.child(field);
         let merge_key = match strategy {
@@ -458,7 +546,13 @@ fn merge_set_element_order(original: &mut Map<String, Value>, patch: &mut Map<St
             _ => None,
         };
         let (in_order, server_only) = partition(merged, &order, key)?;
-        let both = normalize_element_order(in_order, server_only, &order, original_list.as_deref().unwrap_or(&[]), key)?;
+        let both = normalize_element_order(
+            in_order,
+            server_only,
+            &order,
+            original_list.as_deref().unwrap_or(&[]),
+            key,
+        )?;
         original.insert(field.to_string(), Value::Array(both));
         patch.shift_remove(field);
     }
@@ -467,7 +561,11 @@ fn merge_set_element_order(original: &mut Map<String, Value>, patch: &mut Map<St
 
 /// `validatePatchWithSetOrderList`: the patch list's items (deletions aside) must appear in the
 /// `$setElementOrder` list, in the same relative order.
-fn validate_set_element_order(patch_list: &[Value], order: &[Value], key: Option<&str>) -> Result<(), PatchError> {
+fn validate_set_element_order(
+    patch_list: &[Value],
+    order: &[Value],
+    key: Option<&str>,
+) -> Result<(), PatchError> {
     if patch_list.is_empty() || order.is_empty() {
         return Ok(());
     }
@@ -535,7 +633,9 @@ mod tests {
     }
 
     fn containers(v: &Value) -> &Vec<Value> {
-        v["spec"]["template"]["spec"]["containers"].as_array().expect("containers")
+        v["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .expect("containers")
     }
 
     #[test]
@@ -545,7 +645,11 @@ mod tests {
         let c = containers(&out);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0]["image"], "nginx:1.26");
-        assert_eq!(c[0]["env"], json!([{"name": "A", "value": "1"}]), "fields the patch omits are kept");
+        assert_eq!(
+            c[0]["env"],
+            json!([{"name": "A", "value": "1"}]),
+            "fields the patch omits are kept"
+        );
         assert_eq!(c[1]["name"], "sidecar");
     }
 
@@ -555,7 +659,10 @@ mod tests {
         // container lists it before the existing one.
         let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "debug", "image": "busybox"}]}}}});
         let out = smp(deployment(), patch, "Deployment");
-        let names: Vec<&str> = containers(&out).iter().filter_map(|c| c["name"].as_str()).collect();
+        let names: Vec<&str> = containers(&out)
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
         assert_eq!(names, ["debug", "web", "sidecar"]);
     }
 
@@ -563,14 +670,20 @@ mod tests {
     fn tolerations_have_no_strategy_and_are_replaced() {
         let patch = json!({"spec": {"template": {"spec": {"tolerations": [{"key": "c", "operator": "Exists"}]}}}});
         let out = smp(deployment(), patch, "Deployment");
-        assert_eq!(out["spec"]["template"]["spec"]["tolerations"], json!([{"key": "c", "operator": "Exists"}]));
+        assert_eq!(
+            out["spec"]["template"]["spec"]["tolerations"],
+            json!([{"key": "c", "operator": "Exists"}])
+        );
     }
 
     #[test]
     fn a_patch_delete_item_removes_the_container_with_that_name() {
         let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "$patch": "delete"}]}}}});
         let out = smp(deployment(), patch, "Deployment");
-        let names: Vec<&str> = containers(&out).iter().filter_map(|c| c["name"].as_str()).collect();
+        let names: Vec<&str> = containers(&out)
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
         assert_eq!(names, ["web"]);
     }
 
@@ -581,23 +694,41 @@ mod tests {
             {"name": "only", "image": "busybox"}
         ]}}}});
         let out = smp(deployment(), patch, "Deployment");
-        assert_eq!(containers(&out), &vec![json!({"name": "only", "image": "busybox"})]);
+        assert_eq!(
+            containers(&out),
+            &vec![json!({"name": "only", "image": "busybox"})]
+        );
     }
 
     #[test]
     fn patch_replace_and_delete_directives_act_on_maps() {
-        let out = smp(deployment(), json!({"metadata": {"labels": {"$patch": "replace", "new": "x"}}}), "Deployment");
+        let out = smp(
+            deployment(),
+            json!({"metadata": {"labels": {"$patch": "replace", "new": "x"}}}),
+            "Deployment",
+        );
         assert_eq!(out["metadata"]["labels"], json!({"new": "x"}));
-        let out = smp(deployment(), json!({"spec": {"selector": {"$patch": "delete"}}}), "Deployment");
+        let out = smp(
+            deployment(),
+            json!({"spec": {"selector": {"$patch": "delete"}}}),
+            "Deployment",
+        );
         assert_eq!(out["spec"]["selector"], json!({}));
     }
 
     #[test]
     fn an_unknown_patch_directive_is_a_bad_request() {
-        let e = strategic_merge_patch(&deployment(), &json!({"metadata": {"$patch": "frobnicate"}}), "Deployment");
+        let e = strategic_merge_patch(
+            &deployment(),
+            &json!({"metadata": {"$patch": "frobnicate"}}),
+            "Deployment",
+        );
         assert_eq!(e.map_err(|e| e.code()), Err(400));
         let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "$patch": "merge"}]}}}});
-        assert_eq!(strategic_merge_patch(&deployment(), &patch, "Deployment").map_err(|e| e.code()), Err(400));
+        assert_eq!(
+            strategic_merge_patch(&deployment(), &patch, "Deployment").map_err(|e| e.code()),
+            Err(400)
+        );
     }
 
     #[test]
@@ -607,7 +738,10 @@ mod tests {
             "containers": [{"name": "web", "image": "nginx:1.26"}]
         }}}});
         let out = smp(deployment(), patch, "Deployment");
-        let names: Vec<&str> = containers(&out).iter().filter_map(|c| c["name"].as_str()).collect();
+        let names: Vec<&str> = containers(&out)
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
         assert_eq!(names, ["sidecar", "web"]);
         assert_eq!(containers(&out)[1]["image"], "nginx:1.26");
     }
@@ -618,7 +752,10 @@ mod tests {
             "$setElementOrder/containers": [{"name": "sidecar"}, {"name": "web"}]
         }}}});
         let out = smp(deployment(), patch, "Deployment");
-        let names: Vec<&str> = containers(&out).iter().filter_map(|c| c["name"].as_str()).collect();
+        let names: Vec<&str> = containers(&out)
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
         assert_eq!(names, ["sidecar", "web"]);
     }
 
@@ -628,23 +765,41 @@ mod tests {
             "$setElementOrder/containers": [{"name": "web"}, {"name": "sidecar"}],
             "containers": [{"name": "sidecar", "image": "x"}, {"name": "web", "image": "y"}]
         }}}});
-        assert_eq!(strategic_merge_patch(&deployment(), &patch, "Deployment").map_err(|e| e.code()), Err(400));
+        assert_eq!(
+            strategic_merge_patch(&deployment(), &patch, "Deployment").map_err(|e| e.code()),
+            Err(400)
+        );
     }
 
     #[test]
     fn finalizers_merge_as_a_set_and_delete_from_primitive_list_removes_them() {
         let pod = json!({"kind": "Pod", "metadata": {"name": "p", "finalizers": ["a.example/x", "b.example/y"]}});
-        let out = smp(pod.clone(), json!({"metadata": {"finalizers": ["c.example/z", "a.example/x"]}}), "Pod");
+        let out = smp(
+            pod.clone(),
+            json!({"metadata": {"finalizers": ["c.example/z", "a.example/x"]}}),
+            "Pod",
+        );
         // Patch items in patch order, live-only items where the live order puts them.
-        assert_eq!(out["metadata"]["finalizers"], json!(["c.example/z", "a.example/x", "b.example/y"]));
-        let out = smp(pod, json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a.example/x"]}}), "Pod");
+        assert_eq!(
+            out["metadata"]["finalizers"],
+            json!(["c.example/z", "a.example/x", "b.example/y"])
+        );
+        let out = smp(
+            pod,
+            json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a.example/x"]}}),
+            "Pod",
+        );
         assert_eq!(out["metadata"]["finalizers"], json!(["b.example/y"]));
     }
 
     #[test]
     fn delete_from_primitive_list_on_a_missing_list_does_nothing() {
         let pod = json!({"kind": "Pod", "metadata": {"name": "p"}});
-        let out = smp(pod.clone(), json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}), "Pod");
+        let out = smp(
+            pod.clone(),
+            json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}),
+            "Pod",
+        );
         assert_eq!(out, pod);
     }
 
@@ -654,7 +809,11 @@ mod tests {
             {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
             {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 8443}
         ]}});
-        let out = smp(svc, json!({"spec": {"ports": [{"port": 443, "targetPort": 9443}, {"port": 53, "protocol": "UDP"}]}}), "Service");
+        let out = smp(
+            svc,
+            json!({"spec": {"ports": [{"port": 443, "targetPort": 9443}, {"port": 53, "protocol": "UDP"}]}}),
+            "Service",
+        );
         assert_eq!(
             out["spec"]["ports"],
             json!([
@@ -667,13 +826,21 @@ mod tests {
 
     #[test]
     fn a_null_deletes_a_label_and_a_null_for_a_missing_key_is_ignored() {
-        let out = smp(deployment(), json!({"metadata": {"labels": {"tier": null, "nope": null}}}), "Deployment");
+        let out = smp(
+            deployment(),
+            json!({"metadata": {"labels": {"tier": null, "nope": null}}}),
+            "Deployment",
+        );
         assert_eq!(out["metadata"]["labels"], json!({"app": "web"}));
     }
 
     #[test]
     fn nulls_inside_a_new_value_are_dropped() {
-        let out = smp(json!({"metadata": {}}), json!({"metadata": {"annotations": {"a": "1", "b": null}}}), "ConfigMap");
+        let out = smp(
+            json!({"metadata": {}}),
+            json!({"metadata": {"annotations": {"a": "1", "b": null}}}),
+            "ConfigMap",
+        );
         assert_eq!(out["metadata"]["annotations"], json!({"a": "1"}));
     }
 
@@ -684,7 +851,10 @@ mod tests {
         let out = smp(d.clone(), patch, "Deployment");
         assert_eq!(out["spec"]["strategy"], json!({"type": "Recreate"}));
         let patch = json!({"spec": {"strategy": {"$retainKeys": ["type"], "rollingUpdate": {"maxSurge": 2}}}});
-        assert_eq!(strategic_merge_patch(&d, &patch, "Deployment").map_err(|e| e.code()), Err(422));
+        assert_eq!(
+            strategic_merge_patch(&d, &patch, "Deployment").map_err(|e| e.code()),
+            Err(422)
+        );
     }
 
     #[test]
@@ -697,7 +867,10 @@ mod tests {
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}
         });
         let out = smp(node, patch, "Node");
-        assert_eq!(out["spec"]["taints"], json!([{"key": "b", "effect": "NoExecute"}]));
+        assert_eq!(
+            out["spec"]["taints"],
+            json!([{"key": "b", "effect": "NoExecute"}])
+        );
         assert_eq!(
             out["status"]["conditions"],
             json!([{"type": "Ready", "status": "True"}, {"type": "MemoryPressure", "status": "False"}])
@@ -706,15 +879,26 @@ mod tests {
 
     #[test]
     fn lists_of_lists_are_unprocessable() {
-        let e = strategic_merge_patch(&json!({"metadata": {"finalizers": ["a"]}}), &json!({"metadata": {"finalizers": [["b"]]}}), "Pod");
+        let e = strategic_merge_patch(
+            &json!({"metadata": {"finalizers": ["a"]}}),
+            &json!({"metadata": {"finalizers": [["b"]]}}),
+            "Pod",
+        );
         assert_eq!(e.map_err(|e| e.code()), Err(422));
     }
 
     #[test]
     fn a_kind_without_strategy_information_gets_a_json_merge_patch() {
         let pool = json!({"kind": "IPAddressPool", "spec": {"addresses": ["10.0.0.0/24"], "autoAssign": true}});
-        let out = smp(pool, json!({"spec": {"addresses": ["10.1.0.0/24"], "autoAssign": null}}), "IPAddressPool");
-        assert_eq!(out, json!({"kind": "IPAddressPool", "spec": {"addresses": ["10.1.0.0/24"]}}));
+        let out = smp(
+            pool,
+            json!({"spec": {"addresses": ["10.1.0.0/24"], "autoAssign": null}}),
+            "IPAddressPool",
+        );
+        assert_eq!(
+            out,
+            json!({"kind": "IPAddressPool", "spec": {"addresses": ["10.1.0.0/24"]}})
+        );
     }
 
     #[test]
@@ -724,7 +908,9 @@ mod tests {
         // $setElementOrder lists for the merged lists it touches.
         let last_applied_v1 = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"annotations":{},"name":"web","namespace":"default"},"spec":{"replicas":2,"selector":{"matchLabels":{"app":"web"}},"template":{"metadata":{"labels":{"app":"web"}},"spec":{"containers":[{"env":[{"name":"FOO","value":"bar"}],"image":"nginx:1.25","name":"web"}]}}}}
 "#;
-        let last_applied_v2 = last_applied_v1.replace("\"replicas\":2", "\"replicas\":3").replace("\"bar\"", "\"baz\"");
+        let last_applied_v2 = last_applied_v1
+            .replace("\"replicas\":2", "\"replicas\":3")
+            .replace("\"bar\"", "\"baz\"");
         let live = json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -774,14 +960,26 @@ mod tests {
         let out = smp(live.clone(), patch, "Deployment");
         assert_eq!(out["spec"]["replicas"], 3);
         let c = &containers(&out)[0];
-        assert_eq!(c["env"], json!([{"name": "FOO", "value": "baz"}, {"name": "EXTRA", "value": "set-by-kubectl-set-env"}]));
+        assert_eq!(
+            c["env"],
+            json!([{"name": "FOO", "value": "baz"}, {"name": "EXTRA", "value": "set-by-kubectl-set-env"}])
+        );
         assert_eq!(c["image"], "nginx:1.25");
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");
-        assert_eq!(out["metadata"]["annotations"][LAST_APPLIED], json!(last_applied_v2));
-        assert_eq!(out["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+        assert_eq!(
+            out["metadata"]["annotations"][LAST_APPLIED],
+            json!(last_applied_v2)
+        );
+        assert_eq!(
+            out["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+            "1"
+        );
         assert_eq!(out["spec"]["strategy"], live["spec"]["strategy"]);
         assert_eq!(out["status"], live["status"]);
-        assert!(out.to_string().find('$').is_none(), "no directive survives: {out}");
+        assert!(
+            out.to_string().find('$').is_none(),
+            "no directive survives: {out}"
+        );
     }
 
     const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

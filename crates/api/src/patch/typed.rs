@@ -71,7 +71,12 @@ pub(crate) fn item_element(l: &ListTy, index: usize, item: &Value) -> PathElemen
 /// structured-merge-diff's `indexListPathElements` does.
 fn index_items<'v>(l: &ListTy, v: Option<&'v Value>) -> Vec<(PathElement, &'v Value)> {
     let mut out: Vec<(PathElement, &'v Value)> = Vec::new();
-    for (i, item) in v.and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, item) in v
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let pe = item_element(l, i, item);
         if !out.iter().any(|(p, _)| *p == pe) {
             out.push((pe, item));
@@ -80,7 +85,7 @@ fn index_items<'v>(l: &ListTy, v: Option<&'v Value>) -> Vec<(PathElement, &'v Va
     out
 }
 
-fn find<'a, 'v>(items: &'a [(PathElement, &'v Value)], pe: &PathElement) -> Option<&'v Value> {
+fn find<'v>(items: &[(PathElement, &'v Value)], pe: &PathElement) -> Option<&'v Value> {
     items.iter().find(|(p, _)| p == pe).map(|(_, v)| *v)
 }
 
@@ -93,7 +98,12 @@ pub(crate) fn to_field_set(v: &Value, ty: &'static Ty) -> Result<FieldSet, Strin
     Ok(set)
 }
 
-fn walk_field_set(v: &Value, ty: &'static Ty, path: &mut Vec<PathElement>, set: &mut FieldSet) -> Result<(), String> {
+fn walk_field_set(
+    v: &Value,
+    ty: &'static Ty,
+    path: &mut Vec<PathElement>,
+    set: &mut FieldSet,
+) -> Result<(), String> {
     match node_kind(ty, &[Some(v)]) {
         Node::Leaf => set.insert(path),
         Node::Object(ty) => {
@@ -103,7 +113,10 @@ fn walk_field_set(v: &Value, ty: &'static Ty, path: &mut Vec<PathElement>, set: 
                 // structured-merge-diff owns a struct field through its leaves, but owns it itself
                 // when it is null or empty (kubernetes-sigs/structured-merge-diff#184), and owns
                 // every entry of a map.
-                if child.is_null() || (child.is_object() && empty_object(Some(child))) || !ty.is_struct() {
+                if child.is_null()
+                    || (child.is_object() && empty_object(Some(child)))
+                    || !ty.is_struct()
+                {
                     set.insert(path);
                 }
                 path.pop();
@@ -182,10 +195,20 @@ fn walk_compare(
             let lm = lhs.and_then(Value::as_object);
             let rm = rhs.and_then(Value::as_object);
             let mut keys: Vec<&String> = lm.into_iter().flat_map(|m| m.keys()).collect();
-            keys.extend(rm.into_iter().flat_map(|m| m.keys()).filter(|k| !lm.is_some_and(|m| m.contains_key(*k))));
+            keys.extend(
+                rm.into_iter()
+                    .flat_map(|m| m.keys())
+                    .filter(|k| !lm.is_some_and(|m| m.contains_key(*k))),
+            );
             for k in keys {
                 path.push(PathElement::Field(k.clone()));
-                walk_compare(lm.and_then(|m| m.get(k)), rm.and_then(|m| m.get(k)), ty.child(k).0, path, out);
+                walk_compare(
+                    lm.and_then(|m| m.get(k)),
+                    rm.and_then(|m| m.get(k)),
+                    ty.child(k).0,
+                    path,
+                    out,
+                );
                 path.pop();
             }
             post_item(lhs, rhs, path, out);
@@ -194,7 +217,12 @@ fn walk_compare(
             let litems = index_items(l, lhs);
             let ritems = index_items(l, rhs);
             let mut pes: Vec<&PathElement> = litems.iter().map(|(p, _)| p).collect();
-            pes.extend(ritems.iter().map(|(p, _)| p).filter(|p| find(&litems, p).is_none()));
+            pes.extend(
+                ritems
+                    .iter()
+                    .map(|(p, _)| p)
+                    .filter(|p| find(&litems, p).is_none()),
+            );
             for pe in pes {
                 path.push(pe.clone());
                 walk_compare(find(&litems, pe), find(&ritems, pe), l.elem, path, out);
@@ -258,7 +286,10 @@ fn merge_list(l: &ListTy, lhs: Option<&Value>, rhs: Option<&Value>) -> Vec<Value
         .collect();
     let litems = index_items(l, lhs);
     let ritems = index_items(l, rhs);
-    let mut shared = ritems.iter().map(|(p, _)| p).filter(|p| find(&litems, p).is_some());
+    let mut shared = ritems
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| find(&litems, p).is_some());
     let mut next_shared = shared.next();
     let mut merged_rhs: Vec<&PathElement> = Vec::new();
     let mut out = Vec::new();
@@ -320,7 +351,8 @@ pub(crate) fn ensure_named_fields(set: &FieldSet, ty: &'static Ty) -> FieldSet {
         if matches!(pe, PathElement::Field(_)) && ty.is_struct() {
             out.members.insert(pe.clone());
         }
-        out.children.insert(pe.clone(), ensure_named_fields(child, child_ty));
+        out.children
+            .insert(pe.clone(), ensure_named_fields(child, child_ty));
     }
     out
 }
@@ -349,7 +381,9 @@ pub(crate) fn prune(v: &mut Value, last: &FieldSet, owned: Option<&FieldSet>, ty
             }
         }
         Node::List(l) => {
-            let Some(items) = v.as_array_mut() else { return };
+            let Some(items) = v.as_array_mut() else {
+                return;
+            };
             let old = std::mem::take(items);
             for (i, mut item) in old.into_iter().enumerate() {
                 let pe = item_element(l, i, &item);
