@@ -238,7 +238,7 @@ pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: Request
                 let scale = scale_of(&obj);
                 let doc = codec::decode_json(req.body).or_else(|_| codec::decode_yaml_or_json(req.body))?;
                 let patched = match patch_type {
-                    PatchType::Json => switchyard_api::patch::json_patch(&scale, &doc).map_err(|e| e.to_status())?,
+                    PatchType::Json => switchyard_api::patch::json_patch(&scale, &doc).map_err(|e| e.to_status_error())?,
                     _ => switchyard_api::patch::merge_patch(&scale, &doc),
                 };
                 let replicas = patched.pointer("/spec/replicas").cloned().unwrap_or(Value::Null);

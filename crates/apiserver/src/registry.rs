@@ -820,7 +820,7 @@ fn prepare_for_create(r: &ResourceInfo, obj: &mut Value) {
 }
 
 fn patch_error(e: patch::PatchError) -> StatusError {
-    e.to_status()
+    e.to_status_error()
 }
 
 trait KindHint {
