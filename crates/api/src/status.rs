@@ -86,8 +86,15 @@ impl FieldError {
         }
     }
 
-    /// The message kube-apiserver prints for this error (`field.Error.Error()`).
+    /// The message kube-apiserver prints for this error (`field.Error.Error()`): the field path,
+    /// then [`Self::body`].
     pub fn message(&self) -> String {
+        format!("{}: {}", self.field, self.body())
+    }
+
+    /// The message without the field path (`field.Error.ErrorBody()`), as a Status cause carries
+    /// it next to its `field`.
+    pub fn body(&self) -> String {
         let what = match self.kind {
             FieldErrorType::Required => "Required value",
             FieldErrorType::Invalid => "Invalid value",
@@ -98,7 +105,7 @@ impl FieldError {
             FieldErrorType::TooMany => "Too many",
             FieldErrorType::Internal => "Internal error",
         };
-        let mut s = format!("{}: {}", self.field, what);
+        let mut s = what.to_string();
         if let Some(v) = &self.value {
             s.push_str(": ");
             s.push_str(v);
@@ -208,7 +215,7 @@ impl StatusError {
         };
         let causes: Vec<Value> = errors
             .iter()
-            .map(|e| json!({"reason": e.kind.cause_reason(), "message": e.message(), "field": e.field}))
+            .map(|e| json!({"reason": e.kind.cause_reason(), "message": e.body(), "field": e.field}))
             .collect();
         let mut e = Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"));
         e.details = Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}));
@@ -263,6 +270,7 @@ mod tests {
         assert_eq!(s["reason"], "Invalid");
         assert_eq!(s["details"]["causes"][0]["field"], "spec.ports[0].port");
         assert_eq!(s["details"]["causes"][1]["reason"], "FieldValueRequired");
+        assert_eq!(s["details"]["causes"][1]["message"], "Required value");
         assert_eq!(
             e.message,
             "Service \"web\" is invalid: [spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive, spec.ports: Required value]"
