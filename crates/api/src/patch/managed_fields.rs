@@ -504,9 +504,11 @@ pub(crate) fn keep_timestamps_of_no_op(old: Option<&Value>, new: &mut Value) {
 /// one empty entry.
 fn is_reset(obj: &Value) -> bool {
     match obj.pointer("/metadata/managedFields") {
-        Some(Value::Array(list)) => {
-            list.is_empty() || list.len() == 1 && list[0].as_object().is_some_and(Map::is_empty)
-        }
+        Some(Value::Array(list)) => match list.as_slice() {
+            [] => true,
+            [only] => only.as_object().is_some_and(Map::is_empty),
+            _ => false,
+        },
         _ => false,
     }
 }
