@@ -20,6 +20,9 @@ use super::schema::{self, Ty};
 use super::typed;
 use super::PatchError;
 
+/// The manager that owns what an object held before its first server-side apply.
+const BEFORE_FIRST_APPLY: &str = "before-first-apply";
+
 /// The annotation `kubectl apply` (client-side) keeps the last applied configuration in.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -146,6 +149,13 @@ fn apply_inner(
         .unwrap_or_default();
     let mut live_obj = live.cloned().unwrap_or_else(|| Value::Object(Map::new()));
     managed_fields::remove_managed_fields(&mut live_obj);
+
+    // skipNonAppliedManager: the first apply to an object nobody owns anything of credits its
+    // existing fields to "before-first-apply", so that changing them is a conflict.
+    if let Some(live) = live.filter(|_| managed.entries.is_empty()) {
+        let before = ManagerId::new(BEFORE_FIRST_APPLY, Operation::Update, &api_version, None);
+        managed.record_update(None, live, kind, &before, now);
+    }
 
     let id = ManagerId::new(manager, Operation::Apply, &api_version, subresource);
     let last_set = managed
@@ -778,6 +788,34 @@ mod tests {
             e.to_string(),
             "Apply failed with 3 conflicts: conflicts with \"a\" using v1:\n- .metadata.labels.x\nconflicts with \"b\":\n- .spec.replicas\n- .spec.paused"
         );
+    }
+
+    #[test]
+    fn the_first_apply_to_an_untracked_object_conflicts_with_before_first_apply() {
+        let live = deployment(2, json!({"app": "web"}));
+        let e = apply(
+            Some(&live),
+            &deployment(3, json!({"app": "web"})),
+            "tool",
+            false,
+            "Deployment",
+            T1,
+        );
+        assert_eq!(
+            e.map_err(|e| e.to_string()),
+            Err("Apply failed with 1 conflict: conflict with \"before-first-apply\" using apps/v1: .spec.replicas".into())
+        );
+        let out = ok(
+            Some(&live),
+            &deployment(2, json!({"app": "web"})),
+            "tool",
+            false,
+            "Deployment",
+            T1,
+        );
+        let list = entries(&out);
+        assert_eq!(list.len(), 2);
+        assert_eq!(entry(&list, "before-first-apply", "Update")["time"], T1);
     }
 
     #[test]

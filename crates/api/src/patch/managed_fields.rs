@@ -286,6 +286,51 @@ impl Managed {
         Ok(())
     }
 
+    /// Records an Update operation by `id` that turned `old` (`None`: nothing, a create) into
+    /// `new` (`managedFieldsUpdater` around structured-merge-diff's `Updater.Update`).
+    pub fn record_update(
+        &mut self,
+        old: Option<&Value>,
+        new: &Value,
+        kind: &str,
+        id: &ManagerId,
+        now: &str,
+    ) {
+        let ty = schema::of(kind);
+        let zero = schema::zero_object(kind);
+        let mut before = old.cloned().unwrap_or_else(|| zero.clone());
+        let mut after = new.clone();
+        remove_managed_fields(&mut before);
+        remove_managed_fields(&mut after);
+        let mut cmp = typed::compare(
+            &typed::with_zero_shape(&before, &zero),
+            &typed::with_zero_shape(&after, &zero),
+            ty,
+        );
+        let subresource = Some(id.subresource.as_str()).filter(|s| !s.is_empty());
+        cmp.filter(&reset_set(kind, subresource));
+
+        // kube-apiserver runs the comparison as a temporary "current-operation" manager, so that
+        // the writer's own earlier entry loses what it removed like everyone else's, then folds
+        // the operation's fields into the writer's entry; only a write that owns something new
+        // moves the entry's timestamp.
+        let _ = self.take_changed_fields(None, &cmp, true);
+        let operation_set = cmp.changed().difference(&strip_set());
+        if !operation_set.is_empty() {
+            let set = self
+                .get(id)
+                .map_or_else(FieldSet::new, |e| e.set.clone())
+                .union(&operation_set);
+            let api_version = if id.api_version.is_empty() {
+                api_version(new, kind)
+            } else {
+                id.api_version.clone()
+            };
+            self.set(id, &api_version, set);
+            self.set_time(id, now);
+        }
+    }
+
     /// `capManagersManager`: past ten update entries, the oldest are folded, per API version, into
     /// an `ancient-changes` entry.
     pub fn cap_update_managers(&mut self) {
@@ -459,9 +504,11 @@ pub(crate) fn keep_timestamps_of_no_op(old: Option<&Value>, new: &mut Value) {
 /// one empty entry.
 fn is_reset(obj: &Value) -> bool {
     match obj.pointer("/metadata/managedFields") {
-        Some(Value::Array(list)) => {
-            list.is_empty() || list.len() == 1 && list[0].as_object().is_some_and(Map::is_empty)
-        }
+        Some(Value::Array(list)) => match list.as_slice() {
+            [] => true,
+            [only] => only.as_object().is_some_and(Map::is_empty),
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -533,33 +580,8 @@ fn record_update(
         }
     };
 
-    let ty = schema::of(&kind);
-    let zero = schema::zero_object(&kind);
-    let mut before = old.cloned().unwrap_or_else(|| zero.clone());
-    let mut after = new.clone();
-    remove_managed_fields(&mut before);
-    remove_managed_fields(&mut after);
-    let mut cmp = typed::compare(
-        &typed::with_zero_shape(&before, &zero),
-        &typed::with_zero_shape(&after, &zero),
-        ty,
-    );
-    cmp.filter(&reset_set(&kind, subresource));
-
-    // kube-apiserver runs the comparison as a temporary "current-operation" manager, so that the
-    // writer's own earlier entry loses what it removed like everyone else's, then folds the
-    // operation's fields into the writer's entry.
     let id = ManagerId::new(manager, Operation::Update, &api_version, subresource);
-    let _ = managed.take_changed_fields(None, &cmp, true);
-    let operation_set = cmp.changed().difference(&strip_set());
-    if !operation_set.is_empty() {
-        let set = managed
-            .get(&id)
-            .map_or_else(FieldSet::new, |e| e.set.clone())
-            .union(&operation_set);
-        managed.set(&id, &api_version, set);
-        managed.set_time(&id, now);
-    }
+    managed.record_update(old, new, &kind, &id, now);
     managed.cap_update_managers();
     store(new, &managed);
     keep_timestamps_of_no_op(old, new);

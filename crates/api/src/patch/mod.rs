@@ -168,3 +168,89 @@ impl PatchError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn failed_json_patch_operations_answer_with_kube_apiservers_generic_422() {
+        let e = json_patch(
+            &json!({"a": 1}),
+            &json!([{"op": "test", "path": "/a", "value": 2}]),
+        )
+        .expect_err("test fails");
+        assert_eq!(
+            e.to_string(),
+            "json patch operation 0: testing value /a failed: test failed"
+        );
+        let status = e.to_status_error().to_status();
+        assert_eq!(status["code"], 422);
+        assert_eq!(status["reason"], "Invalid");
+        assert_eq!(
+            status["message"],
+            "the server rejected our request due to an error in our request"
+        );
+    }
+
+    #[test]
+    fn malformed_patches_are_bad_requests_with_their_message() {
+        let e =
+            strategic_merge_patch(&json!({}), &json!([1]), "Service").expect_err("not an object");
+        let status = e.to_status_error().to_status();
+        assert_eq!(status["code"], 400);
+        assert_eq!(status["reason"], "BadRequest");
+        assert_eq!(
+            status["message"],
+            "strategic merge patch must be a JSON object"
+        );
+    }
+
+    #[test]
+    fn too_many_json_patch_operations_are_refused_as_too_large() {
+        let ops: Vec<Value> = (0..=MAX_JSON_PATCH_OPERATIONS)
+            .map(|_| json!({"op": "test", "path": "", "value": {}}))
+            .collect();
+        let e = json_patch(&json!({}), &Value::Array(ops)).expect_err("too many");
+        let status = e.to_status_error().to_status();
+        assert_eq!(status["code"], 413);
+        assert_eq!(
+            status["message"],
+            "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
+        );
+    }
+
+    #[test]
+    fn a_status_apply_owns_status_under_the_status_subresource() {
+        let live = json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"type": "LoadBalancer"}
+        });
+        let applied = json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"type": "ClusterIP"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}
+        });
+        let out = apply_subresource(
+            Some(&live),
+            &applied,
+            "switchyard-lb",
+            true,
+            "Service",
+            "2024-05-01T10:00:00Z",
+            "status",
+        )
+        .expect("applied");
+        let entry = out["metadata"]["managedFields"]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["manager"] == "switchyard-lb"))
+            .cloned()
+            .expect("entry");
+        assert_eq!(entry["subresource"], "status");
+        assert_eq!(
+            entry["fieldsV1"],
+            json!({"f:status": {"f:loadBalancer": {"f:ingress": {}}}})
+        );
+    }
+}

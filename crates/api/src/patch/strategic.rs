@@ -109,9 +109,11 @@ fn merge_map(
 
         let (child_ty, strategy) = ty.child(&key);
         let Some(original_value) = original.get_mut(&key) else {
+            // Not in the object: the patch value is taken, cleaned (`removeDirectives`).
             if !is_delete_list {
-                let v = new_value(patch_value, child_ty, strategy)?;
-                original.insert(key, v);
+                if let Some(v) = clean_new_value(patch_value) {
+                    original.insert(key, v);
+                }
             }
             continue;
         };
@@ -129,7 +131,12 @@ fn merge_map(
             (slot, patch_value) => {
                 // Types differ, or both are scalars: the patch value wins.
                 if !is_delete_list {
-                    *slot = new_value(patch_value, child_ty, strategy)?;
+                    match clean_new_value(patch_value) {
+                        Some(v) => *slot = v,
+                        None => {
+                            original.shift_remove(&key);
+                        }
+                    }
                 }
             }
         }
@@ -137,15 +144,50 @@ fn merge_map(
     Ok(original)
 }
 
-/// A patch value for a key the object lacks: taken as is, minus nulls and directives
-/// (`discardNullValuesFromPatch`).
-fn new_value(v: Value, ty: &'static Ty, strategy: Strategy) -> Result<Value, PatchError> {
+/// A patch value that replaces what the object has (or lacks): nulls are discarded
+/// (`discardNullValuesFromPatch`), and an object carrying `$patch` is dropped, from lists too
+/// (`removeDirectives`). Other `$` keys are dropped as decoding into the Go types drops unknown
+/// fields. `None` means the key is not kept at all.
+fn clean_new_value(mut v: Value) -> Option<Value> {
+    discard_nulls(&mut v);
+    remove_directives(v)
+}
+
+fn remove_directives(v: Value) -> Option<Value> {
     match v {
-        Value::Object(m) => merge_map(Map::new(), m, ty).map(Value::Object),
-        Value::Array(items) => {
-            merge_list_field(Vec::new(), items, ty, strategy, false).map(Value::Array)
+        Value::Object(m) => {
+            if m.contains_key(DIRECTIVE) {
+                return None;
+            }
+            Some(Value::Object(
+                m.into_iter()
+                    .filter(|(k, _)| !k.starts_with('$'))
+                    .filter_map(|(k, v)| remove_directives(v).map(|v| (k, v)))
+                    .collect(),
+            ))
         }
-        other => Ok(other),
+        Value::Array(items) => Some(Value::Array(
+            items.into_iter().filter_map(remove_directives).collect(),
+        )),
+        other => Some(other),
+    }
+}
+
+/// What decoding into the Go types keeps of a replaced list's item: no nulls, no `$` keys.
+fn decode_like(mut v: Value) -> Value {
+    discard_nulls(&mut v);
+    strip_dollar_keys(&mut v);
+    v
+}
+
+fn strip_dollar_keys(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with('$'));
+            m.values_mut().for_each(strip_dollar_keys);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_dollar_keys),
+        _ => {}
     }
 }
 
@@ -170,13 +212,7 @@ fn merge_list_field(
         }
         Strategy::MergeSet => merge_list(original, patch, elem_of(ty), None, is_delete_list),
         Strategy::Default if is_delete_list => Err(bad("invalid patch format of primitive list")),
-        Strategy::Default => Ok(patch
-            .into_iter()
-            .map(|mut v| {
-                discard_nulls(&mut v);
-                v
-            })
-            .collect()),
+        Strategy::Default => Ok(patch.into_iter().map(decode_like).collect()),
     }
 }
 
@@ -832,6 +868,21 @@ mod tests {
             "Deployment",
         );
         assert_eq!(out["metadata"]["labels"], json!({"app": "web"}));
+    }
+
+    #[test]
+    fn directives_inside_a_new_value_are_dropped_as_kubernetes_drops_them() {
+        let doc = json!({"spec": {"template": {"spec": {}}}});
+        let patch = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "a", "image": "x"}, {"name": "b", "$patch": "delete"}],
+            "nodeSelector": {"$patch": "replace", "disk": "ssd"},
+            "tolerations": [{"key": "t", "value": null, "$retainKeys": ["key"]}]
+        }}}});
+        let out = smp(doc, patch, "Deployment");
+        assert_eq!(
+            out["spec"]["template"]["spec"],
+            json!({"containers": [{"name": "a", "image": "x"}], "tolerations": [{"key": "t"}]})
+        );
     }
 
     #[test]
