@@ -560,7 +560,17 @@ impl Registry {
             return Err(StatusError::invalid(r.group, r.kind, name, &errs));
         }
         if ctx.field_manager != "-" {
-            if let Err(e) = patch::update_managed_fields(Some(old), &mut new, &ctx.field_manager, &rfc3339(ctx.now)) {
+            let tracked = match sub {
+                Some(Subresource::Status) => patch::update_managed_fields_subresource(
+                    Some(old),
+                    &mut new,
+                    &ctx.field_manager,
+                    &rfc3339(ctx.now),
+                    "status",
+                ),
+                _ => patch::update_managed_fields(Some(old), &mut new, &ctx.field_manager, &rfc3339(ctx.now)),
+            };
+            if let Err(e) = tracked {
                 tracing::debug!(error = %e, "managed fields not tracked");
             }
         }
@@ -615,7 +625,10 @@ impl Registry {
             };
             let patched = match patch_type {
                 PatchType::Json => patch::json_patch(&old, &patch_doc).map_err(patch_error)?,
-                PatchType::Merge => patch::merge_patch(&old, &patch_doc),
+                PatchType::Merge => {
+                    patch::check_merge_patch(&patch_doc).map_err(patch_error)?;
+                    patch::merge_patch(&old, &patch_doc)
+                }
                 PatchType::Strategic => {
                     patch::strategic_merge_patch(&old, &patch_doc, r.kind).map_err(patch_error)?
                 }
@@ -820,6 +833,7 @@ fn prepare_for_create(r: &ResourceInfo, obj: &mut Value) {
 }
 
 fn patch_error(e: patch::PatchError) -> StatusError {
+    tracing::debug!(error = %e, "patch rejected");
     e.to_status_error()
 }
 
