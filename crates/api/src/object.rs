@@ -5,7 +5,9 @@ use serde_json::Value;
 
 /// `metadata.name`, or "" when absent.
 pub fn name(obj: &Value) -> &str {
-    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 /// `metadata.namespace`, if set.
@@ -15,19 +17,26 @@ pub fn namespace(obj: &Value) -> Option<&str> {
 
 /// `metadata.resourceVersion`, if set and non-empty.
 pub fn resource_version(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 /// `metadata.deletionTimestamp` is set: the object is being deleted.
 pub fn is_deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
 }
 
 /// `metadata.finalizers`, empty when absent.
 pub fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -36,7 +45,9 @@ pub fn metadata_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = Value::Object(Default::default());
     }
-    obj["metadata"].as_object_mut().expect("metadata was just made an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata was just made an object")
 }
 
 /// The result of decoding a request body through the typed schema of its kind.
@@ -66,7 +77,9 @@ where
 /// names the field) and reports fields the schema does not know, as kube-apiserver's strict
 /// decoder does (`fieldValidation=Strict|Warn|Ignore` decides what the caller does with them).
 pub fn decode(kind: &str, obj: Value) -> Result<Decoded, String> {
-    use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc};
+    use k8s_openapi::api::{
+        apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
+    };
     let input = obj.clone();
     let object = match kind {
         "Namespace" => roundtrip::<core::Namespace>(obj)?,
@@ -86,7 +99,10 @@ pub fn decode(kind: &str, obj: Value) -> Result<Decoded, String> {
     };
     let mut unknown_fields = Vec::new();
     unknown(&input, &object, "", &mut unknown_fields);
-    Ok(Decoded { object, unknown_fields })
+    Ok(Decoded {
+        object,
+        unknown_fields,
+    })
 }
 
 /// Collect paths present (and non-null) in `input` but absent from `output`.
@@ -94,7 +110,11 @@ fn unknown(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match o.get(k) {
                     None if !v.is_null() => out.push(p),
                     Some(ov) => unknown(v, ov, &p, out),
@@ -121,7 +141,10 @@ mod tests {
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"},
             "spec": {"ports": [{"port": 80, "bogus": 1}], "colour": "red"}});
         let d = decode("Service", svc).expect("decodes");
-        assert_eq!(d.unknown_fields, vec!["spec.ports[0].bogus".to_string(), "spec.colour".to_string()]);
+        assert_eq!(
+            d.unknown_fields,
+            vec!["spec.ports[0].bogus".to_string(), "spec.colour".to_string()]
+        );
         assert!(d.object.pointer("/spec/colour").is_none());
     }
 

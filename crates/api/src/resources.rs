@@ -69,7 +69,16 @@ impl ResourceInfo {
 
     /// The verbs discovery lists for the main resource.
     pub fn verbs(&self) -> &'static [&'static str] {
-        &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        &[
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]
     }
 }
 
@@ -269,7 +278,10 @@ mod tests {
     #[test]
     fn storage_keys_follow_the_kube_apiserver_layout() {
         let svc = find("", "v1", "services").expect("services are served");
-        assert_eq!(svc.key(Some("default"), "web"), "/registry/services/specs/default/web");
+        assert_eq!(
+            svc.key(Some("default"), "web"),
+            "/registry/services/specs/default/web"
+        );
         let node = find("", "v1", "nodes").expect("nodes are served");
         assert_eq!(node.key(None, "n1"), "/registry/minions/n1");
     }
@@ -278,8 +290,18 @@ mod tests {
     fn no_two_resources_share_a_storage_prefix_or_a_route() {
         for (i, a) in RESOURCES.iter().enumerate() {
             for b in &RESOURCES[i + 1..] {
-                assert!(!a.key_prefix().starts_with(&b.key_prefix()), "{} vs {}", a.plural, b.plural);
-                assert!(!b.key_prefix().starts_with(&a.key_prefix()), "{} vs {}", a.plural, b.plural);
+                assert!(
+                    !a.key_prefix().starts_with(&b.key_prefix()),
+                    "{} vs {}",
+                    a.plural,
+                    b.plural
+                );
+                assert!(
+                    !b.key_prefix().starts_with(&a.key_prefix()),
+                    "{} vs {}",
+                    a.plural,
+                    b.plural
+                );
                 assert!(
                     (a.group, a.version, a.plural) != (b.group, b.version, b.plural),
                     "{} served twice",
@@ -291,7 +313,10 @@ mod tests {
 
     #[test]
     fn kinds_resolve_from_api_version() {
-        assert_eq!(find_kind("apps/v1", "Deployment").map(|r| r.plural), Some("deployments"));
+        assert_eq!(
+            find_kind("apps/v1", "Deployment").map(|r| r.plural),
+            Some("deployments")
+        );
         assert_eq!(find_kind("v1", "Deployment"), None);
     }
 }

@@ -47,9 +47,18 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { kind: FieldErrorType::Required, field: field.into(), value: None, detail: detail.into() }
+        Self {
+            kind: FieldErrorType::Required,
+            field: field.into(),
+            value: None,
+            detail: detail.into(),
+        }
     }
-    pub fn invalid(field: impl Into<String>, value: impl std::fmt::Debug, detail: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl std::fmt::Debug,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             kind: FieldErrorType::Invalid,
             field: field.into(),
@@ -65,7 +74,11 @@ impl FieldError {
             detail: String::new(),
         }
     }
-    pub fn not_supported(field: impl Into<String>, value: impl std::fmt::Debug, valid: &[&str]) -> Self {
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: impl std::fmt::Debug,
+        valid: &[&str],
+    ) -> Self {
         let quoted: Vec<String> = valid.iter().map(|v| format!("\"{v}\"")).collect();
         Self {
             kind: FieldErrorType::NotSupported,
@@ -75,7 +88,12 @@ impl FieldError {
         }
     }
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { kind: FieldErrorType::Forbidden, field: field.into(), value: None, detail: detail.into() }
+        Self {
+            kind: FieldErrorType::Forbidden,
+            field: field.into(),
+            value: None,
+            detail: detail.into(),
+        }
     }
     pub fn too_long(field: impl Into<String>, max: usize) -> Self {
         Self {
@@ -148,7 +166,12 @@ fn qualified(group: &str, plural: &str) -> String {
 
 impl StatusError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -162,13 +185,21 @@ impl StatusError {
     }
     /// `services "web" not found`.
     pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
-        let mut e = Self::new(404, "NotFound", format!("{} \"{}\" not found", qualified(group, plural), name));
+        let mut e = Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{}\" not found", qualified(group, plural), name),
+        );
         e.details = Some(json!({"name": name, "group": group, "kind": plural}));
         e
     }
     /// A path that names no served resource.
     pub fn no_route(path: &str) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
@@ -177,8 +208,11 @@ impl StatusError {
         Self::new(406, "NotAcceptable", message)
     }
     pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
-        let mut e =
-            Self::new(409, "AlreadyExists", format!("{} \"{}\" already exists", qualified(group, plural), name));
+        let mut e = Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{}\" already exists", qualified(group, plural), name),
+        );
         e.details = Some(json!({"name": name, "group": group, "kind": plural}));
         e
     }
@@ -187,7 +221,12 @@ impl StatusError {
         let mut e = Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{}\": {}", qualified(group, plural), name, why),
+            format!(
+                "Operation cannot be fulfilled on {} \"{}\": {}",
+                qualified(group, plural),
+                name,
+                why
+            ),
         );
         e.details = Some(json!({"name": name, "group": group, "kind": plural}));
         e
@@ -200,7 +239,11 @@ impl StatusError {
         Self::new(410, "Gone", message)
     }
     pub fn request_entity_too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
     }
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf; got {content_type:?}"))
@@ -211,18 +254,35 @@ impl StatusError {
         let summary = if errors.len() == 1 {
             errors[0].message()
         } else {
-            format!("[{}]", errors.iter().map(FieldError::message).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                errors
+                    .iter()
+                    .map(FieldError::message)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         let causes: Vec<Value> = errors
             .iter()
-            .map(|e| json!({"reason": e.kind.cause_reason(), "message": e.body(), "field": e.field}))
+            .map(
+                |e| json!({"reason": e.kind.cause_reason(), "message": e.body(), "field": e.field}),
+            )
             .collect();
-        let mut e = Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"));
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {summary}"),
+        );
         e.details = Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}));
         e
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
     pub fn service_unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)
@@ -261,7 +321,11 @@ mod tests {
     #[test]
     fn invalid_status_lists_every_field_as_a_cause() {
         let errs = vec![
-            FieldError::invalid("spec.ports[0].port", 0, "must be between 1 and 65535, inclusive"),
+            FieldError::invalid(
+                "spec.ports[0].port",
+                0,
+                "must be between 1 and 65535, inclusive",
+            ),
             FieldError::required("spec.ports", ""),
         ];
         let e = StatusError::invalid("", "Service", "web", &errs);
@@ -279,7 +343,13 @@ mod tests {
 
     #[test]
     fn not_found_names_the_qualified_resource() {
-        assert_eq!(StatusError::not_found("apps", "deployments", "x").message, "deployments.apps \"x\" not found");
-        assert_eq!(StatusError::not_found("", "services", "x").message, "services \"x\" not found");
+        assert_eq!(
+            StatusError::not_found("apps", "deployments", "x").message,
+            "deployments.apps \"x\" not found"
+        );
+        assert_eq!(
+            StatusError::not_found("", "services", "x").message,
+            "services \"x\" not found"
+        );
     }
 }

@@ -60,7 +60,11 @@ impl Held {
                 }
             }
         }
-        if let Some(n) = svc.pointer("/spec/healthCheckNodePort").and_then(Value::as_u64).filter(|n| *n > 0) {
+        if let Some(n) = svc
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_u64)
+            .filter(|n| *n > 0)
+        {
             held.ports.insert(n as u16);
         }
         held
@@ -68,7 +72,11 @@ impl Held {
 
     /// The keys this set of allocations occupies.
     pub fn keys(&self) -> Vec<String> {
-        self.ips.iter().map(ip_key).chain(self.ports.iter().map(|p| port_key(*p))).collect()
+        self.ips
+            .iter()
+            .map(ip_key)
+            .chain(self.ports.iter().map(|p| port_key(*p)))
+            .collect()
     }
 }
 
@@ -95,7 +103,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ServiceAllocator {
     pub fn new(ip_range: IpRange, port_range: PortRange) -> Self {
-        Self { ip_range, port_range, taken_ips: Mutex::default(), taken_ports: Mutex::default() }
+        Self {
+            ip_range,
+            port_range,
+            taken_ips: Mutex::default(),
+            taken_ports: Mutex::default(),
+        }
     }
 
     /// Note that a key turned out to be taken (another server allocated it).
@@ -139,12 +152,22 @@ impl ServiceAllocator {
     /// Fill in the allocations `svc` needs and is missing, check the ones the user asked for,
     /// and return the transaction parts that take the new keys and release the old ones.
     /// `old` is the stored version on update (its allocations are already held).
-    pub fn plan(&self, svc: &mut Value, old: Option<&Value>) -> Result<AllocationPlan, StatusError> {
+    pub fn plan(
+        &self,
+        svc: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<AllocationPlan, StatusError> {
         let before = old.map(Held::of).unwrap_or_default();
-        let name = svc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = svc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let owner = format!(
             "{}/{}",
-            svc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(""),
+            svc.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
             name
         );
         let mut errors = Vec::new();
@@ -152,7 +175,11 @@ impl ServiceAllocator {
 
         // ClusterIP.
         if service::needs_cluster_ip(svc) {
-            let current = svc.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+            let current = svc
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             if current.is_empty() {
                 match self.pick_ip(&before.ips) {
                     Some(ip) => {
@@ -193,11 +220,18 @@ impl ServiceAllocator {
             }
         }
         if service::needs_node_ports(svc) {
-            let n = svc.pointer("/spec/ports").and_then(Value::as_array).map_or(0, Vec::len);
+            let n = svc
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             for i in 0..n {
                 let path = format!("spec.ports[{i}].nodePort");
                 let port = &mut svc["spec"]["ports"][i];
-                match port.get("nodePort").and_then(Value::as_u64).filter(|n| *n > 0) {
+                match port
+                    .get("nodePort")
+                    .and_then(Value::as_u64)
+                    .filter(|n| *n > 0)
+                {
                     Some(np) => {
                         let np16 = np as u16;
                         if !before.ports.contains(&np16) {
@@ -245,7 +279,11 @@ impl ServiceAllocator {
             }
         }
         if service::needs_health_check_node_port(svc) {
-            match svc.pointer("/spec/healthCheckNodePort").and_then(Value::as_u64).filter(|n| *n > 0) {
+            match svc
+                .pointer("/spec/healthCheckNodePort")
+                .and_then(Value::as_u64)
+                .filter(|n| *n > 0)
+            {
                 Some(np) => {
                     let np16 = np as u16;
                     if !before.ports.contains(&np16) {
@@ -284,7 +322,8 @@ impl ServiceAllocator {
             if !before.keys().contains(&key) {
                 plan.requested.push(requested_keys.contains(&key));
                 plan.compares.push(Compare::Absent(key.clone()));
-                plan.ops.push(Op::Put(key, owner.clone().into_bytes().into()));
+                plan.ops
+                    .push(Op::Put(key, owner.clone().into_bytes().into()));
             }
         }
         for key in before.keys() {
@@ -297,15 +336,25 @@ impl ServiceAllocator {
 
     /// The 422 for a requested IP or port another service holds.
     pub fn already_allocated(&self, svc: &Value, key: &str) -> StatusError {
-        let name = svc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let name = svc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let err = if let Some(ip) = key.strip_prefix(IP_PREFIX) {
             allocator::cluster_ip_already_allocated_error(&cluster_ips(svc), ip)
         } else {
-            let port: i32 = key.strip_prefix(PORT_PREFIX).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let port: i32 = key
+                .strip_prefix(PORT_PREFIX)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             let path = svc
                 .pointer("/spec/ports")
                 .and_then(Value::as_array)
-                .and_then(|ps| ps.iter().position(|p| p.get("nodePort").and_then(Value::as_i64) == Some(port as i64)))
+                .and_then(|ps| {
+                    ps.iter().position(|p| {
+                        p.get("nodePort").and_then(Value::as_i64) == Some(port as i64)
+                    })
+                })
                 .map(|i| format!("spec.ports[{i}].nodePort"))
                 .unwrap_or_else(|| "spec.healthCheckNodePort".to_string());
             allocator::port_already_allocated_error(&path, port)
@@ -319,11 +368,17 @@ impl ServiceAllocator {
         let services = store.list(services_prefix, ListOptions::default()).await?;
         let mut holders: std::collections::HashMap<String, String> = Default::default();
         for kv in &services.kvs {
-            let Ok(svc) = serde_json::from_slice::<Value>(&kv.value) else { continue };
+            let Ok(svc) = serde_json::from_slice::<Value>(&kv.value) else {
+                continue;
+            };
             let owner = format!(
                 "{}/{}",
-                svc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(""),
-                svc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+                svc.pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                svc.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
             );
             let held = Held::of(&svc);
             self.committed(&Held::default(), &held);
@@ -339,7 +394,9 @@ impl ServiceAllocator {
                     existing.insert(kv.key);
                 } else {
                     // Nobody holds it: release, unless it changed meanwhile.
-                    let txn = Txn::new().when(Compare::ModRevision(kv.key.clone(), kv.mod_revision)).delete(kv.key.clone());
+                    let txn = Txn::new()
+                        .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+                        .delete(kv.key.clone());
                     store.txn(txn).await?;
                     tracing::info!(key = %kv.key, "released leaked allocation");
                 }
@@ -347,7 +404,9 @@ impl ServiceAllocator {
         }
         for (key, owner) in holders {
             if !existing.contains(&key) {
-                let txn = Txn::new().when(Compare::Absent(key.clone())).put(key.clone(), owner.clone().into_bytes());
+                let txn = Txn::new()
+                    .when(Compare::Absent(key.clone()))
+                    .put(key.clone(), owner.clone().into_bytes());
                 if let TxnOutcome::Failed { .. } = store.txn(txn).await? {
                     tracing::warn!(key = %key, owner = %owner, "allocation held by two services");
                 } else {
@@ -362,7 +421,11 @@ impl ServiceAllocator {
 fn cluster_ips(svc: &Value) -> Vec<String> {
     svc.pointer("/spec/clusterIPs")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

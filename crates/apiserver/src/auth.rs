@@ -35,7 +35,8 @@ impl TokenFile {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let file = Self::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
         let admin = file
             .tokens
@@ -69,8 +70,18 @@ impl TokenFile {
                         .collect()
                 })
                 .unwrap_or_default();
-            anyhow::ensure!(!token.is_empty() && !user.is_empty(), "line {}: need token,user,uid", i + 1);
-            tokens.insert(token.to_string(), User { name: user.to_string(), groups });
+            anyhow::ensure!(
+                !token.is_empty() && !user.is_empty(),
+                "line {}: need token,user,uid",
+                i + 1
+            );
+            tokens.insert(
+                token.to_string(),
+                User {
+                    name: user.to_string(),
+                    groups,
+                },
+            );
         }
         Ok(Self { tokens })
     }
@@ -84,7 +95,12 @@ impl TokenFile {
 pub fn user_from_certificate(der: &[u8]) -> Option<User> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     let groups = subject
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(str::to_string))
@@ -98,10 +114,14 @@ mod tests {
 
     #[test]
     fn token_file_lines_name_user_and_groups() {
-        let f = TokenFile::parse("# comment\nabc,alice,1,\"dev,ops\"\nxyz,bob,2\n").expect("parses");
+        let f =
+            TokenFile::parse("# comment\nabc,alice,1,\"dev,ops\"\nxyz,bob,2\n").expect("parses");
         assert_eq!(
             f.authenticate("abc"),
-            Some(User { name: "alice".into(), groups: vec!["dev".into(), "ops".into()] })
+            Some(User {
+                name: "alice".into(),
+                groups: vec!["dev".into(), "ops".into()]
+            })
         );
         assert_eq!(f.authenticate("xyz").map(|u| u.name), Some("bob".into()));
         assert_eq!(f.authenticate("nope"), None);

@@ -28,24 +28,35 @@ fn depth(v: &Value) -> usize {
 
 fn check_depth(v: Value) -> Result<Value, StatusError> {
     if depth(&v) > MAX_DEPTH {
-        return Err(StatusError::bad_request(format!("object nesting is deeper than {MAX_DEPTH} levels")));
+        return Err(StatusError::bad_request(format!(
+            "object nesting is deeper than {MAX_DEPTH} levels"
+        )));
     }
     Ok(v)
 }
 
 /// Decode a body as JSON, or as YAML if it is not JSON.
 pub fn decode_yaml_or_json(body: &[u8]) -> Result<Value, StatusError> {
-    let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &body[i..]).unwrap_or(&[]);
+    let trimmed = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .map(|i| &body[i..])
+        .unwrap_or(&[]);
     if trimmed.is_empty() {
-        return Err(StatusError::bad_request("the request body is empty; expected an object"));
+        return Err(StatusError::bad_request(
+            "the request body is empty; expected an object",
+        ));
     }
     if trimmed[0] == b'{' {
         return decode_json(body);
     }
-    let v: Value = serde_yaml::from_slice(body)
-        .map_err(|e| StatusError::bad_request(format!("error converting YAML to JSON: yaml: {e}")))?;
+    let v: Value = serde_yaml::from_slice(body).map_err(|e| {
+        StatusError::bad_request(format!("error converting YAML to JSON: yaml: {e}"))
+    })?;
     if !v.is_object() {
-        return Err(StatusError::bad_request("the request body must be an object"));
+        return Err(StatusError::bad_request(
+            "the request body must be an object",
+        ));
     }
     check_depth(v)
 }
@@ -60,7 +71,9 @@ pub fn decode_json(body: &[u8]) -> Result<Value, StatusError> {
         ))
     })?;
     if !v.is_object() {
-        return Err(StatusError::bad_request("the request body must be a JSON object"));
+        return Err(StatusError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     check_depth(v)
 }
@@ -96,7 +109,9 @@ pub fn negotiate(accept: &str) -> Result<Format, StatusError> {
         let as_table = rest.iter().any(|p| p.replace(' ', "") == "as=Table");
         match media {
             "application/json" if as_table => return Ok(Format::Table),
-            "application/json" | "*/*" | "application/*" if !rest.iter().any(|p| p.starts_with("as=")) => {
+            "application/json" | "*/*" | "application/*"
+                if !rest.iter().any(|p| p.starts_with("as=")) =>
+            {
                 return Ok(Format::Json)
             }
             "application/yaml" => return Ok(Format::Yaml),
@@ -113,9 +128,15 @@ pub fn encode(format: Format, v: &Value) -> (Vec<u8>, &'static str) {
     match format {
         Format::Yaml => match serde_yaml::to_string(v) {
             Ok(s) => (s.into_bytes(), "application/yaml"),
-            Err(_) => (serde_json::to_vec(v).unwrap_or_default(), "application/json"),
+            Err(_) => (
+                serde_json::to_vec(v).unwrap_or_default(),
+                "application/json",
+            ),
         },
-        _ => (serde_json::to_vec(v).unwrap_or_default(), "application/json"),
+        _ => (
+            serde_json::to_vec(v).unwrap_or_default(),
+            "application/json",
+        ),
     }
 }
 
@@ -133,15 +154,28 @@ mod tests {
     #[test]
     fn yaml_bodies_decode_and_non_objects_are_refused() {
         assert_eq!(decode_yaml_or_json(b"a: 1\n").expect("yaml")["a"], 1);
-        assert_eq!(decode_yaml_or_json(b"- 1\n").err().map(|e| e.code), Some(400));
-        assert_eq!(decode_yaml_or_json(b"a: [1\n").err().map(|e| e.code), Some(400));
+        assert_eq!(
+            decode_yaml_or_json(b"- 1\n").err().map(|e| e.code),
+            Some(400)
+        );
+        assert_eq!(
+            decode_yaml_or_json(b"a: [1\n").err().map(|e| e.code),
+            Some(400)
+        );
     }
 
     #[test]
     fn absurdly_deep_bodies_are_refused() {
-        let deep = format!("{}{}", "{\"a\":".repeat(120), "1".to_string() + &"}".repeat(120));
+        let deep = format!(
+            "{}{}",
+            "{\"a\":".repeat(120),
+            "1".to_string() + &"}".repeat(120)
+        );
         // serde_json's own recursion limit (128) or ours (100) refuses it; either way a 400.
-        assert_eq!(decode_json(deep.as_bytes()).err().map(|e| e.code), Some(400));
+        assert_eq!(
+            decode_json(deep.as_bytes()).err().map(|e| e.code),
+            Some(400)
+        );
     }
 
     #[test]
@@ -150,7 +184,15 @@ mod tests {
         assert_eq!(negotiate(kubectl).expect("ok"), Format::Table);
         assert_eq!(negotiate("application/yaml").expect("ok"), Format::Yaml);
         assert_eq!(negotiate("").expect("ok"), Format::Json);
-        assert_eq!(negotiate("application/vnd.kubernetes.protobuf,application/json").expect("ok"), Format::Json);
-        assert_eq!(negotiate("application/vnd.kubernetes.protobuf").err().map(|e| e.code), Some(406));
+        assert_eq!(
+            negotiate("application/vnd.kubernetes.protobuf,application/json").expect("ok"),
+            Format::Json
+        );
+        assert_eq!(
+            negotiate("application/vnd.kubernetes.protobuf")
+                .err()
+                .map(|e| e.code),
+            Some(406)
+        );
     }
 }

@@ -20,13 +20,23 @@ use crate::watch::{self, WatchParams};
 
 /// What a handler answers: a whole body, or a stream of watch events.
 pub enum Reply {
-    Object { code: StatusCode, body: Value, format: Format, warnings: Vec<String> },
+    Object {
+        code: StatusCode,
+        body: Value,
+        format: Format,
+        warnings: Vec<String>,
+    },
     Stream(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl Reply {
     fn ok(body: Value, format: Format) -> Reply {
-        Reply::Object { code: StatusCode::OK, body, format, warnings: Vec::new() }
+        Reply::Object {
+            code: StatusCode::OK,
+            body,
+            format,
+            warnings: Vec::new(),
+        }
     }
 }
 
@@ -45,26 +55,41 @@ fn truthy(q: &HashMap<String, String>, k: &str) -> bool {
 
 /// Label and field selectors, limit and continue from the query.
 fn list_params(r: &ResourceInfo, q: &HashMap<String, String>) -> Result<ListParams, StatusError> {
-    let label_selector = match q.get("labelSelector").filter(|s| !s.is_empty()) {
-        Some(s) => Some(LabelSelector::parse(s).map_err(|e| StatusError::bad_request(format!("unable to parse requirement: {e}")))?),
-        None => None,
-    };
+    let label_selector =
+        match q.get("labelSelector").filter(|s| !s.is_empty()) {
+            Some(s) => Some(LabelSelector::parse(s).map_err(|e| {
+                StatusError::bad_request(format!("unable to parse requirement: {e}"))
+            })?),
+            None => None,
+        };
     let field_selector = match q.get("fieldSelector").filter(|s| !s.is_empty()) {
         Some(s) => {
-            let fs = FieldSelector::parse(s).map_err(|e| StatusError::bad_request(e.to_string()))?;
-            fs.validate_for(r).map_err(|e| StatusError::bad_request(e.to_string()))?;
+            let fs =
+                FieldSelector::parse(s).map_err(|e| StatusError::bad_request(e.to_string()))?;
+            fs.validate_for(r)
+                .map_err(|e| StatusError::bad_request(e.to_string()))?;
             Some(fs)
         }
         None => None,
     };
     let limit = match q.get("limit").filter(|s| !s.is_empty()) {
-        Some(s) => Some(s.parse::<i64>().map_err(|_| StatusError::bad_request(format!("invalid limit: {s:?}")))?.max(0) as usize),
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| StatusError::bad_request(format!("invalid limit: {s:?}")))?
+                .max(0) as usize,
+        ),
         None => None,
     };
-    let exact_revision = match (q.get("resourceVersion"), q.get("resourceVersionMatch").map(String::as_str)) {
-        (Some(rv), Some("Exact")) => Some(rv.parse().map_err(|_| StatusError::bad_request(format!("invalid resource version: {rv:?}")))?),
-        _ => None,
-    };
+    let exact_revision =
+        match (
+            q.get("resourceVersion"),
+            q.get("resourceVersionMatch").map(String::as_str),
+        ) {
+            (Some(rv), Some("Exact")) => Some(rv.parse().map_err(|_| {
+                StatusError::bad_request(format!("invalid resource version: {rv:?}"))
+            })?),
+            _ => None,
+        };
     Ok(ListParams {
         label_selector,
         field_selector,
@@ -74,11 +99,19 @@ fn list_params(r: &ResourceInfo, q: &HashMap<String, String>) -> Result<ListPara
     })
 }
 
-fn write_ctx(q: &HashMap<String, String>, user_agent: &str, default_manager: &str) -> Result<WriteCtx, StatusError> {
+fn write_ctx(
+    q: &HashMap<String, String>,
+    user_agent: &str,
+    default_manager: &str,
+) -> Result<WriteCtx, StatusError> {
     let dry_run = match q.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,
-        Some(other) => return Err(StatusError::bad_request(format!("dryRun: Unsupported value: {other:?}: supported values: \"All\""))),
+        Some(other) => {
+            return Err(StatusError::bad_request(format!(
+                "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+            )))
+        }
     };
     let field_validation = match q.get("fieldValidation").map(String::as_str) {
         None | Some("") | Some("Warn") => FieldValidation::Warn,
@@ -92,16 +125,40 @@ fn write_ctx(q: &HashMap<String, String>, user_agent: &str, default_manager: &st
     };
     let field_manager = match q.get("fieldManager").filter(|s| !s.is_empty()) {
         Some(m) if m.len() > 128 => {
-            return Err(StatusError::invalid("", "", "", &[switchyard_api::status::FieldError::too_long("fieldManager", 128)]))
+            return Err(StatusError::invalid(
+                "",
+                "",
+                "",
+                &[switchyard_api::status::FieldError::too_long(
+                    "fieldManager",
+                    128,
+                )],
+            ))
         }
         Some(m) => m.clone(),
         // kube-apiserver derives the manager from the user agent's program name.
-        None => user_agent.split('/').next().filter(|s| !s.is_empty()).unwrap_or(default_manager).to_string(),
+        None => user_agent
+            .split('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(default_manager)
+            .to_string(),
     };
-    Ok(WriteCtx { now: jiff::Timestamp::now(), dry_run, field_manager, field_validation })
+    Ok(WriteCtx {
+        now: jiff::Timestamp::now(),
+        dry_run,
+        field_manager,
+        field_validation,
+    })
 }
 
-fn list_object(r: &ResourceInfo, items: Vec<Value>, rv: i64, cont: Option<String>, remaining: Option<usize>) -> Value {
+fn list_object(
+    r: &ResourceInfo,
+    items: Vec<Value>,
+    rv: i64,
+    cont: Option<String>,
+    remaining: Option<usize>,
+) -> Value {
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {
         meta["continue"] = Value::String(c);
@@ -116,7 +173,12 @@ fn list_object(r: &ResourceInfo, items: Vec<Value>, rv: i64, cont: Option<String
 fn scale_of(obj: &Value) -> Value {
     let selector = obj
         .pointer("/spec/selector")
-        .and_then(|s| serde_json::from_value::<switchyard_api::k8s::apimachinery::pkg::apis::meta::v1::LabelSelector>(s.clone()).ok())
+        .and_then(|s| {
+            serde_json::from_value::<
+                switchyard_api::k8s::apimachinery::pkg::apis::meta::v1::LabelSelector,
+            >(s.clone())
+            .ok()
+        })
         .and_then(|s| LabelSelector::from_metav1(&s).ok())
         .map(|s| s.to_string())
         .unwrap_or_default();
@@ -146,13 +208,24 @@ fn subresource(r: &ResourceInfo, sub: Option<&str>) -> Result<Option<Subresource
 }
 
 /// Handle one resource request.
-pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: RequestParts<'_>, bookmark_interval: Duration) -> Result<Reply, StatusError> {
+pub async fn handle(
+    registry: &Arc<Registry>,
+    rr: &ResourceRequest,
+    req: RequestParts<'_>,
+    bookmark_interval: Duration,
+) -> Result<Reply, StatusError> {
     let r = rr.resource;
     let q = req.query;
     let format = codec::negotiate(req.accept)?;
-    let ns = if r.namespaced { rr.namespace.as_deref() } else { None };
+    let ns = if r.namespaced {
+        rr.namespace.as_deref()
+    } else {
+        None
+    };
     if r.namespaced && rr.name.is_some() && ns.is_none() {
-        return Err(StatusError::no_route("a namespaced object needs a namespace"));
+        return Err(StatusError::no_route(
+            "a namespaced object needs a namespace",
+        ));
     }
     let sub = subresource(r, rr.subresource.as_deref())?;
     let watching = rr.watch_path || truthy(q, "watch");
@@ -170,7 +243,13 @@ pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: Request
                 allow_bookmarks: truthy(q, "allowWatchBookmarks"),
                 send_initial_events: truthy(q, "sendInitialEvents"),
                 timeout,
-                table: if format == Format::Table { Some(IncludeObject::try_parse(q.get("includeObject").map(String::as_str))?) } else { None },
+                table: if format == Format::Table {
+                    Some(IncludeObject::try_parse(
+                        q.get("includeObject").map(String::as_str),
+                    )?)
+                } else {
+                    None
+                },
                 bookmark_interval,
             };
             let rx = watch::start(registry.clone(), r, ns.map(str::to_string), params).await?;
@@ -188,18 +267,41 @@ pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: Request
                     meta["remainingItemCount"] = Value::from(n);
                 }
                 let include = IncludeObject::try_parse(q.get("includeObject").map(String::as_str))?;
-                return Ok(Reply::ok(table::table(r, &items, meta, include, jiff::Timestamp::now(), true), Format::Json));
+                return Ok(Reply::ok(
+                    table::table(r, &items, meta, include, jiff::Timestamp::now(), true),
+                    Format::Json,
+                ));
             }
-            Ok(Reply::ok(list_object(r, items, rv, cont, remaining), format))
+            Ok(Reply::ok(
+                list_object(r, items, rv, cont, remaining),
+                format,
+            ))
         }
         (Method::GET, Some(name)) => {
             let obj = registry.get(r, ns, name).await?;
             match (sub, format) {
-                (Some(Subresource::Scale), f) => Ok(Reply::ok(scale_of(&obj), if f == Format::Table { Format::Json } else { f })),
+                (Some(Subresource::Scale), f) => Ok(Reply::ok(
+                    scale_of(&obj),
+                    if f == Format::Table { Format::Json } else { f },
+                )),
                 (_, Format::Table) => {
-                    let include = IncludeObject::try_parse(q.get("includeObject").map(String::as_str))?;
-                    let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
-                    Ok(Reply::ok(table::table(r, &[obj], json!({"resourceVersion": rv}), include, jiff::Timestamp::now(), true), Format::Json))
+                    let include =
+                        IncludeObject::try_parse(q.get("includeObject").map(String::as_str))?;
+                    let rv = obj
+                        .pointer("/metadata/resourceVersion")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    Ok(Reply::ok(
+                        table::table(
+                            r,
+                            &[obj],
+                            json!({"resourceVersion": rv}),
+                            include,
+                            jiff::Timestamp::now(),
+                            true,
+                        ),
+                        Format::Json,
+                    ))
                 }
                 (_, f) => Ok(Reply::ok(obj, f)),
             }
@@ -208,19 +310,39 @@ pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: Request
             let body = codec::decode_body(req.content_type, req.body)?;
             let ctx = write_ctx(q, req.user_agent, "unknown")?;
             let w = registry.create(r, ns, body, &ctx).await?;
-            Ok(Reply::Object { code: StatusCode::CREATED, body: w.object, format: plain(format), warnings: w.warnings })
+            Ok(Reply::Object {
+                code: StatusCode::CREATED,
+                body: w.object,
+                format: plain(format),
+                warnings: w.warnings,
+            })
         }
         (Method::PUT, Some(name)) => {
             let body = codec::decode_body(req.content_type, req.body)?;
             let ctx = write_ctx(q, req.user_agent, "unknown")?;
             if sub == Some(Subresource::Scale) {
-                let replicas = body.pointer("/spec/replicas").cloned().unwrap_or(Value::Null);
-                let rv = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+                let replicas = body
+                    .pointer("/spec/replicas")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let rv = body
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 return scale_update(registry, r, ns, name, replicas, rv, &ctx, format).await;
             }
             let w = registry.update(r, ns, name, body, sub, &ctx).await?;
-            let code = if w.created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok(Reply::Object { code, body: w.object, format: plain(format), warnings: w.warnings })
+            let code = if w.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(Reply::Object {
+                code,
+                body: w.object,
+                format: plain(format),
+                warnings: w.warnings,
+            })
         }
         (Method::PATCH, Some(name)) => {
             let patch_type = PatchType::from_content_type(req.content_type)
@@ -230,32 +352,63 @@ pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: Request
                 return Err(StatusError::unsupported_media_type(req.content_type));
             }
             let ctx = write_ctx(q, req.user_agent, "unknown")?;
-            if patch_type == PatchType::Apply && q.get("fieldManager").is_none_or(|m| m.is_empty()) {
-                return Err(StatusError::bad_request("PATCH requests with apply content type need a fieldManager"));
+            if patch_type == PatchType::Apply && q.get("fieldManager").is_none_or(|m| m.is_empty())
+            {
+                return Err(StatusError::bad_request(
+                    "PATCH requests with apply content type need a fieldManager",
+                ));
             }
             if sub == Some(Subresource::Scale) {
                 let obj = registry.get(r, ns, name).await?;
                 let scale = scale_of(&obj);
-                let doc = codec::decode_json(req.body).or_else(|_| codec::decode_yaml_or_json(req.body))?;
+                let doc = codec::decode_json(req.body)
+                    .or_else(|_| codec::decode_yaml_or_json(req.body))?;
                 let patched = match patch_type {
-                    PatchType::Json => switchyard_api::patch::json_patch(&scale, &doc).map_err(|e| e.to_status_error())?,
+                    PatchType::Json => switchyard_api::patch::json_patch(&scale, &doc)
+                        .map_err(|e| e.to_status_error())?,
                     _ => switchyard_api::patch::merge_patch(&scale, &doc),
                 };
-                let replicas = patched.pointer("/spec/replicas").cloned().unwrap_or(Value::Null);
-                let rv = doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+                let replicas = patched
+                    .pointer("/spec/replicas")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let rv = doc
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 return scale_update(registry, r, ns, name, replicas, rv, &ctx, format).await;
             }
             let force = truthy(q, "force");
-            let w = registry.patch(r, ns, name, patch_type, req.body, sub, force, &ctx).await?;
-            let code = if w.created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok(Reply::Object { code, body: w.object, format: plain(format), warnings: w.warnings })
+            let w = registry
+                .patch(r, ns, name, patch_type, req.body, sub, force, &ctx)
+                .await?;
+            let code = if w.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(Reply::Object {
+                code,
+                body: w.object,
+                format: plain(format),
+                warnings: w.warnings,
+            })
         }
         (Method::DELETE, Some(name)) => {
             let ctx = write_ctx(q, req.user_agent, "unknown")?;
             let opts = delete_opts(q, req.body)?;
             let (obj, gone) = registry.delete(r, ns, name, &opts, &ctx).await?;
-            let code = if gone { StatusCode::OK } else { StatusCode::ACCEPTED };
-            Ok(Reply::Object { code, body: obj, format: plain(format), warnings: Vec::new() })
+            let code = if gone {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok(Reply::Object {
+                code,
+                body: obj,
+                format: plain(format),
+                warnings: Vec::new(),
+            })
         }
         (Method::DELETE, None) => {
             let ctx = write_ctx(q, req.user_agent, "unknown")?;
@@ -272,10 +425,19 @@ pub async fn handle(registry: &Arc<Registry>, rr: &ResourceRequest, req: Request
                     Err(e) => return Err(e),
                 }
             }
-            let rv = registry.store.current_revision().await.map_err(crate::registry::store_error)?;
-            Ok(Reply::ok(list_object(r, deleted, rv, None, None), plain(format)))
+            let rv = registry
+                .store
+                .current_revision()
+                .await
+                .map_err(crate::registry::store_error)?;
+            Ok(Reply::ok(
+                list_object(r, deleted, rv, None, None),
+                plain(format),
+            ))
         }
-        (m, _) => Err(StatusError::method_not_allowed(format!("the server does not allow this method on the requested resource ({m})"))),
+        (m, _) => Err(StatusError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({m})"
+        ))),
     }
 }
 
@@ -300,19 +462,32 @@ async fn scale_update(
     format: Format,
 ) -> Result<Reply, StatusError> {
     let Some(n) = replicas.as_i64() else {
-        return Err(StatusError::invalid("autoscaling", "Scale", name, &[switchyard_api::status::FieldError::required("spec.replicas", "")]));
+        return Err(StatusError::invalid(
+            "autoscaling",
+            "Scale",
+            name,
+            &[switchyard_api::status::FieldError::required(
+                "spec.replicas",
+                "",
+            )],
+        ));
     };
     if n < 0 {
         return Err(StatusError::invalid(
             "autoscaling",
             "Scale",
             name,
-            &[switchyard_api::status::FieldError::invalid("spec.replicas", n, "must be greater than or equal to 0")],
+            &[switchyard_api::status::FieldError::invalid(
+                "spec.replicas",
+                n,
+                "must be greater than or equal to 0",
+            )],
         ));
     }
     let mut obj = registry.get(r, ns, name).await?;
     if let Some(rv) = rv.filter(|s| !s.is_empty()) {
-        switchyard_api::object::metadata_mut(&mut obj).insert("resourceVersion".into(), Value::String(rv));
+        switchyard_api::object::metadata_mut(&mut obj)
+            .insert("resourceVersion".into(), Value::String(rv));
     }
     obj["spec"]["replicas"] = Value::from(n);
     let w = registry.update(r, ns, name, obj, None, ctx).await?;
@@ -324,9 +499,14 @@ fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> Result<DeleteOpts, S
     if !body.iter().all(u8::is_ascii_whitespace) {
         let b = codec::decode_yaml_or_json(body)?;
         opts.grace_period_seconds = b.get("gracePeriodSeconds").and_then(Value::as_i64);
-        opts.precondition_uid = b.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string);
-        opts.precondition_resource_version =
-            b.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string);
+        opts.precondition_uid = b
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        opts.precondition_resource_version = b
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
     }
     if let Some(g) = q.get("gracePeriodSeconds").and_then(|s| s.parse().ok()) {
         opts.grace_period_seconds = Some(g);

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod codec;
 pub mod handlers;
+pub mod namespaces;
 pub mod pki;
 pub mod registry;
 pub mod request;
@@ -106,34 +107,55 @@ impl Drop for RunningServer {
 
 /// Validate the configuration, prepare the data directory, bootstrap the store and start serving.
 pub async fn start(config: Config, store: SharedStore) -> Result<RunningServer> {
-    let ip_range = IpRange::parse(&config.service_cluster_ip_range)
-        .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range {:?}: {e}", config.service_cluster_ip_range))?;
-    let port_range = PortRange::parse(&config.service_node_port_range)
-        .map_err(|e| anyhow::anyhow!("--service-node-port-range {:?}: {e}", config.service_node_port_range))?;
+    let ip_range = IpRange::parse(&config.service_cluster_ip_range).map_err(|e| {
+        anyhow::anyhow!(
+            "--service-cluster-ip-range {:?}: {e}",
+            config.service_cluster_ip_range
+        )
+    })?;
+    let port_range = PortRange::parse(&config.service_node_port_range).map_err(|e| {
+        anyhow::anyhow!(
+            "--service-node-port-range {:?}: {e}",
+            config.service_node_port_range
+        )
+    })?;
     config
         .cluster_cidr
         .parse::<ipnet::IpNet>()
         .map_err(|e| anyhow::anyhow!("--cluster-cidr {:?}: {e}", config.cluster_cidr))?;
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
 
     let listener = TcpListener::bind(SocketAddr::new(config.bind_address, config.secure_port))
         .await
         .with_context(|| format!("binding {}:{}", config.bind_address, config.secure_port))?;
     let addr = listener.local_addr()?;
-    let client_host = if config.bind_address.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { config.bind_address };
+    let client_host = if config.bind_address.is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        config.bind_address
+    };
     let advertise = config.advertise_address.unwrap_or(client_host);
 
-    let first_service_ip = ip_range
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("--service-cluster-ip-range {:?} has no usable address", config.service_cluster_ip_range))?;
-    let mut names = vec![client_host.to_string(), advertise.to_string(), first_service_ip.to_string()];
+    let first_service_ip = ip_range.first().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--service-cluster-ip-range {:?} has no usable address",
+            config.service_cluster_ip_range
+        )
+    })?;
+    let mut names = vec![
+        client_host.to_string(),
+        advertise.to_string(),
+        first_service_ip.to_string(),
+    ];
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
         if !h.trim().is_empty() {
             names.push(h.trim().to_string());
         }
     }
     let pki = pki::load_or_create(&config.data_dir.join("pki"), &names)?;
-    let (tokens, admin_token) = auth::TokenFile::load_or_create(&config.data_dir.join("tokens.csv"))?;
+    let (tokens, admin_token) =
+        auth::TokenFile::load_or_create(&config.data_dir.join("tokens.csv"))?;
     let url_host = match client_host {
         IpAddr::V6(ip) => format!("[{ip}]"),
         IpAddr::V4(ip) => ip.to_string(),
@@ -149,10 +171,17 @@ pub async fn start(config: Config, store: SharedStore) -> Result<RunningServer> 
     )?;
 
     let services = Arc::new(alloc::ServiceAllocator::new(ip_range, port_range));
-    let svc_prefix = switchyard_api::resources::find("", "v1", "services").expect("services are served").key_prefix();
-    services.repair(&store, &svc_prefix).await.context("repairing service allocations")?;
+    let svc_prefix = switchyard_api::resources::find("", "v1", "services")
+        .expect("services are served")
+        .key_prefix();
+    services
+        .repair(&store, &svc_prefix)
+        .await
+        .context("repairing service allocations")?;
     let registry = Arc::new(registry::Registry::new(store.clone(), services));
-    bootstrap::run(&registry, advertise, addr.port()).await.map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
+    bootstrap::run(&registry, advertise, addr.port())
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
 
     let front = Arc::new(server::Front {
         registry: registry.clone(),
@@ -162,9 +191,20 @@ pub async fn start(config: Config, store: SharedStore) -> Result<RunningServer> 
     });
     let acceptor = server::tls_acceptor(&pki)?;
     let mut tasks = vec![tokio::spawn(server::accept_loop(listener, acceptor, front))];
-    tasks.push(tokio::spawn(compactor(store.clone(), config.compaction_interval)));
+    tasks.push(tokio::spawn(compactor(
+        store.clone(),
+        config.compaction_interval,
+    )));
+    tasks.push(tokio::spawn(namespaces::run(registry)));
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
-    Ok(RunningServer { addr, kubeconfig, admin_token, ca_cert_pem: pki.ca_cert_pem, store, tasks })
+    Ok(RunningServer {
+        addr,
+        kubeconfig,
+        admin_token,
+        ca_cert_pem: pki.ca_cert_pem,
+        store,
+        tasks,
+    })
 }
 
 /// Every interval, compact history to the revision seen one interval ago, so watchers that are

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// The PEM material the server needs to run and to hand out.
@@ -52,7 +52,11 @@ fn ca_params() -> Result<CertificateParams> {
     dn.push(DnType::CommonName, "switchyard-ca");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
     p.not_after = rcgen::date_time_ymd(2124, 1, 1);
     Ok(p)
@@ -105,33 +109,39 @@ pub fn load_or_create(dir: &Path, extra_names: &[String]) -> Result<Pki> {
     let serving_cert_path = dir.join("serving.crt");
     let serving_key_path = dir.join("serving.key");
     let wanted = names.join("\n");
-    let (serving_cert_pem, serving_key_pem) =
-        match (read(&serving_cert_path), read(&serving_key_path), read(&names_path)) {
-            (Some(c), Some(k), Some(n)) if n == wanted => (c, k),
-            _ => {
-                let key = KeyPair::generate()?;
-                let mut p = CertificateParams::new(Vec::<String>::new())?;
-                let mut dn = DistinguishedName::new();
-                dn.push(DnType::CommonName, "switchyard-apiserver");
-                p.distinguished_name = dn;
-                p.subject_alt_names = names
-                    .iter()
-                    .map(|n| match n.parse::<IpAddr>() {
-                        Ok(ip) => Ok(SanType::IpAddress(ip)),
-                        Err(_) => Ok(SanType::DnsName(n.clone().try_into()?)),
-                    })
-                    .collect::<Result<Vec<_>, rcgen::Error>>()?;
-                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-                p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-                p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-                p.not_after = rcgen::date_time_ymd(2124, 1, 1);
-                let cert = p.signed_by(&key, &issuer)?;
-                write_private(&serving_key_path, &key.serialize_pem())?;
-                write_private(&serving_cert_path, &cert.pem())?;
-                write_private(&names_path, &wanted)?;
-                (cert.pem(), key.serialize_pem())
-            }
-        };
+    let (serving_cert_pem, serving_key_pem) = match (
+        read(&serving_cert_path),
+        read(&serving_key_path),
+        read(&names_path),
+    ) {
+        (Some(c), Some(k), Some(n)) if n == wanted => (c, k),
+        _ => {
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::new(Vec::<String>::new())?;
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, "switchyard-apiserver");
+            p.distinguished_name = dn;
+            p.subject_alt_names = names
+                .iter()
+                .map(|n| match n.parse::<IpAddr>() {
+                    Ok(ip) => Ok(SanType::IpAddress(ip)),
+                    Err(_) => Ok(SanType::DnsName(n.clone().try_into()?)),
+                })
+                .collect::<Result<Vec<_>, rcgen::Error>>()?;
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+            let cert = p.signed_by(&key, &issuer)?;
+            write_private(&serving_key_path, &key.serialize_pem())?;
+            write_private(&serving_cert_path, &cert.pem())?;
+            write_private(&names_path, &wanted)?;
+            (cert.pem(), key.serialize_pem())
+        }
+    };
 
     let admin_cert_path = dir.join("admin.crt");
     let admin_key_path = dir.join("admin.key");
@@ -144,7 +154,13 @@ pub fn load_or_create(dir: &Path, extra_names: &[String]) -> Result<Pki> {
             (c, k)
         }
     };
-    Ok(Pki { ca_cert_pem, serving_cert_pem, serving_key_pem, admin_cert_pem, admin_key_pem })
+    Ok(Pki {
+        ca_cert_pem,
+        serving_cert_pem,
+        serving_key_pem,
+        admin_cert_pem,
+        admin_key_pem,
+    })
 }
 
 /// A client certificate for `user` in `groups` (CN and O, as Kubernetes' x509 authenticator reads
@@ -163,7 +179,10 @@ pub fn issue_client_cert(
     }
     p.distinguished_name = dn;
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
     p.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = p.signed_by(&key, issuer)?;

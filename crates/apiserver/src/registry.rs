@@ -16,7 +16,9 @@ use switchyard_api::resources::{ResourceInfo, Subresource};
 use switchyard_api::selector::{FieldSelector, LabelSelector};
 use switchyard_api::status::{FieldError, StatusError};
 use switchyard_api::{defaults, patch, validation};
-use switchyard_store::{Compare, KeyValue, ListOptions, Op, Revision, SharedStore, StoreError, Txn, TxnOutcome};
+use switchyard_store::{
+    Compare, KeyValue, ListOptions, Op, Revision, SharedStore, StoreError, Txn, TxnOutcome,
+};
 
 use crate::alloc::{Held, ServiceAllocator};
 
@@ -73,7 +75,9 @@ impl PatchType {
             "application/json-patch+json" => Some(PatchType::Json),
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(PatchType::Apply),
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                Some(PatchType::Apply)
+            }
             _ => None,
         }
     }
@@ -97,9 +101,12 @@ pub struct Registry {
 
 pub fn store_error(e: StoreError) -> StatusError {
     match e {
-        StoreError::Compacted { requested, compacted } => {
-            StatusError::expired(format!("too old resource version: {requested} ({compacted})"))
-        }
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => StatusError::expired(format!(
+            "too old resource version: {requested} ({compacted})"
+        )),
         StoreError::FutureRevision { requested, current } => StatusError::timeout(format!(
             "Too large resource version: {requested}, current: {current}"
         )),
@@ -111,7 +118,10 @@ pub fn store_error(e: StoreError) -> StatusError {
 pub fn from_kv(kv: &KeyValue) -> Result<Value, StatusError> {
     let mut obj: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| StatusError::internal(format!("decoding stored object {}: {e}", kv.key)))?;
-    object::metadata_mut(&mut obj).insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
+    object::metadata_mut(&mut obj).insert(
+        "resourceVersion".into(),
+        Value::String(kv.mod_revision.to_string()),
+    );
     Ok(obj)
 }
 
@@ -138,7 +148,11 @@ fn decode_continue(token: &str) -> Result<(Revision, String), StatusError> {
         .map_err(|_| bad())?;
     let j: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let rv = j.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
-    let start = j.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string();
+    let start = j
+        .get("start")
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?
+        .to_string();
     Ok((rv, start))
 }
 
@@ -183,7 +197,12 @@ impl Registry {
         }
     }
 
-    pub async fn get(&self, r: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<Value, StatusError> {
+    pub async fn get(
+        &self,
+        r: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, StatusError> {
         match self.read(&r.key(ns, name)).await? {
             Some((obj, _)) => Ok(obj),
             None => Err(StatusError::not_found(r.group, r.plural, name)),
@@ -237,13 +256,19 @@ impl Registry {
             if let Some(l) = limit {
                 if items.len() >= l && more {
                     let last = last_key.unwrap_or_default();
-                    let token = encode_continue(res.revision, last.strip_prefix(&prefix).unwrap_or(&last));
-                    let remaining = if params.label_selector.is_none() && params.field_selector.is_none() {
-                        let after_in_chunk = n - res.kvs.iter().position(|kv| Some(&kv.key) == Some(&last)).map_or(n, |p| p + 1);
-                        Some(res.remaining + after_in_chunk)
-                    } else {
-                        None
-                    };
+                    let token =
+                        encode_continue(res.revision, last.strip_prefix(&prefix).unwrap_or(&last));
+                    let remaining =
+                        if params.label_selector.is_none() && params.field_selector.is_none() {
+                            let after_in_chunk = n - res
+                                .kvs
+                                .iter()
+                                .position(|kv| Some(&kv.key) == Some(&last))
+                                .map_or(n, |p| p + 1);
+                            Some(res.remaining + after_in_chunk)
+                        } else {
+                            None
+                        };
                     return Ok((items, res.revision, Some(token), remaining));
                 }
             }
@@ -263,17 +288,31 @@ impl Registry {
         warnings: &mut Vec<String>,
     ) -> Result<Value, StatusError> {
         let decoded = object::decode(r.kind, body).map_err(|e| {
-            StatusError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", r.kind, r.version, r.kind))
+            StatusError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                r.kind, r.version, r.kind
+            ))
         })?;
         if !decoded.unknown_fields.is_empty() {
             match ctx.field_validation {
                 FieldValidation::Strict => {
-                    let list: Vec<String> =
-                        decoded.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
-                    return Err(StatusError::bad_request(format!("strict decoding error: {}", list.join(", "))));
+                    let list: Vec<String> = decoded
+                        .unknown_fields
+                        .iter()
+                        .map(|f| format!("unknown field \"{f}\""))
+                        .collect();
+                    return Err(StatusError::bad_request(format!(
+                        "strict decoding error: {}",
+                        list.join(", ")
+                    )));
                 }
                 FieldValidation::Warn => {
-                    warnings.extend(decoded.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")));
+                    warnings.extend(
+                        decoded
+                            .unknown_fields
+                            .iter()
+                            .map(|f| format!("unknown field \"{f}\"")),
+                    );
                 }
                 FieldValidation::Ignore => {}
             }
@@ -281,7 +320,11 @@ impl Registry {
         Ok(decoded.object)
     }
 
-    fn check_identity(r: &ResourceInfo, ns: Option<&str>, obj: &mut Value) -> Result<(), StatusError> {
+    fn check_identity(
+        r: &ResourceInfo,
+        ns: Option<&str>,
+        obj: &mut Value,
+    ) -> Result<(), StatusError> {
         let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
         if api_version.is_empty() && kind.is_empty() {
@@ -317,7 +360,8 @@ impl Registry {
             return Ok(());
         }
         let ns = ns.unwrap_or("default");
-        let nsr = switchyard_api::resources::find("", "v1", "namespaces").expect("namespaces are served");
+        let nsr =
+            switchyard_api::resources::find("", "v1", "namespaces").expect("namespaces are served");
         match self.read(&nsr.key(None, ns)).await? {
             None => Err(StatusError::not_found("", "namespaces", ns)),
             Some((n, _)) if object::is_deleting(&n) => Err(StatusError::forbidden(format!(
@@ -342,20 +386,34 @@ impl Registry {
         Self::check_identity(r, ns, &mut body)?;
         // generateName, as kube-apiserver: prefix + 5 random characters.
         if object::name(&body).is_empty() {
-            if let Some(prefix) = body.pointer("/metadata/generateName").and_then(Value::as_str).map(str::to_string) {
+            if let Some(prefix) = body
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            {
                 const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-                let suffix: String =
-                    (0..5).map(|_| ALPHABET[(rand::random::<u32>() as usize) % ALPHABET.len()] as char).collect();
-                object::metadata_mut(&mut body).insert("name".into(), Value::String(format!("{prefix}{suffix}")));
+                let suffix: String = (0..5)
+                    .map(|_| ALPHABET[(rand::random::<u32>() as usize) % ALPHABET.len()] as char)
+                    .collect();
+                object::metadata_mut(&mut body)
+                    .insert("name".into(), Value::String(format!("{prefix}{suffix}")));
             }
         }
         let mut obj = self.decode_body(r, body, ctx, &mut warnings)?;
         self.check_namespace(r, ns).await?;
         let meta = object::metadata_mut(&mut obj);
-        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             meta.remove(k);
         }
-        meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+        meta.insert(
+            "uid".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
         meta.insert("creationTimestamp".into(), Value::String(rfc3339(ctx.now)));
         if r.has_subresource(Subresource::Status) || obj.get("spec").is_some() {
             object::metadata_mut(&mut obj).insert("generation".into(), Value::from(1));
@@ -364,14 +422,29 @@ impl Registry {
         defaults::apply_defaults(r, &mut obj);
         let errs: Vec<FieldError> = validation::validate_create(r, &obj);
         if !errs.is_empty() {
-            return Err(StatusError::invalid(r.group, r.kind, object::name(&obj), &errs));
+            return Err(StatusError::invalid(
+                r.group,
+                r.kind,
+                object::name(&obj),
+                &errs,
+            ));
         }
-        if let Err(e) = patch::update_managed_fields(None, &mut obj, &ctx.field_manager, &rfc3339(ctx.now)) {
+        if let Err(e) =
+            patch::update_managed_fields(None, &mut obj, &ctx.field_manager, &rfc3339(ctx.now))
+        {
             tracing::debug!(error = %e, "managed fields not tracked");
         }
-        let key = r.key(ns.filter(|_| r.namespaced).or(r.namespaced.then_some("default")), object::name(&obj));
+        let key = r.key(
+            ns.filter(|_| r.namespaced)
+                .or(r.namespaced.then_some("default")),
+            object::name(&obj),
+        );
         let written = self.commit(r, &key, obj, None, ctx).await?;
-        Ok(Written { object: written, created: true, warnings })
+        Ok(Written {
+            object: written,
+            created: true,
+            warnings,
+        })
     }
 
     /// Write `obj` at `key` guarded by `prev` (None = must not exist), with the allocations a
@@ -436,7 +509,9 @@ impl Registry {
                 }
             }
         }
-        Err(StatusError::internal(format!("could not allocate for {name} after {MAX_ATTEMPTS} attempts")))
+        Err(StatusError::internal(format!(
+            "could not allocate for {name} after {MAX_ATTEMPTS} attempts"
+        )))
     }
 
     /// Replace an object (PUT), or its status (`sub` = Status).
@@ -461,7 +536,8 @@ impl Registry {
         let current = self.read(&key).await?;
         let Some((old, rev)) = current else {
             if allow_create_on_update(r) && sub.is_none() {
-                object::metadata_mut(&mut body).insert("name".into(), Value::String(name.to_string()));
+                object::metadata_mut(&mut body)
+                    .insert("name".into(), Value::String(name.to_string()));
                 return self.create(r, ns, body, ctx).await;
             }
             return Err(StatusError::not_found(r.group, r.plural, name));
@@ -478,8 +554,14 @@ impl Registry {
         }
         let mut warnings = Vec::new();
         let new = self.decode_body(r, body, ctx, &mut warnings)?;
-        let object = self.finish_update(r, ns, name, &key, new, (&old, rev), sub, ctx).await?;
-        Ok(Written { object, created: false, warnings })
+        let object = self
+            .finish_update(r, ns, name, &key, new, (&old, rev), sub, ctx)
+            .await?;
+        Ok(Written {
+            object,
+            created: false,
+            warnings,
+        })
     }
 
     /// The common tail of update and patch: merge what the client may not change from the stored
@@ -528,7 +610,13 @@ impl Registry {
         {
             let old_meta = old.get("metadata").cloned().unwrap_or_default();
             let meta = object::metadata_mut(&mut new);
-            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
                 match old_meta.get(k) {
                     Some(v) => {
                         meta.insert(k.into(), v.clone());
@@ -552,7 +640,11 @@ impl Registry {
             defaults::apply_defaults(r, &mut new);
         }
         if spec_part(&new) != spec_part(old) {
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
             object::metadata_mut(&mut new).insert("generation".into(), Value::from(g));
         }
         let errs = validation::validate_update(r, &new, old);
@@ -568,14 +660,23 @@ impl Registry {
                     &rfc3339(ctx.now),
                     "status",
                 ),
-                _ => patch::update_managed_fields(Some(old), &mut new, &ctx.field_manager, &rfc3339(ctx.now)),
+                _ => patch::update_managed_fields(
+                    Some(old),
+                    &mut new,
+                    &ctx.field_manager,
+                    &rfc3339(ctx.now),
+                ),
             };
             if let Err(e) = tracked {
                 tracing::debug!(error = %e, "managed fields not tracked");
             }
         }
         // A deleting object whose last finalizer is gone is deleted now.
-        if object::is_deleting(&new) && object::finalizers(&new).is_empty() && !is_pending_graceful(r, &new) {
+        if object::is_deleting(&new)
+            && object::finalizers(&new).is_empty()
+            && !has_spec_finalizers(&new)
+            && !is_pending_graceful(r, &new)
+        {
             if ctx.dry_run {
                 return Ok(new);
             }
@@ -613,10 +714,21 @@ impl Registry {
                 None if patch_type == PatchType::Apply && sub.is_none() => {
                     let mut applied = patch_doc.clone();
                     Self::check_identity(r, ns, &mut applied)?;
-                    let mut obj = patch::apply(None, &applied, &ctx.field_manager, force, r.kind, &rfc3339(ctx.now))
-                        .map_err(patch_error)?;
-                    object::metadata_mut(&mut obj).insert("name".into(), Value::String(name.to_string()));
-                    let ctx2 = WriteCtx { field_manager: "-".into(), ..ctx.clone() };
+                    let mut obj = patch::apply(
+                        None,
+                        &applied,
+                        &ctx.field_manager,
+                        force,
+                        r.kind,
+                        &rfc3339(ctx.now),
+                    )
+                    .map_err(patch_error)?;
+                    object::metadata_mut(&mut obj)
+                        .insert("name".into(), Value::String(name.to_string()));
+                    let ctx2 = WriteCtx {
+                        field_manager: "-".into(),
+                        ..ctx.clone()
+                    };
                     let mut w = self.create(r, ns, obj, &ctx2).await?;
                     w.created = true;
                     return Ok(w);
@@ -635,12 +747,21 @@ impl Registry {
                 PatchType::Apply => {
                     let mut applied = patch_doc.clone();
                     Self::check_identity(r, ns, &mut applied)?;
-                    patch::apply(Some(&old), &applied, &ctx.field_manager, force, r.kind, &rfc3339(ctx.now))
-                        .map_err(patch_error)?
+                    patch::apply(
+                        Some(&old),
+                        &applied,
+                        &ctx.field_manager,
+                        force,
+                        r.kind,
+                        &rfc3339(ctx.now),
+                    )
+                    .map_err(patch_error)?
                 }
             };
             // A patch that names a resourceVersion is a precondition.
-            let explicit_rv = patch_doc.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+            let explicit_rv = patch_doc
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str);
             if let Some(want) = explicit_rv.filter(|s| !s.is_empty()) {
                 if want != rev.to_string() {
                     return Err(StatusError::conflict(
@@ -654,24 +775,53 @@ impl Registry {
             let mut warnings = Vec::new();
             let mut new = self.decode_body(r, patched, ctx, &mut warnings)?;
             let ctx2 = if patch_type == PatchType::Apply {
-                WriteCtx { field_manager: "-".into(), ..ctx.clone() }
+                WriteCtx {
+                    field_manager: "-".into(),
+                    ..ctx.clone()
+                }
             } else {
                 ctx.clone()
             };
             object::metadata_mut(&mut new).remove("resourceVersion");
-            match self.finish_update(r, ns, name, &key, new, (&old, rev), sub, &ctx2).await {
+            match self
+                .finish_update(r, ns, name, &key, new, (&old, rev), sub, &ctx2)
+                .await
+            {
                 Err(e) if e.reason == "Conflict" && explicit_rv.is_none() => continue,
                 Err(e) => return Err(e),
-                Ok(object) => return Ok(Written { object, created: false, warnings }),
+                Ok(object) => {
+                    return Ok(Written {
+                        object,
+                        created: false,
+                        warnings,
+                    })
+                }
             }
         }
-        Err(StatusError::conflict(r.group, r.plural, name, "too many concurrent writes, try again"))
+        Err(StatusError::conflict(
+            r.group,
+            r.plural,
+            name,
+            "too many concurrent writes, try again",
+        ))
     }
 
     /// Physically remove an object (and release what it holds).
-    async fn remove(&self, r: &ResourceInfo, key: &str, obj: &Value, rev: Revision) -> Result<Value, StatusError> {
-        let mut txn = Txn::new().when(Compare::ModRevision(key.to_string(), rev)).delete(key.to_string());
-        let held = if r.kind == "Service" && r.group.is_empty() { Held::of(obj) } else { Held::default() };
+    async fn remove(
+        &self,
+        r: &ResourceInfo,
+        key: &str,
+        obj: &Value,
+        rev: Revision,
+    ) -> Result<Value, StatusError> {
+        let mut txn = Txn::new()
+            .when(Compare::ModRevision(key.to_string(), rev))
+            .delete(key.to_string());
+        let held = if r.kind == "Service" && r.group.is_empty() {
+            Held::of(obj)
+        } else {
+            Held::default()
+        };
         for k in held.keys() {
             txn = txn.delete(k);
         }
@@ -740,7 +890,9 @@ impl Registry {
             let mut marked = obj.clone();
             let secs = grace.unwrap_or(0);
             let already = object::is_deleting(&obj);
-            let current_grace = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+            let current_grace = obj
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64);
             if already && current_grace.is_some_and(|g| g <= secs) {
                 return Ok((obj, false));
             }
@@ -765,7 +917,12 @@ impl Registry {
                 TxnOutcome::Failed { .. } => continue,
             }
         }
-        Err(StatusError::conflict(r.group, r.plural, name, "too many concurrent writes, try again"))
+        Err(StatusError::conflict(
+            r.group,
+            r.plural,
+            name,
+            "too many concurrent writes, try again",
+        ))
     }
 }
 
@@ -780,14 +937,23 @@ fn graceful_period(r: &ResourceInfo, obj: &Value, opts: &DeleteOpts) -> Option<i
     if !(r.kind == "Pod" && r.group.is_empty()) {
         return None;
     }
-    let scheduled = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-    let phase = obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+    let scheduled = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let phase = obj
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if !scheduled || phase == "Succeeded" || phase == "Failed" {
         return None;
     }
     let grace = opts
         .grace_period_seconds
-        .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
         .unwrap_or(30);
     if grace <= 0 {
         None
@@ -797,19 +963,28 @@ fn graceful_period(r: &ResourceInfo, obj: &Value, opts: &DeleteOpts) -> Option<i
 }
 
 fn has_spec_finalizers(obj: &Value) -> bool {
-    obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+    obj.pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
 }
 
 /// A pod marked for graceful deletion stays until its node (or a zero-grace delete) removes it.
 fn is_pending_graceful(r: &ResourceInfo, obj: &Value) -> bool {
     r.kind == "Pod"
         && r.group.is_empty()
-        && obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > 0
 }
 
 /// Resources where PUT of a missing object creates it, as in Kubernetes.
 fn allow_create_on_update(r: &ResourceInfo) -> bool {
-    matches!((r.group, r.kind), ("", "Endpoints") | ("", "Event") | ("coordination.k8s.io", "Lease"))
+    matches!(
+        (r.group, r.kind),
+        ("", "Endpoints") | ("", "Event") | ("coordination.k8s.io", "Lease")
+    )
 }
 
 /// Status a client cannot set on create, as the Kubernetes strategies' PrepareForCreate.
@@ -823,7 +998,10 @@ fn prepare_for_create(r: &ResourceInfo, obj: &mut Value) {
             m.insert("status".into(), json!({}));
         }
         ("", "Pod") => {
-            m.insert("status".into(), json!({"phase": "Pending", "qosClass": "BestEffort"}));
+            m.insert(
+                "status".into(),
+                json!({"phase": "Pending", "qosClass": "BestEffort"}),
+            );
         }
         ("", "Namespace") => {
             m.insert("status".into(), json!({"phase": "Active"}));
@@ -844,7 +1022,8 @@ trait KindHint {
 impl KindHint for StatusError {
     fn with_kind_hint(mut self, got: &str, want: &str) -> Self {
         if got != want {
-            self.message = format!("the kind in the data ({got}) does not match the expected kind ({want})");
+            self.message =
+                format!("the kind in the data ({got}) does not match the expected kind ({want})");
         }
         self
     }

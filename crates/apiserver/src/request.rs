@@ -35,7 +35,11 @@ pub enum Route {
 
 /// Route an API path (already known to start with `/api` or `/apis`).
 pub fn route(path: &str) -> Route {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let parts: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let (group, version, rest) = match parts.as_slice() {
         ["api"] => return Route::LegacyRoot,
         ["apis"] => return Route::GroupsRoot,
@@ -61,8 +65,12 @@ pub fn route(path: &str) -> Route {
             rest = &rest[2..];
         }
     }
-    let Some(plural) = rest.first() else { return Route::Unknown };
-    let Some(resource) = resources::find(group, version, plural) else { return Route::Unknown };
+    let Some(plural) = rest.first() else {
+        return Route::Unknown;
+    };
+    let Some(resource) = resources::find(group, version, plural) else {
+        return Route::Unknown;
+    };
     if rest.len() > 3 {
         return Route::Unknown;
     }
@@ -83,7 +91,9 @@ pub fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -137,13 +147,19 @@ mod tests {
         assert_eq!(r.name.as_deref(), Some("web"));
         assert_eq!(r.subresource.as_deref(), Some("status"));
         let r = res("/apis/apps/v1/namespaces/x/deployments/d/scale");
-        assert_eq!((r.resource.plural, r.subresource.as_deref()), ("deployments", Some("scale")));
+        assert_eq!(
+            (r.resource.plural, r.subresource.as_deref()),
+            ("deployments", Some("scale"))
+        );
     }
 
     #[test]
     fn namespace_objects_and_their_status_are_not_namespaced_requests() {
         let r = res("/api/v1/namespaces/kube-system");
-        assert_eq!((r.resource.plural, r.namespace, r.name.as_deref()), ("namespaces", None, Some("kube-system")));
+        assert_eq!(
+            (r.resource.plural, r.namespace, r.name.as_deref()),
+            ("namespaces", None, Some("kube-system"))
+        );
         let r = res("/api/v1/namespaces/kube-system/status");
         assert_eq!(r.subresource.as_deref(), Some("status"));
         assert_eq!(res("/api/v1/namespaces").name, None);
@@ -164,7 +180,10 @@ mod tests {
         assert_eq!(route("/apis/apps/v2/deployments"), Route::Unknown);
         assert_eq!(route("/api"), Route::LegacyRoot);
         assert_eq!(route("/apis/apps"), Route::Group("apps".into()));
-        assert_eq!(route("/apis/apps/v1"), Route::GroupVersion("apps".into(), "v1".into()));
+        assert_eq!(
+            route("/apis/apps/v1"),
+            Route::GroupVersion("apps".into(), "v1".into())
+        );
     }
 
     #[test]

@@ -49,7 +49,11 @@ fn respond(code: StatusCode, body: Vec<u8>, content_type: &str) -> Response<Body
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
-    respond(code, serde_json::to_vec(v).unwrap_or_default(), "application/json")
+    respond(
+        code,
+        serde_json::to_vec(v).unwrap_or_default(),
+        "application/json",
+    )
 }
 
 pub fn error_response(e: &StatusError) -> Response<Body> {
@@ -78,11 +82,17 @@ impl Front {
             return Some(u.clone());
         }
         let h = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-        let token = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))?;
+        let token = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))?;
         self.tokens.authenticate(token.trim())
     }
 
-    pub async fn serve(self: Arc<Self>, req: Request<Incoming>, cert_user: Option<User>) -> Response<Body> {
+    pub async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        cert_user: Option<User>,
+    ) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let started = std::time::Instant::now();
@@ -94,7 +104,9 @@ impl Front {
     async fn dispatch(&self, req: Request<Incoming>, cert_user: Option<&User>) -> Response<Body> {
         let path = req.uri().path().to_string();
         match path.as_str() {
-            "/healthz" | "/livez" | "/readyz" => return respond(StatusCode::OK, b"ok".to_vec(), "text/plain; charset=utf-8"),
+            "/healthz" | "/livez" | "/readyz" => {
+                return respond(StatusCode::OK, b"ok".to_vec(), "text/plain; charset=utf-8")
+            }
             "/version" => return json_response(StatusCode::OK, &version_info()),
             _ => {}
         }
@@ -111,7 +123,9 @@ impl Front {
             return match openapi::v3_document_bytes(gv) {
                 Some(doc) => {
                     let mut resp = respond(StatusCode::OK, doc.to_vec(), "application/json");
-                    if let Some(etag) = openapi::v3_document_hash(gv).and_then(|h| HeaderValue::from_str(&format!("\"{h}\"")).ok()) {
+                    if let Some(etag) = openapi::v3_document_hash(gv)
+                        .and_then(|h| HeaderValue::from_str(&format!("\"{h}\"")).ok())
+                    {
                         resp.headers_mut().insert(header::ETAG, etag);
                     }
                     resp
@@ -121,26 +135,49 @@ impl Front {
         }
         if path == "/openapi/v2" {
             return match openapi::v2_negotiate(&accept) {
-                Some(openapi::V2Format::Protobuf) => {
-                    respond(StatusCode::OK, openapi::v2_protobuf().to_vec(), openapi::OPENAPI_V2_PROTOBUF_CONTENT_TYPE)
+                Some(openapi::V2Format::Protobuf) => respond(
+                    StatusCode::OK,
+                    openapi::v2_protobuf().to_vec(),
+                    openapi::OPENAPI_V2_PROTOBUF_CONTENT_TYPE,
+                ),
+                Some(openapi::V2Format::Json) => {
+                    json_response(StatusCode::OK, &openapi::v2_document())
                 }
-                Some(openapi::V2Format::Json) => json_response(StatusCode::OK, &openapi::v2_document()),
-                None => error_response(&StatusError::not_acceptable("/openapi/v2 is served as application/json or protobuf")),
+                None => error_response(&StatusError::not_acceptable(
+                    "/openapi/v2 is served as application/json or protobuf",
+                )),
             };
         }
-        if !(path == "/api" || path.starts_with("/api/") || path == "/apis" || path.starts_with("/apis/")) {
+        if !(path == "/api"
+            || path.starts_with("/api/")
+            || path == "/apis"
+            || path.starts_with("/apis/"))
+        {
             return error_response(&StatusError::no_route(&path));
         }
         match request::route(&path) {
             Route::LegacyRoot => {
                 if let Some(ct) = discovery::wants_aggregated(&accept) {
-                    return respond(StatusCode::OK, serde_json::to_vec(&discovery::aggregated_discovery(true)).unwrap_or_default(), ct);
+                    return respond(
+                        StatusCode::OK,
+                        serde_json::to_vec(&discovery::aggregated_discovery(true))
+                            .unwrap_or_default(),
+                        ct,
+                    );
                 }
-                json_response(StatusCode::OK, &discovery::api_versions(&self.server_address))
+                json_response(
+                    StatusCode::OK,
+                    &discovery::api_versions(&self.server_address),
+                )
             }
             Route::GroupsRoot => {
                 if let Some(ct) = discovery::wants_aggregated(&accept) {
-                    return respond(StatusCode::OK, serde_json::to_vec(&discovery::aggregated_discovery(false)).unwrap_or_default(), ct);
+                    return respond(
+                        StatusCode::OK,
+                        serde_json::to_vec(&discovery::aggregated_discovery(false))
+                            .unwrap_or_default(),
+                        ct,
+                    );
                 }
                 json_response(StatusCode::OK, &discovery::api_group_list())
             }
@@ -179,23 +216,38 @@ impl Front {
 }
 
 fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> &str {
-    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, StatusError> {
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return Ok(Bytes::new());
     }
-    match Limited::new(req.into_body(), codec::MAX_BODY_BYTES).collect().await {
+    match Limited::new(req.into_body(), codec::MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(StatusError::request_entity_too_large(codec::MAX_BODY_BYTES)),
-        Err(e) => Err(StatusError::bad_request(format!("reading request body: {e}"))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(StatusError::request_entity_too_large(codec::MAX_BODY_BYTES))
+        }
+        Err(e) => Err(StatusError::bad_request(format!(
+            "reading request body: {e}"
+        ))),
     }
 }
 
 fn reply_response(reply: Reply) -> Response<Body> {
     match reply {
-        Reply::Object { code, body, format, warnings } => {
+        Reply::Object {
+            code,
+            body,
+            format,
+            warnings,
+        } => {
             let (bytes, ct) = codec::encode(format, &body);
             let mut resp = respond(code, bytes, ct);
             for w in warnings {
@@ -207,10 +259,17 @@ fn reply_response(reply: Reply) -> Response<Body> {
             resp
         }
         Reply::Stream(rx) => {
-            let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+                .map(|b| Ok::<_, Infallible>(Frame::data(b)));
             let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, private"),
+            );
             resp
         }
     }
@@ -223,15 +282,19 @@ pub fn tls_acceptor(pki: &crate::pki::Pki) -> anyhow::Result<TlsAcceptor> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+        CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes())
+            .collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()) {
         roots.add(ca?)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -255,14 +318,15 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, front: Ar
         let acceptor = acceptor.clone();
         let front = front.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let cert_user = tls
                 .get_ref()
                 .1
@@ -274,8 +338,12 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, front: Ar
                 let cert_user = cert_user.clone();
                 async move { Ok::<_, Infallible>(front.serve(req, cert_user).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service).await {
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });

@@ -47,7 +47,10 @@ impl Encoder {
     fn line(&mut self, kind: &str, object: Value) -> Bytes {
         let object = match (self.table, kind) {
             (Some(include), "ADDED" | "MODIFIED" | "DELETED") => {
-                let rv = object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                let rv = object
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 let t = table::table(
                     self.resource,
                     std::slice::from_ref(&object),
@@ -61,7 +64,8 @@ impl Encoder {
             }
             _ => object,
         };
-        let mut buf = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut buf =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         buf.push(b'\n');
         Bytes::from(buf)
     }
@@ -72,13 +76,15 @@ impl Encoder {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let obj = json!({"kind": self.resource.kind, "apiVersion": self.resource.api_version(), "metadata": meta});
-        let mut buf = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
+        let mut buf =
+            serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
         buf.push(b'\n');
         Bytes::from(buf)
     }
 
     fn error(&mut self, e: &StatusError) -> Bytes {
-        let mut buf = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
+        let mut buf = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()}))
+            .unwrap_or_default();
         buf.push(b'\n');
         Bytes::from(buf)
     }
@@ -92,16 +98,22 @@ pub async fn start(
     namespace: Option<String>,
     params: WatchParams,
 ) -> Result<mpsc::Receiver<Bytes>, StatusError> {
-    let rv = match params.resource_version.as_deref() {
-        None | Some("") | Some("0") => None,
-        Some(s) => Some(s.parse::<Revision>().map_err(|_| {
-            StatusError::bad_request(format!("invalid resource version: {s:?}"))
-        })?),
-    };
+    let rv =
+        match params.resource_version.as_deref() {
+            None | Some("") | Some("0") => None,
+            Some(s) => Some(s.parse::<Revision>().map_err(|_| {
+                StatusError::bad_request(format!("invalid resource version: {s:?}"))
+            })?),
+        };
     // The initial state, when the client has none.
     let (initial, start_rev) = match rv {
         None => {
-            let all = ListParams { limit: None, continue_token: None, exact_revision: None, ..params.list.clone() };
+            let all = ListParams {
+                limit: None,
+                continue_token: None,
+                exact_revision: None,
+                ..params.list.clone()
+            };
             let (items, rev, _, _) = registry.list(resource, namespace.as_deref(), &all).await?;
             (items, rev)
         }
@@ -109,7 +121,11 @@ pub async fn start(
     };
     let prefix = resource.namespace_prefix(namespace.as_deref());
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let mut enc = Encoder { resource, table: params.table, columns_sent: false };
+    let mut enc = Encoder {
+        resource,
+        table: params.table,
+        columns_sent: false,
+    };
     let watch = registry.store.watch(&prefix, start_rev).await;
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + params.timeout;
@@ -168,12 +184,19 @@ pub async fn start(
 }
 
 /// Turn a store event into a watch event for a client with these selectors, if it should see it.
-fn translate(r: &ResourceInfo, event: &Event, params: &ListParams) -> Option<(&'static str, Value)> {
+fn translate(
+    r: &ResourceInfo,
+    event: &Event,
+    params: &ListParams,
+) -> Option<(&'static str, Value)> {
     match event {
         Event::Put { kv, prev } => {
             let new = from_kv(kv).ok()?;
             let new_match = selected(r, &new, params);
-            let old_match = prev.as_ref().and_then(|p| from_kv(p).ok()).map(|o| selected(r, &o, params));
+            let old_match = prev
+                .as_ref()
+                .and_then(|p| from_kv(p).ok())
+                .map(|o| selected(r, &o, params));
             match (old_match, new_match) {
                 (None | Some(false), true) => Some(("ADDED", new)),
                 (Some(true), true) => Some(("MODIFIED", new)),
@@ -186,8 +209,10 @@ fn translate(r: &ResourceInfo, event: &Event, params: &ListParams) -> Option<(&'
             if !selected(r, &old, params) {
                 return None;
             }
-            switchyard_api::object::metadata_mut(&mut old)
-                .insert("resourceVersion".into(), Value::String(revision.to_string()));
+            switchyard_api::object::metadata_mut(&mut old).insert(
+                "resourceVersion".into(),
+                Value::String(revision.to_string()),
+            );
             Some(("DELETED", old))
         }
     }

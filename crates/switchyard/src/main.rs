@@ -10,7 +10,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Kubernetes-style Service networking in one binary")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Kubernetes-style Service networking in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,13 +88,19 @@ async fn server(args: ServerArgs) -> ExitCode {
         ..Default::default()
     };
     if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
-        eprintln!("switchyard: cannot create --data-dir {}: {e}", args.data_dir.display());
+        eprintln!(
+            "switchyard: cannot create --data-dir {}: {e}",
+            args.data_dir.display()
+        );
         return ExitCode::from(64);
     }
     let store = match switchyard_store::sqlite::SqliteStore::open(&args.data_dir.join("store.db")) {
         Ok(s) => Arc::new(s),
         Err(e) => {
-            eprintln!("switchyard: cannot open the store in {}: {e}", args.data_dir.display());
+            eprintln!(
+                "switchyard: cannot open the store in {}: {e}",
+                args.data_dir.display()
+            );
             return ExitCode::from(64);
         }
     };

@@ -25,7 +25,11 @@ impl InProcessServer {
     /// Start a server on a free loopback port over `store`, with `config` adjusted by `tweak`.
     pub async fn start_with(store: SharedStore, tweak: impl FnOnce(&mut Config)) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut config = Config { data_dir: dir.path().to_path_buf(), secure_port: 0, ..Config::default() };
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            secure_port: 0,
+            ..Config::default()
+        };
         tweak(&mut config);
         let server = switchyard_apiserver::start(config, store).await?;
         Ok(Self { server, dir })
@@ -33,7 +37,11 @@ impl InProcessServer {
 
     /// Start a server over a fresh memory store with the default configuration.
     pub async fn start() -> Result<Self> {
-        Self::start_with(Arc::new(switchyard_store::memory::MemoryStore::new()), |_| {}).await
+        Self::start_with(
+            Arc::new(switchyard_store::memory::MemoryStore::new()),
+            |_| {},
+        )
+        .await
     }
 
     pub fn kubeconfig(&self) -> &Path {
@@ -88,13 +96,20 @@ impl ServerProcess {
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    bail!("switchyard server exited before serving:\n{}", seen.join("\n"));
+                    bail!(
+                        "switchyard server exited before serving:\n{}",
+                        seen.join("\n")
+                    );
                 }
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Self { child, url, data_dir: data_dir.to_path_buf() })
+        Ok(Self {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+        })
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -117,8 +132,13 @@ impl Drop for ServerProcess {
 /// The kubectl to test with: `$KUBECTL`, else `kubectl` on PATH. `None` (with a loud message on
 /// stderr) when there is none, so tests can skip; CI installs it, see scripts/test.
 pub fn kubectl_path() -> Option<PathBuf> {
-    let candidate = std::env::var_os("KUBECTL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("kubectl"));
-    match Command::new(&candidate).args(["version", "--client"]).output() {
+    let candidate = std::env::var_os("KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("kubectl"));
+    match Command::new(&candidate)
+        .args(["version", "--client"])
+        .output()
+    {
         Ok(o) if o.status.success() => Some(candidate),
         _ => {
             eprintln!("!!!!!! SKIPPING: kubectl not found ({}); install kubectl v1.32 to run this test !!!!!!", candidate.display());
@@ -154,14 +174,23 @@ pub struct Kubectl {
 
 impl Kubectl {
     pub fn new(binary: PathBuf, kubeconfig: &Path) -> Self {
-        Self { binary, kubeconfig: kubeconfig.to_path_buf() }
+        Self {
+            binary,
+            kubeconfig: kubeconfig.to_path_buf(),
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.binary);
-        c.arg("--kubeconfig").arg(&self.kubeconfig).arg("--request-timeout=30s").args(args);
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--request-timeout=30s")
+            .args(args);
         // A private cache directory: discovery and OpenAPI caches never leak between tests.
-        c.env("KUBECACHEDIR", self.kubeconfig.with_file_name("kubectl-cache"));
+        c.env(
+            "KUBECACHEDIR",
+            self.kubeconfig.with_file_name("kubectl-cache"),
+        );
         c
     }
 
@@ -169,23 +198,43 @@ impl Kubectl {
     pub fn run(&self, args: &[&str]) -> KubectlOutput {
         match self.command(args).output() {
             Ok(o) => o.into(),
-            Err(e) => KubectlOutput { success: false, stdout: String::new(), stderr: e.to_string() },
+            Err(e) => KubectlOutput {
+                success: false,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            },
         }
     }
 
     /// Run kubectl with `stdin` fed to it (for `apply -f -`).
     pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> KubectlOutput {
         use std::io::Write;
-        let mut child = match self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+        let mut child = match self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
             Ok(c) => c,
-            Err(e) => return KubectlOutput { success: false, stdout: String::new(), stderr: e.to_string() },
+            Err(e) => {
+                return KubectlOutput {
+                    success: false,
+                    stdout: String::new(),
+                    stderr: e.to_string(),
+                }
+            }
         };
         if let Some(mut si) = child.stdin.take() {
             let _ = si.write_all(stdin.as_bytes());
         }
         match child.wait_with_output() {
             Ok(o) => o.into(),
-            Err(e) => KubectlOutput { success: false, stdout: String::new(), stderr: e.to_string() },
+            Err(e) => KubectlOutput {
+                success: false,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            },
         }
     }
 
@@ -193,14 +242,23 @@ impl Kubectl {
     pub fn ok(&self, args: &[&str]) -> Result<String> {
         let out = self.run(args);
         if !out.success {
-            bail!("kubectl {} failed:\n{}{}", args.join(" "), out.stdout, out.stderr);
+            bail!(
+                "kubectl {} failed:\n{}{}",
+                args.join(" "),
+                out.stdout,
+                out.stderr
+            );
         }
         Ok(out.stdout)
     }
 
     /// Start a long-running kubectl (e.g. `get -w`), stdout piped. Killed when the guard drops.
     pub fn spawn(&self, args: &[&str]) -> Result<ChildGuard> {
-        let child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
         Ok(ChildGuard(child))
     }
 }
