@@ -59,11 +59,12 @@ pub fn route(path: &str) -> Route {
     let mut namespace = None;
     // `/namespaces/<ns>/<resource>...`, except `/namespaces/<name>[/status|/finalize]`, which
     // address the namespace object itself.
-    if rest.first() == Some(&"namespaces") && rest.len() > 1 {
-        if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
-            namespace = Some(rest[1].to_string());
-            rest = &rest[2..];
-        }
+    if rest.first() == Some(&"namespaces")
+        && rest.len() > 2
+        && !matches!(rest[2], "status" | "finalize")
+    {
+        namespace = Some(rest[1].to_string());
+        rest = &rest[2..];
     }
     let Some(plural) = rest.first() else {
         return Route::Unknown;

@@ -142,10 +142,11 @@ pub async fn start(
             }
         }
         let mut last = start_rev;
-        if params.send_initial_events && params.allow_bookmarks {
-            if tx.send(enc.bookmark(last, true)).await.is_err() {
-                return;
-            }
+        if params.send_initial_events
+            && params.allow_bookmarks
+            && tx.send(enc.bookmark(last, true)).await.is_err()
+        {
+            return;
         }
         let mut ticker = tokio::time::interval(params.bookmark_interval);
         ticker.tick().await;
