@@ -193,6 +193,10 @@ fn translate(
     match event {
         Event::Put { kv, prev } => {
             let new = from_kv(kv).ok()?;
+            if params.label_selector.is_none() && params.field_selector.is_none() {
+                // Everything matches: no need to decode the previous state.
+                return Some((if prev.is_some() { "MODIFIED" } else { "ADDED" }, new));
+            }
             let new_match = selected(r, &new, params);
             let old_match = prev
                 .as_ref()
