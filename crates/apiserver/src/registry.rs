@@ -642,9 +642,17 @@ impl Registry {
                         .map_err(patch_error)?
                 }
             };
-            // A patch that names a resourceVersion is a precondition.
-            let explicit_rv = patch_doc.pointer("/metadata/resourceVersion").and_then(Value::as_str);
-            if let Some(want) = explicit_rv.filter(|s| !s.is_empty()) {
+            // A patch that names a resourceVersion is a precondition (a JSON patch names it
+            // through its operations: the patched object's resourceVersion then differs).
+            let explicit_rv = match patch_type {
+                PatchType::Json => patched
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .filter(|v| old.pointer("/metadata/resourceVersion").and_then(Value::as_str) != Some(*v))
+                    .map(str::to_string),
+                _ => patch_doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string),
+            };
+            if let Some(want) = explicit_rv.as_deref().filter(|s| !s.is_empty()) {
                 if want != rev.to_string() {
                     return Err(StatusError::conflict(
                         r.group,
