@@ -429,18 +429,13 @@ impl Registry {
                 &errs,
             ));
         }
-<<<<<<< HEAD
-        if let Err(e) =
-            patch::update_managed_fields(None, &mut obj, &ctx.field_manager, &rfc3339(ctx.now))
-        {
-            tracing::debug!(error = %e, "managed fields not tracked");
-=======
         // "-": the caller (apply creating the object) has recorded the managed fields already.
         if ctx.field_manager != "-" {
-            if let Err(e) = patch::update_managed_fields(None, &mut obj, &ctx.field_manager, &rfc3339(ctx.now)) {
+            if let Err(e) =
+                patch::update_managed_fields(None, &mut obj, &ctx.field_manager, &rfc3339(ctx.now))
+            {
                 tracing::debug!(error = %e, "managed fields not tracked");
             }
->>>>>>> helper/kubectl
         }
         let key = r.key(
             ns.filter(|_| r.namespaced)
@@ -766,25 +761,24 @@ impl Registry {
                     .map_err(patch_error)?
                 }
             };
-<<<<<<< HEAD
-            // A patch that names a resourceVersion is a precondition.
-            let explicit_rv = patch_doc
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str);
-            if let Some(want) = explicit_rv.filter(|s| !s.is_empty()) {
-=======
             // A patch that names a resourceVersion is a precondition (a JSON patch names it
             // through its operations: the patched object's resourceVersion then differs).
             let explicit_rv = match patch_type {
                 PatchType::Json => patched
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
-                    .filter(|v| old.pointer("/metadata/resourceVersion").and_then(Value::as_str) != Some(*v))
+                    .filter(|v| {
+                        old.pointer("/metadata/resourceVersion")
+                            .and_then(Value::as_str)
+                            != Some(*v)
+                    })
                     .map(str::to_string),
-                _ => patch_doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string),
+                _ => patch_doc
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             };
             if let Some(want) = explicit_rv.as_deref().filter(|s| !s.is_empty()) {
->>>>>>> helper/kubectl
                 if want != rev.to_string() {
                     return Err(StatusError::conflict(
                         r.group,
