@@ -302,7 +302,10 @@ impl Registry {
                         .map(|f| format!("unknown field \"{f}\""))
                         .collect();
                     return Err(StatusError::bad_request(format!(
-                        "strict decoding error: {}",
+                        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                        r.kind,
+                        r.version,
+                        r.kind,
                         list.join(", ")
                     )));
                 }
