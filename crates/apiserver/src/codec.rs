@@ -73,8 +73,9 @@ pub fn decode_json(body: &[u8]) -> Result<Value, StatusError> {
 /// Decode a Kubernetes protobuf body (`application/vnd.kubernetes.protobuf`, as kubectl sends
 /// typed creates) into the object's JSON form.
 pub fn decode_protobuf(body: &[u8]) -> Result<Value, StatusError> {
-    let v = switchyard_api::protobuf::decode(body)
-        .map_err(|e| StatusError::bad_request(format!("error decoding protobuf request body: {e}")))?;
+    let v = switchyard_api::protobuf::decode(body).map_err(|e| {
+        StatusError::bad_request(format!("error decoding protobuf request body: {e}"))
+    })?;
     check_depth(v)
 }
 
@@ -159,7 +160,8 @@ mod tests {
     }
 
     /// `kubectl create namespace team` as kubectl v1.32 sends it.
-    const NAMESPACE_PB: &[u8] = b"k8s\x00\x0a\x0f\x0a\x02v1\x12\x09Namespace\x12\x1c\x0a\x14\x0a\x04team\
+    const NAMESPACE_PB: &[u8] =
+        b"k8s\x00\x0a\x0f\x0a\x02v1\x12\x09Namespace\x12\x1c\x0a\x14\x0a\x04team\
         \x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12\x00\x1a\x02\x0a\x00\x1a\x00\x22\x00";
 
     #[test]

@@ -1,7 +1,7 @@
 //! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`), decoded into the
 //! Kubernetes JSON form the rest of Switchyard works on. Real `kubectl` and client-go programs
-//! send the bodies of typed writes (`kubectl create service|deployment|configmap|namespace`,
-//! `kubectl expose`, client-go `Delete` options) this way; responses stay JSON.
+//! send the bodies of typed writes this way (`kubectl create service|deployment|configmap|
+//! namespace`, the pods of `kubectl debug`, client-go's delete options); responses stay JSON.
 //!
 //! A body is the Kubernetes envelope: the magic bytes `k8s\0`, then a `runtime.Unknown` message
 //! whose `typeMeta` names the object's `apiVersion` and `kind` and whose `raw` bytes are the
@@ -19,7 +19,7 @@
 //! as Go prints non-pointer structs, and an empty `metav1.Time` is `null`, as Go prints it.
 //!
 //! Decoding is pure and total: malformed input (truncated, wrong wire types, invalid UTF-8,
-//! absurd nesting) is an [`ProtobufError`], never a panic.
+//! absurd nesting) is a [`ProtobufError`], never a panic.
 
 mod decode;
 pub mod schema;
