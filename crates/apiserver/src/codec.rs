@@ -1,6 +1,6 @@
-//! Request and response bodies: JSON and YAML in, JSON or YAML out, chosen by `Content-Type` and
-//! `Accept` as kube-apiserver negotiates them. Decoding never panics: malformed input becomes a
-//! 400 that says where it went wrong.
+//! Request and response bodies: JSON, YAML and Kubernetes protobuf in, JSON or YAML out, chosen
+//! by `Content-Type` and `Accept` as kube-apiserver negotiates them. Decoding never panics:
+//! malformed input becomes a 400 that says where it went wrong.
 
 use serde_json::Value;
 use switchyard_api::status::StatusError;
@@ -37,6 +37,11 @@ fn check_depth(v: Value) -> Result<Value, StatusError> {
 
 /// Decode a body as JSON, or as YAML if it is not JSON.
 pub fn decode_yaml_or_json(body: &[u8]) -> Result<Value, StatusError> {
+    // Delete options arrive here whatever their content type; protobuf clients send them as
+    // protobuf, recognisable by the envelope's magic bytes (never valid YAML or JSON).
+    if body.starts_with(switchyard_api::protobuf::MAGIC) {
+        return decode_protobuf(body);
+    }
     let trimmed = body
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -78,12 +83,22 @@ pub fn decode_json(body: &[u8]) -> Result<Value, StatusError> {
     check_depth(v)
 }
 
+/// Decode a Kubernetes protobuf body (`application/vnd.kubernetes.protobuf`, as kubectl sends
+/// typed creates) into the object's JSON form.
+pub fn decode_protobuf(body: &[u8]) -> Result<Value, StatusError> {
+    let v = switchyard_api::protobuf::decode(body).map_err(|e| {
+        StatusError::bad_request(format!("error decoding protobuf request body: {e}"))
+    })?;
+    check_depth(v)
+}
+
 /// Decode a body by its content type (create and update; patches are decoded by type).
 pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, StatusError> {
     let ct = content_type.split(';').next().unwrap_or("").trim();
     match ct {
         "" | "application/json" | "*/*" => decode_json(body),
         "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml_or_json(body),
+        "application/vnd.kubernetes.protobuf" => decode_protobuf(body),
         other => Err(StatusError::unsupported_media_type(other)),
     }
 }
@@ -176,6 +191,46 @@ mod tests {
             decode_json(deep.as_bytes()).err().map(|e| e.code),
             Some(400)
         );
+    }
+
+    /// `kubectl create namespace team` as kubectl v1.32 sends it.
+    const NAMESPACE_PB: &[u8] =
+        b"k8s\x00\x0a\x0f\x0a\x02v1\x12\x09Namespace\x12\x1c\x0a\x14\x0a\x04team\
+        \x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12\x00\x1a\x02\x0a\x00\x1a\x00\x22\x00";
+
+    #[test]
+    fn protobuf_bodies_decode_to_the_json_kubectl_would_have_sent() {
+        let v = decode_body("application/vnd.kubernetes.protobuf", NAMESPACE_PB).expect("decodes");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "kind": "Namespace",
+                "apiVersion": "v1",
+                "metadata": {"name": "team", "creationTimestamp": null},
+                "spec": {},
+                "status": {},
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_protobuf_is_a_bad_request_that_says_what_was_wrong() {
+        let e = decode_body("application/vnd.kubernetes.protobuf", &NAMESPACE_PB[..30])
+            .expect_err("a truncated body fails");
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("protobuf"), "{}", e.message);
+        let e = decode_body("application/vnd.kubernetes.protobuf", b"{}")
+            .expect_err("JSON is no protobuf");
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("magic"), "{}", e.message);
+    }
+
+    #[test]
+    fn protobuf_delete_options_are_recognised_without_a_content_type() {
+        // DeleteOptions{gracePeriodSeconds: 0} in an envelope, as a protobuf client sends it.
+        let body = b"k8s\x00\x0a\x13\x0a\x02v1\x12\x0dDeleteOptions\x12\x02\x08\x00";
+        let v = decode_yaml_or_json(body).expect("decodes");
+        assert_eq!(v["gracePeriodSeconds"], 0);
     }
 
     #[test]
