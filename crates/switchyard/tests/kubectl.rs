@@ -1073,7 +1073,6 @@ fn a_node_port_in_a_widened_range_is_accepted_once() {
 }
 
 #[test]
-#[ignore = "needs protobuf request bodies"]
 fn create_service_nodeport_generator_takes_an_explicit_node_port() {
     let Some(c) = cluster(&["--service-node-port-range", "30000-50000"]) else {
         return;
