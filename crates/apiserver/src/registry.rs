@@ -366,8 +366,11 @@ impl Registry {
         if !errs.is_empty() {
             return Err(StatusError::invalid(r.group, r.kind, object::name(&obj), &errs));
         }
-        if let Err(e) = patch::update_managed_fields(None, &mut obj, &ctx.field_manager, &rfc3339(ctx.now)) {
-            tracing::debug!(error = %e, "managed fields not tracked");
+        // "-": the caller (apply creating the object) has recorded the managed fields already.
+        if ctx.field_manager != "-" {
+            if let Err(e) = patch::update_managed_fields(None, &mut obj, &ctx.field_manager, &rfc3339(ctx.now)) {
+                tracing::debug!(error = %e, "managed fields not tracked");
+            }
         }
         let key = r.key(ns.filter(|_| r.namespaced).or(r.namespaced.then_some("default")), object::name(&obj));
         let written = self.commit(r, &key, obj, None, ctx).await?;
