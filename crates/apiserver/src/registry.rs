@@ -584,10 +584,14 @@ impl Registry {
             }
             return self.remove(r, key, &new, rev).await;
         }
-        let mut out = self.commit(r, key, new, Some((old, rev)), ctx).await?;
-        // No-op writes keep the resourceVersion, as in Kubernetes.
-        let _ = &mut out;
-        Ok(out)
+        // A write that changes nothing is not written and keeps the resourceVersion, as
+        // kube-apiserver's GuaranteedUpdate skips an update whose bytes equal the stored ones.
+        let mut unchanged = new.clone();
+        object::metadata_mut(&mut unchanged).insert("resourceVersion".into(), Value::String(rev.to_string()));
+        if unchanged == *old {
+            return Ok(unchanged);
+        }
+        self.commit(r, key, new, Some((old, rev)), ctx).await
     }
 
     /// Patch an object or its status/scale.
