@@ -945,6 +945,14 @@ async fn a_bearer_token_client_works_and_anonymous_requests_get_401_except_publi
             .await
             .expect("/version is public");
         assert_eq!(version.major, "1");
+        let req = http::Request::get("/version/")
+            .body(Vec::new())
+            .expect("request");
+        let text = client
+            .request_text(req)
+            .await
+            .expect("/version/ is public too");
+        assert!(text.contains("gitVersion"), "{text}");
     }
 }
 
