@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use switchyard_api::object;
 use switchyard_api::resources::{ResourceInfo, Subresource};
 use switchyard_api::selector::{FieldSelector, LabelSelector};
-use switchyard_api::status::{FieldError, StatusError};
+use switchyard_api::status::{FieldError, FieldErrorType, StatusError};
 use switchyard_api::{defaults, patch, validation};
 use switchyard_store::{Compare, KeyValue, ListOptions, Op, Revision, SharedStore, StoreError, Txn, TxnOutcome};
 
@@ -362,7 +362,7 @@ impl Registry {
         }
         prepare_for_create(r, &mut obj);
         defaults::apply_defaults(r, &mut obj);
-        let errs: Vec<FieldError> = validation::validate_create(r, &obj);
+        let errs: Vec<FieldError> = without_pending_allocations(r, &obj, validation::validate_create(r, &obj));
         if !errs.is_empty() {
             return Err(StatusError::invalid(r.group, r.kind, object::name(&obj), &errs));
         }
@@ -558,7 +558,7 @@ impl Registry {
             let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
             object::metadata_mut(&mut new).insert("generation".into(), Value::from(g));
         }
-        let errs = validation::validate_update(r, &new, old);
+        let errs = without_pending_allocations(r, &new, validation::validate_update(r, &new, old));
         if !errs.is_empty() {
             return Err(StatusError::invalid(r.group, r.kind, name, &errs));
         }
@@ -812,6 +812,20 @@ fn is_pending_graceful(r: &ResourceInfo, obj: &Value) -> bool {
     r.kind == "Pod"
         && r.group.is_empty()
         && obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0
+}
+
+/// kube-apiserver allocates a Service's healthCheckNodePort (in BeginCreate/BeginUpdate) before it
+/// validates the Service; here the allocator fills it in at commit, after validation, so one that
+/// is missing (0 is Go's "unset") is not an error yet.
+fn without_pending_allocations(r: &ResourceInfo, obj: &Value, errs: Vec<FieldError>) -> Vec<FieldError> {
+    if !(r.kind == "Service" && r.group.is_empty())
+        || obj.pointer("/spec/healthCheckNodePort").and_then(Value::as_i64).unwrap_or(0) != 0
+    {
+        return errs;
+    }
+    errs.into_iter()
+        .filter(|e| !(e.kind == FieldErrorType::Required && e.field == "spec.healthCheckNodePort"))
+        .collect()
 }
 
 /// Resources where PUT of a missing object creates it, as in Kubernetes.
