@@ -1055,3 +1055,46 @@ async fn generate_name_gives_each_object_a_unique_name_with_the_prefix() {
         .collect();
     assert!(made.is_subset(&listed));
 }
+
+#[tokio::test]
+async fn a_load_balancer_with_local_traffic_policy_is_given_a_health_check_node_port() {
+    let (_srv, client) = server().await;
+    let api: Api<Service> = Api::default_namespaced(client);
+    let hc = |s: &Service| s.spec.as_ref().and_then(|s| s.health_check_node_port);
+    let node_port = |s: &Service| {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref()?.first()?.node_port)
+    };
+
+    let mut lb = service("lb", json!({}));
+    let spec = lb.spec.as_mut().expect("spec");
+    spec.type_ = Some("LoadBalancer".into());
+    spec.external_traffic_policy = Some("Local".into());
+    let created = api
+        .create(&PostParams::default(), &lb)
+        .await
+        .expect("create LoadBalancer with Local policy");
+    let port = hc(&created).expect("a healthCheckNodePort is allocated");
+    assert!((30000..=32767).contains(&port), "{port}");
+    assert_ne!(Some(port), node_port(&created));
+
+    // Becoming a Local LoadBalancer through an update allocates one too; leaving Local drops it.
+    create_services(&api, &["plain"]).await;
+    let patch = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"}});
+    let updated = api
+        .patch("plain", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("to Local LB");
+    assert!(
+        hc(&updated).is_some_and(|p| p != port),
+        "{:?}",
+        hc(&updated)
+    );
+    let patch = json!({"spec": {"externalTrafficPolicy": "Cluster"}});
+    let back = api
+        .patch("plain", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("to Cluster");
+    assert_eq!(hc(&back), None);
+}
