@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn deeply_nested_yaml_is_refused_before_parsing() {
         let deep = format!("a: {}1{}\n", "[".repeat(200_000), "]".repeat(200_000));
-        let e = decode_yaml_or_json(deep.as_bytes()).err().expect("refused");
+        let e = decode_yaml_or_json(deep.as_bytes()).expect_err("refused");
         assert_eq!(e.code, 400);
         assert!(e.message.contains("nesting is limited"), "{}", e.message);
         let fine = format!("a: {}1{}\nb: \"]]]]\"\n", "[".repeat(20), "]".repeat(20));

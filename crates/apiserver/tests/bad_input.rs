@@ -350,7 +350,7 @@ async fn deeply_nested_json_and_yaml_are_400_without_a_crash() {
             let nested = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
             let body = format!("{{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"deep\"}},\"spec\":{nested}}}");
             h.post(SERVICES, "application/json", body).await.status(400, "BadRequest");
-            let objects = format!("{}{}", "{\"a\":".repeat(depth), format!("1{}", "}".repeat(depth)));
+            let objects = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
             h.post(SERVICES, "application/json", objects).await.status(400, "BadRequest");
             let yaml = format!("apiVersion: v1\nkind: Service\nspec: {nested}\n");
             h.post(SERVICES, "application/yaml", yaml).await.status(400, "BadRequest");
