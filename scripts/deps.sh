@@ -38,3 +38,30 @@ sy_kubectl() {
     exit 1
   fi
 }
+
+# sy_pip MODULE PACKAGE : make `python3 -c 'import MODULE'` work, installing PACKAGE with pip
+# (only when the import fails). For the real-client tests (the Python `kubernetes` client).
+sy_pip() {
+  local module="$1" package="$2"
+  if python3 -c "import ${module}" >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! command -v python3 >/dev/null; then
+    sy_apt python3
+  fi
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    sy_apt python3-pip
+  fi
+  echo "switchyard: installing the Python package ${package} with pip" >&2
+  # Debian/Ubuntu's python3 refuses system-wide pip installs (PEP 668); this is a test machine,
+  # so retry with --break-system-packages rather than fail.
+  if ! python3 -m pip install --quiet "${package}" 2>/dev/null \
+    && ! python3 -m pip install --quiet --break-system-packages "${package}"; then
+    echo "switchyard: could not install the Python package ${package} (python3 -m pip install ${package}); install it and retry" >&2
+    exit 1
+  fi
+  if ! python3 -c "import ${module}" >/dev/null 2>&1; then
+    echo "switchyard: pip installed ${package} but python3 still cannot import ${module}; check which python3 pip installs for" >&2
+    exit 1
+  fi
+}

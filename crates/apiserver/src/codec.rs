@@ -35,6 +35,34 @@ fn check_depth(v: Value) -> Result<Value, StatusError> {
     Ok(v)
 }
 
+/// The YAML parser (libyaml) scans in time quadratic in the nesting of flow collections: a few
+/// hundred KiB of `[[[[...` cost minutes of CPU before its own recursion limit (128, which also
+/// counts block nesting) refuses them. Bodies with more unclosed brackets than that limit are
+/// refused before parsing, in linear time (kube-apiserver's YAML library caps nesting for the same
+/// reason, CVE-2019-11253).
+const MAX_YAML_FLOW_DEPTH: usize = 128;
+
+/// Whether some prefix of `body` opens more than `max` brackets it has not closed. This counts
+/// brackets without lexing YAML, so brackets in strings and comments count too: it refuses only
+/// bodies that are absurd either way, but a body crafted to hide its nesting (closing brackets in
+/// comments) still reaches the parser.
+fn unclosed_brackets_exceed(body: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    for &b in body {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Decode a body as JSON, or as YAML if it is not JSON.
 pub fn decode_yaml_or_json(body: &[u8]) -> Result<Value, StatusError> {
     // Delete options arrive here whatever their content type; protobuf clients send them as
@@ -54,6 +82,11 @@ pub fn decode_yaml_or_json(body: &[u8]) -> Result<Value, StatusError> {
     }
     if trimmed[0] == b'{' {
         return decode_json(body);
+    }
+    if unclosed_brackets_exceed(body, MAX_YAML_FLOW_DEPTH) {
+        return Err(StatusError::bad_request(format!(
+            "error converting YAML to JSON: yaml: more than {MAX_YAML_FLOW_DEPTH} unclosed '[' or '{{' (nesting is limited to {MAX_YAML_FLOW_DEPTH} levels)"
+        )));
     }
     let v: Value = serde_yaml::from_slice(body).map_err(|e| {
         StatusError::bad_request(format!("error converting YAML to JSON: yaml: {e}"))
@@ -177,6 +210,16 @@ mod tests {
             decode_yaml_or_json(b"a: [1\n").err().map(|e| e.code),
             Some(400)
         );
+    }
+
+    #[test]
+    fn deeply_nested_yaml_is_refused_before_parsing() {
+        let deep = format!("a: {}1{}\n", "[".repeat(200_000), "]".repeat(200_000));
+        let e = decode_yaml_or_json(deep.as_bytes()).expect_err("refused");
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("nesting is limited"), "{}", e.message);
+        let fine = format!("a: {}1{}\nb: \"]]]]\"\n", "[".repeat(20), "]".repeat(20));
+        assert!(decode_yaml_or_json(fine.as_bytes()).is_ok());
     }
 
     #[test]

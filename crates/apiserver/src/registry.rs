@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use switchyard_api::object;
 use switchyard_api::resources::{ResourceInfo, Subresource};
 use switchyard_api::selector::{FieldSelector, LabelSelector};
-use switchyard_api::status::{FieldError, StatusError};
+use switchyard_api::status::{FieldError, FieldErrorType, StatusError};
 use switchyard_api::{defaults, patch, validation};
 use switchyard_store::{
     Compare, KeyValue, ListOptions, Op, Revision, SharedStore, StoreError, Txn, TxnOutcome,
@@ -423,7 +423,8 @@ impl Registry {
         }
         prepare_for_create(r, &mut obj);
         defaults::apply_defaults(r, &mut obj);
-        let errs: Vec<FieldError> = validation::validate_create(r, &obj);
+        let errs: Vec<FieldError> =
+            without_pending_allocations(r, &obj, validation::validate_create(r, &obj));
         if !errs.is_empty() {
             return Err(StatusError::invalid(
                 r.group,
@@ -653,7 +654,7 @@ impl Registry {
                 + 1;
             object::metadata_mut(&mut new).insert("generation".into(), Value::from(g));
         }
-        let errs = validation::validate_update(r, &new, old);
+        let errs = without_pending_allocations(r, &new, validation::validate_update(r, &new, old));
         if !errs.is_empty() {
             return Err(StatusError::invalid(r.group, r.kind, name, &errs));
         }
@@ -688,10 +689,15 @@ impl Registry {
             }
             return self.remove(r, key, &new, rev).await;
         }
-        let mut out = self.commit(r, key, new, Some((old, rev)), ctx).await?;
-        // No-op writes keep the resourceVersion, as in Kubernetes.
-        let _ = &mut out;
-        Ok(out)
+        // A write that changes nothing is not written and keeps the resourceVersion, as
+        // kube-apiserver's GuaranteedUpdate skips an update whose bytes equal the stored ones.
+        let mut unchanged = new.clone();
+        object::metadata_mut(&mut unchanged)
+            .insert("resourceVersion".into(), Value::String(rev.to_string()));
+        if unchanged == *old {
+            return Ok(unchanged);
+        }
+        self.commit(r, key, new, Some((old, rev)), ctx).await
     }
 
     /// Patch an object or its status/scale.
@@ -996,6 +1002,28 @@ fn is_pending_graceful(r: &ResourceInfo, obj: &Value) -> bool {
             .and_then(Value::as_i64)
             .unwrap_or(0)
             > 0
+}
+
+/// kube-apiserver allocates a Service's healthCheckNodePort (in BeginCreate/BeginUpdate) before it
+/// validates the Service; here the allocator fills it in at commit, after validation, so one that
+/// is missing (0 is Go's "unset") is not an error yet.
+fn without_pending_allocations(
+    r: &ResourceInfo,
+    obj: &Value,
+    errs: Vec<FieldError>,
+) -> Vec<FieldError> {
+    if !(r.kind == "Service" && r.group.is_empty())
+        || obj
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            != 0
+    {
+        return errs;
+    }
+    errs.into_iter()
+        .filter(|e| !(e.kind == FieldErrorType::Required && e.field == "spec.healthCheckNodePort"))
+        .collect()
 }
 
 /// Resources where PUT of a missing object creates it, as in Kubernetes.

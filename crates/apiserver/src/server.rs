@@ -107,7 +107,9 @@ impl Front {
             "/healthz" | "/livez" | "/readyz" => {
                 return respond(StatusCode::OK, b"ok".to_vec(), "text/plain; charset=utf-8")
             }
-            "/version" => return json_response(StatusCode::OK, &version_info()),
+            // Clients ask for both (the Python client uses `/version/`); system:public-info-viewer
+            // lets anyone read either.
+            "/version" | "/version/" => return json_response(StatusCode::OK, &version_info()),
             _ => {}
         }
         let Some(user) = self.authenticate(&req, cert_user) else {
