@@ -203,6 +203,7 @@ pub fn default_service(svc: &mut Value, old: Option<&Value>) {
     if spec_mut(svc).is_none() {
         return;
     }
+    drop_zero_ports(svc);
     set_defaults_service(svc);
     match old {
         None => normalize_cluster_ips(svc, None),
@@ -218,6 +219,23 @@ pub fn default_service(svc: &mut Value, old: Option<&Value>) {
         // kube-apiserver once defaulted this for ExternalName too and now drops it on read.
         if let Some(s) = spec_mut(svc) {
             s.remove("internalTrafficPolicy");
+        }
+    }
+}
+
+/// A zero nodePort or healthCheckNodePort means "unset": Kubernetes' wire format omits zero
+/// values of these fields (`omitempty`), so a client that sends 0 gets them allocated or absent,
+/// never a stored 0.
+fn drop_zero_ports(svc: &mut Value) {
+    let Some(s) = spec_mut(svc) else { return };
+    if s.get("healthCheckNodePort").and_then(Value::as_i64) == Some(0) {
+        s.remove("healthCheckNodePort");
+    }
+    if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            if p.get("nodePort").and_then(Value::as_i64) == Some(0) {
+                p.remove("nodePort");
+            }
         }
     }
 }
@@ -1241,6 +1259,15 @@ pub fn validate_ip_families_for_cluster(svc: &Value, cluster_families: &[&str]) 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn zero_node_ports_are_treated_as_unset() {
+        let mut svc = serde_json::json!({"metadata": {"name": "a"}, "spec": {
+            "type": "ClusterIP", "healthCheckNodePort": 0, "ports": [{"port": 80, "nodePort": 0}]}});
+        super::default_service(&mut svc, None);
+        assert!(svc.pointer("/spec/ports/0/nodePort").is_none());
+        assert!(svc.pointer("/spec/healthCheckNodePort").is_none());
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -47,18 +47,54 @@ const MAX_YAML_FLOW_DEPTH: usize = 128;
 /// bodies that are absurd either way, but a body crafted to hide its nesting (closing brackets in
 /// comments) still reaches the parser.
 fn unclosed_brackets_exceed(body: &[u8], max: usize) -> bool {
+    // Errs on the side of refusing: an opener counts wherever it is (outside comments), a closer
+    // only where it really closes a flow collection, i.e. not inside a comment or a quoted
+    // scalar. (Block scalars cannot occur inside flow collections, so a closer in one can only
+    // lower a depth that is already 0.)
     let mut depth = 0usize;
-    for &b in body {
-        match b {
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return true;
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    let mut prev = b'\n';
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if comment {
+            comment = b != b'\n';
+        } else if let Some(q) = quote {
+            match b {
+                b'\\' if q == b'"' => i += 1,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
                 }
+                _ if b == q => quote = None,
+                _ => {}
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+        } else {
+            match b {
+                b'#' if prev.is_ascii_whitespace() => comment = true,
+                b'\'' | b'"'
+                    if matches!(
+                        prev,
+                        b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',' | b':'
+                    ) =>
+                {
+                    quote = Some(b)
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
         }
+        prev = b;
+        i += 1;
     }
     false
 }
