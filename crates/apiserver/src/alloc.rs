@@ -160,10 +160,7 @@ impl ServiceAllocator {
                         svc["spec"]["clusterIPs"] = serde_json::json!([ip.to_string()]);
                     }
                     None => {
-                        return Err(StatusError::internal(format!(
-                            "failed to allocate a serviceIP: range is full ({})",
-                            self.ip_range
-                        )))
+                        return Err(StatusError::internal(allocator::cluster_ip_range_full_message()))
                     }
                 }
             } else if let Ok(ip) = current.parse::<IpAddr>() {
@@ -234,10 +231,7 @@ impl ServiceAllocator {
                                 used.insert(p);
                             }
                             None => {
-                                return Err(StatusError::internal(format!(
-                                    "failed to allocate a nodePort: range is full ({})",
-                                    self.port_range
-                                )))
+                                return Err(StatusError::internal(allocator::node_port_range_full_message()))
                             }
                         }
                     }
@@ -265,10 +259,7 @@ impl ServiceAllocator {
                     match self.pick_port(&avoid) {
                         Some(p) => svc["spec"]["healthCheckNodePort"] = Value::from(p),
                         None => {
-                            return Err(StatusError::internal(format!(
-                                "failed to allocate a nodePort: range is full ({})",
-                                self.port_range
-                            )))
+                            return Err(StatusError::internal(allocator::node_port_range_full_message()))
                         }
                     }
                 }
