@@ -579,7 +579,7 @@ impl Registry {
             if ctx.dry_run {
                 return Ok(new);
             }
-            return self.remove(r, key, &new, rev).await;
+            return self.remove(r, key, &new, old, rev).await;
         }
         let mut out = self.commit(r, key, new, Some((old, rev)), ctx).await?;
         // No-op writes keep the resourceVersion, as in Kubernetes.
@@ -668,10 +668,20 @@ impl Registry {
         Err(StatusError::conflict(r.group, r.plural, name, "too many concurrent writes, try again"))
     }
 
-    /// Physically remove an object (and release what it holds).
-    async fn remove(&self, r: &ResourceInfo, key: &str, obj: &Value, rev: Revision) -> Result<Value, StatusError> {
+    /// Physically remove an object and release what `stored` (the version at `rev`) holds;
+    /// `obj` is what the client gets back. Only the stored version's allocation keys are its
+    /// own: an update that empties the finalizers may name ports it never got (kube-apiserver
+    /// likewise releases what storage returned from the delete).
+    async fn remove(
+        &self,
+        r: &ResourceInfo,
+        key: &str,
+        obj: &Value,
+        stored: &Value,
+        rev: Revision,
+    ) -> Result<Value, StatusError> {
         let mut txn = Txn::new().when(Compare::ModRevision(key.to_string(), rev)).delete(key.to_string());
-        let held = if r.kind == "Service" && r.group.is_empty() { Held::of(obj) } else { Held::default() };
+        let held = if r.kind == "Service" && r.group.is_empty() { Held::of(stored) } else { Held::default() };
         for k in held.keys() {
             txn = txn.delete(k);
         }
@@ -730,7 +740,7 @@ impl Registry {
                 if ctx.dry_run {
                     return Ok((obj, true));
                 }
-                match self.remove(r, &key, &obj, rev).await {
+                match self.remove(r, &key, &obj, &obj, rev).await {
                     Ok(o) => return Ok((o, true)),
                     Err(e) if e.reason == "Conflict" => continue,
                     Err(e) => return Err(e),
