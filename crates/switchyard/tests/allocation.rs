@@ -584,3 +584,159 @@ async fn a_full_node_port_range_refuses_the_next_node_port_service() -> Result<(
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_udp_of_one_port_share_one_allocated_node_port() -> Result<()> {
+    // kube-apiserver's initNodePorts allocates one node port per port number, so DNS over TCP
+    // and UDP on port 53 is reachable on the same node port.
+    let dir = tempfile::tempdir()?;
+    let (_server, client) = start(dir.path(), &[]).await?;
+    let api = services(&client);
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns"},
+        "spec": {"type": "NodePort", "selector": {"app": "dns"}, "ports": [
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            {"name": "dns-udp", "port": 53, "protocol": "UDP"},
+            {"name": "metrics", "port": 9153, "protocol": "TCP"}]}
+    }))?;
+    let got = api.create(&PostParams::default(), &svc).await?;
+    let ports = node_ports(&got);
+    assert_eq!(ports.len(), 3, "{ports:?}");
+    assert_eq!(
+        ports[0], ports[1],
+        "TCP and UDP 53 got different node ports: {ports:?}"
+    );
+    assert_ne!(ports[0], ports[2]);
+
+    // A node port asked for on one of them is used for both.
+    let svc2: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns2"},
+        "spec": {"type": "NodePort", "selector": {"app": "dns"}, "ports": [
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            {"name": "dns-udp", "port": 53, "protocol": "UDP", "nodePort": 30053}]}
+    }))?;
+    let got2 = api.create(&PostParams::default(), &svc2).await?;
+    assert_eq!(node_ports(&got2), vec![30053, 30053]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_last_finalizer_releases_what_the_stored_service_held_and_nothing_else(
+) -> Result<()> {
+    // The update that removes the last finalizer of a terminating service deletes it. It must
+    // release the node ports the stored service holds, not those named in the update: here the
+    // update also names another service's node port.
+    let dir = tempfile::tempdir()?;
+    let (_server, client) = start(dir.path(), &[]).await?;
+    let api = services(&client);
+    let mut held = service("held", "NodePort");
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    let held = api.create(&PostParams::default(), &held).await?;
+    let other = api
+        .create(&PostParams::default(), &service("other", "NodePort"))
+        .await?;
+    let (held_ports, other_ports) = (node_ports(&held), node_ports(&other));
+
+    api.delete("held", &DeleteParams::default()).await?;
+    let mut last = api.get("held").await?;
+    last.metadata.finalizers = None;
+    for (p, np) in last
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .expect("ports")
+        .iter_mut()
+        .zip(&other_ports)
+    {
+        p.node_port = Some(*np);
+    }
+    // Kubernetes deletes it without allocating (BeforeUpdate runs, BeginUpdate does not) and
+    // releases what the deleted, stored object held: nothing of `other`'s.
+    api.replace("held", &PostParams::default(), &last).await?;
+    assert!(
+        api.get_opt("held").await?.is_none(),
+        "held is gone once its finalizer is"
+    );
+
+    let mut thief = service("thief", "NodePort");
+    for (p, np) in thief
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .expect("ports")
+        .iter_mut()
+        .zip(&other_ports)
+    {
+        p.node_port = Some(*np);
+    }
+    let err = api
+        .create(&PostParams::default(), &thief)
+        .await
+        .expect_err("other still holds its ports");
+    assert_eq!(status_of(&err).map(|s| s.0), Some(422));
+
+    let mut heir = service("heir", "NodePort");
+    for (p, np) in heir
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .expect("ports")
+        .iter_mut()
+        .zip(&held_ports)
+    {
+        p.node_port = Some(*np);
+    }
+    api.create(&PostParams::default(), &heir)
+        .await
+        .context("held's ports are free once it is gone")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_balancer_without_node_port_allocation_still_holds_the_node_ports_it_asks_for(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_server, client) = start(dir.path(), &[]).await?;
+    let api = services(&client);
+    let lb = |name: &str, node_port: Option<i32>| -> Result<Service> {
+        let mut port = json!({"name": "http", "port": 80});
+        if let Some(np) = node_port {
+            port["nodePort"] = json!(np);
+        }
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false,
+                     "selector": {"app": name}, "ports": [port]}
+        }))?)
+    };
+    let none = api
+        .create(&PostParams::default(), &lb("none", None)?)
+        .await?;
+    assert_eq!(
+        node_ports(&none),
+        Vec::<i32>::new(),
+        "no node port is allocated"
+    );
+    let asked = api
+        .create(&PostParams::default(), &lb("asked", Some(30080))?)
+        .await?;
+    assert_eq!(node_ports(&asked), vec![30080]);
+
+    // The port is held: asking for it again is refused as for any taken node port.
+    let err = api
+        .create(&PostParams::default(), &lb("again", Some(30080))?)
+        .await
+        .expect_err("taken");
+    let (code, reason, message) = status_of(&err).context("an API error")?;
+    assert_eq!((code, reason.as_str()), (422, "Invalid"), "{message}");
+    assert!(
+        message.contains("provided port is already allocated"),
+        "{message}"
+    );
+    let err = api
+        .create(&PostParams::default(), &lb("outside", Some(80))?)
+        .await
+        .expect_err("out of range");
+    assert_eq!(status_of(&err).map(|s| s.0), Some(422));
+    Ok(())
+}
