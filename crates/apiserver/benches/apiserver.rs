@@ -374,6 +374,7 @@ async fn main() -> Result<()> {
             ms(pct(ack, 0.99))
         );
     }
+    println!("  (sent: from the create request being sent; ack: from its 201 being read, 0 if the event came first)");
     println!();
 
     // Listing.
