@@ -187,10 +187,9 @@ impl ServiceAllocator {
                         svc["spec"]["clusterIPs"] = serde_json::json!([ip.to_string()]);
                     }
                     None => {
-                        return Err(StatusError::internal(format!(
-                            "failed to allocate a serviceIP: range is full ({})",
-                            self.ip_range
-                        )))
+                        return Err(StatusError::internal(
+                            allocator::cluster_ip_range_full_message(),
+                        ))
                     }
                 }
             } else if let Ok(ip) = current.parse::<IpAddr>() {
@@ -219,13 +218,41 @@ impl ServiceAllocator {
                 }
             }
         }
-        if service::needs_node_ports(svc) {
+        let node_port_type = matches!(
+            svc.pointer("/spec/type").and_then(Value::as_str),
+            Some("NodePort" | "LoadBalancer")
+        );
+        if node_port_type {
+            // LoadBalancers with allocateLoadBalancerNodePorts=false get no new node ports, but
+            // those asked for are still allocated (kube-apiserver's initNodePorts).
+            let allocate = service::needs_node_ports(svc);
             let n = svc
                 .pointer("/spec/ports")
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len);
             for i in 0..n {
                 let path = format!("spec.ports[{i}].nodePort");
+                // On create, ports with the same number share one node port (TCP and UDP of
+                // DNS), the one asked for on any of them if any (initNodePorts again).
+                let shared = if old.is_none() {
+                    let ports = svc.pointer("/spec/ports").and_then(Value::as_array);
+                    let number = ports
+                        .and_then(|ps| ps.get(i))
+                        .and_then(|p| p.get("port"))
+                        .cloned();
+                    ports
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| p.get("port") == number.as_ref())
+                        .find_map(|p| {
+                            p.get("nodePort")
+                                .and_then(Value::as_u64)
+                                .filter(|n| *n > 0 && *n <= u16::MAX as u64)
+                        })
+                        .map(|n| n as u16)
+                } else {
+                    None
+                };
                 let port = &mut svc["spec"]["ports"][i];
                 match port
                     .get("nodePort")
@@ -245,6 +272,7 @@ impl ServiceAllocator {
                             requested_keys.insert(port_key(np16));
                         }
                     }
+                    None if !allocate => {}
                     None => {
                         let mut avoid = used.clone();
                         avoid.extend(before.ports.iter().copied());
@@ -258,7 +286,7 @@ impl ServiceAllocator {
                             .and_then(|op| op.get("nodePort").and_then(Value::as_u64))
                             .map(|n| n as u16)
                             .filter(|n| *n > 0 && !used.contains(n));
-                        let chosen = match reuse {
+                        let chosen = match shared.or(reuse) {
                             Some(p) => Some(p),
                             None => self.pick_port(&avoid),
                         };
@@ -268,10 +296,9 @@ impl ServiceAllocator {
                                 used.insert(p);
                             }
                             None => {
-                                return Err(StatusError::internal(format!(
-                                    "failed to allocate a nodePort: range is full ({})",
-                                    self.port_range
-                                )))
+                                return Err(StatusError::internal(
+                                    allocator::node_port_range_full_message(),
+                                ))
                             }
                         }
                     }
@@ -303,10 +330,9 @@ impl ServiceAllocator {
                     match self.pick_port(&avoid) {
                         Some(p) => svc["spec"]["healthCheckNodePort"] = Value::from(p),
                         None => {
-                            return Err(StatusError::internal(format!(
-                                "failed to allocate a nodePort: range is full ({})",
-                                self.port_range
-                            )))
+                            return Err(StatusError::internal(
+                                allocator::node_port_range_full_message(),
+                            ))
                         }
                     }
                 }

@@ -687,7 +687,7 @@ impl Registry {
             if ctx.dry_run {
                 return Ok(new);
             }
-            return self.remove(r, key, &new, rev).await;
+            return self.remove(r, key, &new, old, rev).await;
         }
         // A write that changes nothing is not written and keeps the resourceVersion, as
         // kube-apiserver's GuaranteedUpdate skips an update whose bytes equal the stored ones.
@@ -831,19 +831,23 @@ impl Registry {
         ))
     }
 
-    /// Physically remove an object (and release what it holds).
+    /// Physically remove an object and release what `stored` (the version at `rev`) holds;
+    /// `obj` is what the client gets back. Only the stored version's allocation keys are its
+    /// own: an update that empties the finalizers may name ports it never got (kube-apiserver
+    /// likewise releases what storage returned from the delete).
     async fn remove(
         &self,
         r: &ResourceInfo,
         key: &str,
         obj: &Value,
+        stored: &Value,
         rev: Revision,
     ) -> Result<Value, StatusError> {
         let mut txn = Txn::new()
             .when(Compare::ModRevision(key.to_string(), rev))
             .delete(key.to_string());
         let held = if r.kind == "Service" && r.group.is_empty() {
-            Held::of(obj)
+            Held::of(stored)
         } else {
             Held::default()
         };
@@ -905,7 +909,7 @@ impl Registry {
                 if ctx.dry_run {
                     return Ok((obj, true));
                 }
-                match self.remove(r, &key, &obj, rev).await {
+                match self.remove(r, &key, &obj, &obj, rev).await {
                     Ok(o) => return Ok((o, true)),
                     Err(e) if e.reason == "Conflict" => continue,
                     Err(e) => return Err(e),

@@ -37,6 +37,14 @@ pub struct WatchParams {
     pub bookmark_interval: Duration,
 }
 
+/// One watch event on the wire: `{"type": ..., "object": ...}`.
+#[derive(serde::Serialize)]
+struct WatchLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    object: &'a Value,
+}
+
 struct Encoder {
     resource: &'static ResourceInfo,
     table: Option<IncludeObject>,
@@ -64,8 +72,13 @@ impl Encoder {
             }
             _ => object,
         };
-        let mut buf =
-            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        // Serialized in place: `json!` would first deep-copy the object through `to_value`, once
+        // per event and watcher.
+        let mut buf = serde_json::to_vec(&WatchLine {
+            kind,
+            object: &object,
+        })
+        .unwrap_or_default();
         buf.push(b'\n');
         Bytes::from(buf)
     }
