@@ -131,8 +131,98 @@ fn unknown(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Insert `"resourceVersion":"<rv>"` as the first field of the top-level `metadata` object of a
+/// compact JSON object, without decoding it: the fast path for serving stored objects (which are
+/// kept without a resourceVersion) when nothing needs to look inside them. Returns `None` if
+/// `raw` is not an object with a `metadata` object, or already names a resourceVersion at the
+/// top of its metadata; the caller then decodes.
+pub fn splice_resource_version(raw: &[u8], rv: i64) -> Option<Vec<u8>> {
+    let insert_at = top_level_metadata_body(raw)?;
+    let rest = &raw[insert_at..];
+    let field = format!("\"resourceVersion\":\"{rv}\"");
+    let mut out = Vec::with_capacity(raw.len() + field.len() + 1);
+    out.extend_from_slice(&raw[..insert_at]);
+    out.extend_from_slice(field.as_bytes());
+    match rest.iter().position(|b| !b.is_ascii_whitespace()) {
+        Some(i) if rest[i] == b'}' => {}
+        Some(_) => out.push(b','),
+        None => return None,
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// The offset just after the `{` of the top-level `"metadata"` object, found by a scan that
+/// tracks nesting and strings (so keys or text deeper in the object never match).
+fn top_level_metadata_body(raw: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    let mut last_string: Option<(usize, usize)> = None;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < raw.len() && raw[i] != b'"' {
+                    if raw[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                last_string = Some((start, i));
+            }
+            b'{' | b'[' => {
+                if depth == 1 && raw[i] == b'{' {
+                    if let Some((s, e)) = last_string {
+                        if &raw[s..e] == b"metadata"
+                            && raw[e + 1..i]
+                                .iter()
+                                .all(|b| *b == b':' || b.is_ascii_whitespace())
+                        {
+                            let body = i + 1;
+                            let next = raw[body..].iter().position(|b| !b.is_ascii_whitespace())?;
+                            if raw[body + next..].starts_with(b"\"resourceVersion\"") {
+                                return None;
+                            }
+                            return Some(body);
+                        }
+                    }
+                }
+                depth += 1;
+            }
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resource_version_is_spliced_into_the_top_level_metadata_only() {
+        let raw = br#"{"kind":"Deployment","spec":{"template":{"metadata":{"labels":{"a":"b"}}}},"metadata":{"name":"x \"metadata\":{"}}"#;
+        let out = splice_resource_version(raw, 42).expect("spliced");
+        let v: Value = serde_json::from_slice(&out).expect("still JSON");
+        assert_eq!(v["metadata"]["resourceVersion"], "42");
+        assert_eq!(v["metadata"]["name"], "x \"metadata\":{");
+        assert!(v
+            .pointer("/spec/template/metadata/resourceVersion")
+            .is_none());
+        let empty = splice_resource_version(br#"{"metadata":{}}"#, 7).expect("spliced");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&empty).expect("JSON")["metadata"]["resourceVersion"],
+            "7"
+        );
+        assert_eq!(splice_resource_version(br#"{"kind":"X"}"#, 1), None);
+        assert_eq!(splice_resource_version(br#"[1]"#, 1), None);
+        assert_eq!(
+            splice_resource_version(br#"{"metadata":{"resourceVersion":"3"}}"#, 1),
+            None
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

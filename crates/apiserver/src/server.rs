@@ -260,6 +260,7 @@ fn reply_response(reply: Reply) -> Response<Body> {
             }
             resp
         }
+        Reply::Raw { code, body } => respond(code, body, "application/json"),
         Reply::Stream(rx) => {
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
                 .map(|b| Ok::<_, Infallible>(Frame::data(b)));

@@ -83,6 +83,17 @@ impl Encoder {
         Bytes::from(buf)
     }
 
+    /// A line around an object already encoded as JSON (the no-decode fast path).
+    fn raw_line(&mut self, kind: &str, object: &[u8]) -> Bytes {
+        let mut buf = Vec::with_capacity(object.len() + kind.len() + 22);
+        buf.extend_from_slice(b"{\"type\":\"");
+        buf.extend_from_slice(kind.as_bytes());
+        buf.extend_from_slice(b"\",\"object\":");
+        buf.extend_from_slice(object);
+        buf.extend_from_slice(b"}\n");
+        Bytes::from(buf)
+    }
+
     fn bookmark(&mut self, rv: Revision, initial_events_end: bool) -> Bytes {
         let mut meta = json!({"resourceVersion": rv.to_string()});
         if initial_events_end {
@@ -101,6 +112,13 @@ impl Encoder {
         buf.push(b'\n');
         Bytes::from(buf)
     }
+}
+
+/// The synthetic ADDED events a watch without a resourceVersion starts with.
+enum Initial {
+    /// Encoded JSON objects (no table was asked for).
+    Raw(Vec<Vec<u8>>),
+    Decoded(Vec<Value>),
 }
 
 /// Start a watch; returns the channel the encoded events arrive on. Errors that happen before the
@@ -127,10 +145,18 @@ pub async fn start(
                 exact_revision: None,
                 ..params.list.clone()
             };
-            let (items, rev, _, _) = registry.list(resource, namespace.as_deref(), &all).await?;
-            (items, rev)
+            if params.table.is_none() {
+                let (items, rev, _, _) = registry
+                    .list_raw(resource, namespace.as_deref(), &all)
+                    .await?;
+                (Initial::Raw(items), rev)
+            } else {
+                let (items, rev, _, _) =
+                    registry.list(resource, namespace.as_deref(), &all).await?;
+                (Initial::Decoded(items), rev)
+            }
         }
-        Some(rev) => (Vec::new(), rev),
+        Some(rev) => (Initial::Decoded(Vec::new()), rev),
     };
     let prefix = resource.namespace_prefix(namespace.as_deref());
     let (tx, rx) = mpsc::channel::<Bytes>(64);
@@ -149,9 +175,20 @@ pub async fn start(
                 return;
             }
         };
-        for obj in initial {
-            if tx.send(enc.line("ADDED", obj)).await.is_err() {
-                return;
+        match initial {
+            Initial::Raw(items) => {
+                for raw in items {
+                    if tx.send(enc.raw_line("ADDED", &raw)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Initial::Decoded(items) => {
+                for obj in items {
+                    if tx.send(enc.line("ADDED", obj)).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
         let mut last = start_rev;
@@ -185,6 +222,23 @@ pub async fn start(
                         None => return,
                     };
                     last = event.revision();
+                    let everything = params.list.label_selector.is_none() && params.list.field_selector.is_none();
+                    if everything && enc.table.is_none() {
+                        // Nothing to look inside: splice the resourceVersion into the stored
+                        // bytes instead of decoding and re-encoding per watcher.
+                        let raw = match &event {
+                            Event::Put { kv, prev } => crate::registry::raw_with_rv(kv)
+                                .map(|b| (if prev.is_some() { "MODIFIED" } else { "ADDED" }, b)),
+                            Event::Delete { prev, revision } => switchyard_api::object::splice_resource_version(&prev.value, *revision)
+                                .map(|b| ("DELETED", b)),
+                        };
+                        if let Some((kind, bytes)) = raw {
+                            if tx.send(enc.raw_line(kind, &bytes)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
                     if let Some((kind, obj)) = translate(resource, &event, &params.list) {
                         if tx.send(enc.line(kind, obj)).await.is_err() {
                             return;
