@@ -28,9 +28,9 @@ pub fn is_deleting(obj: &Value) -> bool {
         .is_some_and(|v| !v.is_null())
 }
 
-/// `metadata.finalizers`, empty when absent.
-pub fn finalizers(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/finalizers")
+/// The strings of the array at `pointer` (`/spec/clusterIPs`), empty when absent.
+pub fn strings_at(obj: &Value, pointer: &str) -> Vec<String> {
+    obj.pointer(pointer)
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -38,6 +38,11 @@ pub fn finalizers(obj: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `metadata.finalizers`, empty when absent.
+pub fn finalizers(obj: &Value) -> Vec<String> {
+    strings_at(obj, "/metadata/finalizers")
 }
 
 /// A mutable handle on `metadata`, created if absent or not an object.

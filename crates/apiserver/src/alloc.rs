@@ -445,14 +445,7 @@ impl ServiceAllocator {
 }
 
 fn cluster_ips(svc: &Value) -> Vec<String> {
-    svc.pointer("/spec/clusterIPs")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    switchyard_api::object::strings_at(svc, "/spec/clusterIPs")
 }
 
 fn invalid(name: &str, errors: &[FieldError]) -> StatusError {

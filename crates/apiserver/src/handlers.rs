@@ -366,17 +366,7 @@ pub async fn handle(
                 return scale_update(registry, r, ns, name, replicas, rv, &ctx, format).await;
             }
             let w = registry.update(r, ns, name, body, sub, &ctx).await?;
-            let code = if w.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok(Reply::Object {
-                code,
-                body: w.object,
-                format: plain(format),
-                warnings: w.warnings,
-            })
+            Ok(written(w, format))
         }
         (Method::PATCH, Some(name)) => {
             let patch_type = PatchType::from_content_type(req.content_type)
@@ -416,17 +406,7 @@ pub async fn handle(
             let w = registry
                 .patch(r, ns, name, patch_type, req.body, sub, force, &ctx)
                 .await?;
-            let code = if w.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok(Reply::Object {
-                code,
-                body: w.object,
-                format: plain(format),
-                warnings: w.warnings,
-            })
+            Ok(written(w, format))
         }
         (Method::DELETE, Some(name)) => {
             let ctx = write_ctx(q, req.user_agent, "unknown")?;
@@ -472,6 +452,21 @@ pub async fn handle(
         (m, _) => Err(StatusError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({m})"
         ))),
+    }
+}
+
+/// The answer to an update or patch: 201 when it created the object.
+fn written(w: crate::registry::Written, format: Format) -> Reply {
+    let code = if w.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Reply::Object {
+        code,
+        body: w.object,
+        format: plain(format),
+        warnings: w.warnings,
     }
 }
 

@@ -530,20 +530,19 @@ impl Registry {
             match self.store.txn(txn).await.map_err(store_error)? {
                 TxnOutcome::Applied(rev) => {
                     if plan.is_some() {
-                        self.services.committed(&prev.map(|(o, _)| Held::of(o)).unwrap_or_default(), &Held::of(&obj));
+                        self.services.committed(
+                            &prev.map(|(o, _)| Held::of(o)).unwrap_or_default(),
+                            &Held::of(&obj),
+                        );
                     }
-                    object::metadata_mut(&mut obj).insert("resourceVersion".into(), Value::String(rev.to_string()));
+                    object::metadata_mut(&mut obj)
+                        .insert("resourceVersion".into(), Value::String(rev.to_string()));
                     return Ok(obj);
                 }
                 TxnOutcome::Failed { index: 0, .. } => {
                     return Err(match prev {
                         None => StatusError::already_exists(r.group, r.plural, &name),
-                        Some(_) => StatusError::conflict(
-                            r.group,
-                            r.plural,
-                            &name,
-                            "the object has been modified; please apply your changes to the latest version and try again",
-                        ),
+                        Some(_) => modified(r, &name),
                     })
                 }
                 TxnOutcome::Failed { index, .. } => {
@@ -593,12 +592,7 @@ impl Registry {
         };
         if let Some(want) = object::resource_version(&body) {
             if want != rev.to_string() {
-                return Err(StatusError::conflict(
-                    r.group,
-                    r.plural,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                ));
+                return Err(modified(r, name));
             }
         }
         let mut warnings = Vec::new();
@@ -831,12 +825,7 @@ impl Registry {
             };
             if let Some(want) = explicit_rv.as_deref().filter(|s| !s.is_empty()) {
                 if want != rev.to_string() {
-                    return Err(StatusError::conflict(
-                        r.group,
-                        r.plural,
-                        name,
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    ));
+                    return Err(modified(r, name));
                 }
             }
             let mut warnings = Vec::new();
@@ -901,12 +890,7 @@ impl Registry {
                 self.services.committed(&held, &Held::default());
                 Ok(obj.clone())
             }
-            TxnOutcome::Failed { .. } => Err(StatusError::conflict(
-                r.group,
-                r.plural,
-                object::name(obj),
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )),
+            TxnOutcome::Failed { .. } => Err(modified(r, object::name(obj))),
         }
     }
 
@@ -1101,6 +1085,16 @@ fn prepare_for_create(r: &ResourceInfo, obj: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// The 409 for a write based on a stale version of the object.
+fn modified(r: &ResourceInfo, name: &str) -> StatusError {
+    StatusError::conflict(
+        r.group,
+        r.plural,
+        name,
+        "the object has been modified; please apply your changes to the latest version and try again",
+    )
 }
 
 fn patch_error(e: patch::PatchError) -> StatusError {
