@@ -105,6 +105,23 @@ impl Drop for RunningServer {
     }
 }
 
+/// Claim `data_dir` for this process: one server per data directory, since a second one would
+/// overwrite the kubeconfig and race the first for the store. The lock lasts as long as the
+/// returned file is open and is released by the OS when the process ends, even by `kill -9`.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let lock = std::fs::File::create(data_dir.join("lock"))
+        .with_context(|| format!("creating the lock file in {}", data_dir.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another switchyard server is using --data-dir {}; stop it or choose another directory",
+            data_dir.display()
+        );
+    }
+    Ok(lock)
+}
+
 /// Validate the configuration, prepare the data directory, bootstrap the store and start serving.
 pub async fn start(config: Config, store: SharedStore) -> Result<RunningServer> {
     let ip_range = IpRange::parse(&config.service_cluster_ip_range).map_err(|e| {

@@ -87,13 +87,13 @@ async fn server(args: ServerArgs) -> ExitCode {
         compaction_interval: Duration::from_secs(args.compaction_interval_seconds.max(1)),
         ..Default::default()
     };
-    if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
-        eprintln!(
-            "switchyard: cannot create --data-dir {}: {e}",
-            args.data_dir.display()
-        );
-        return ExitCode::from(64);
-    }
+    let _lock = match switchyard_apiserver::lock_data_dir(&args.data_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
     let store = match switchyard_store::sqlite::SqliteStore::open(&args.data_dir.join("store.db")) {
         Ok(s) => Arc::new(s),
         Err(e) => {
