@@ -1144,3 +1144,780 @@ pub fn mirror_slices(
         false,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const NOW: &str = "2026-11-22T03:00:00Z";
+
+    fn service(spec: Value) -> Service {
+        let mut svc = json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "svc-uid",
+                         "labels": {"team": "a"}},
+            "spec": {"selector": {"app": "web"}, "clusterIP": "10.0.0.10",
+                     "ipFamilies": ["IPv4"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+        });
+        if let (Some(base), Some(extra)) = (svc["spec"].as_object_mut(), spec.as_object()) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(svc).unwrap()
+    }
+
+    fn pod(name: &str, ip: &str, ready: bool) -> Value {
+        json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                         "labels": {"app": "web"}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c",
+                     "ports": [{"name": "http-alt", "containerPort": 9090, "protocol": "TCP"}]}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        })
+    }
+
+    fn typed(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn with(mut v: Value, pointer: &str, value: Value) -> Value {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        v.pointer_mut(parent).unwrap()[key] = value;
+        v
+    }
+
+    fn many(n: usize, ready: bool) -> Vec<Pod> {
+        (0..n)
+            .map(|i| {
+                typed(pod(
+                    &format!("p{i}"),
+                    &format!("10.1.{}.{}", i / 200, i % 200 + 1),
+                    ready,
+                ))
+            })
+            .collect()
+    }
+
+    fn desired(svc: &Service, pods: &[Pod]) -> Vec<DesiredEndpoint> {
+        let refs: Vec<&Pod> = pods.iter().collect();
+        desired_endpoints(svc, &refs, &BTreeMap::new())
+    }
+
+    /// Applies changes the way the API server would, naming created slices.
+    fn apply(
+        mut slices: Vec<EndpointSlice>,
+        changes: &SliceChanges,
+        counter: &mut usize,
+    ) -> Vec<EndpointSlice> {
+        slices.retain(|s| !changes.delete.contains(s.metadata.name.as_ref().unwrap()));
+        for u in &changes.update {
+            let i = slices
+                .iter()
+                .position(|s| s.metadata.name == u.metadata.name)
+                .unwrap();
+            slices[i] = u.clone();
+        }
+        for c in &changes.create {
+            let mut c = c.clone();
+            *counter += 1;
+            c.metadata.name = Some(format!(
+                "{}{}",
+                c.metadata.generate_name.as_ref().unwrap(),
+                counter
+            ));
+            slices.push(c);
+        }
+        slices
+    }
+
+    fn converge(
+        svc: &Service,
+        pods: &[Pod],
+        existing: Vec<EndpointSlice>,
+        counter: &mut usize,
+    ) -> Vec<EndpointSlice> {
+        let changes = reconcile_slices(svc, &desired(svc, pods), &existing, NOW, 100);
+        apply(existing, &changes, counter)
+    }
+
+    fn conditions(d: &DesiredEndpoint) -> (bool, bool, bool) {
+        let c = d.endpoint.conditions.clone().unwrap();
+        (c.ready.unwrap(), c.serving.unwrap(), c.terminating.unwrap())
+    }
+
+    #[test]
+    fn conditions_follow_pod_readiness_and_termination() {
+        let terminating = |v: Value| {
+            with(
+                v,
+                "/metadata/deletionTimestamp",
+                json!("2026-11-22T02:00:00Z"),
+            )
+        };
+        // (pod, publishNotReadyAddresses, expected (ready, serving, terminating))
+        let cases = [
+            (pod("a", "10.1.0.1", true), false, (true, true, false)),
+            (pod("a", "10.1.0.1", false), false, (false, false, false)),
+            (
+                terminating(pod("a", "10.1.0.1", true)),
+                false,
+                (false, true, true),
+            ),
+            (
+                terminating(pod("a", "10.1.0.1", false)),
+                false,
+                (false, false, true),
+            ),
+            (pod("a", "10.1.0.1", false), true, (true, false, false)),
+            (
+                terminating(pod("a", "10.1.0.1", true)),
+                true,
+                (true, true, true),
+            ),
+        ];
+        for (i, (p, publish, want)) in cases.into_iter().enumerate() {
+            let svc = service(json!({"publishNotReadyAddresses": publish}));
+            let got = desired(&svc, &[typed(p)]);
+            assert_eq!(got.len(), 1, "case {i}");
+            assert_eq!(conditions(&got[0]), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn pods_without_ip_finished_or_not_selected_are_left_out() {
+        let cases = [
+            (
+                "no IP",
+                with(
+                    with(pod("a", "", true), "/status/podIPs", json!([])),
+                    "/status/podIP",
+                    Value::Null,
+                ),
+            ),
+            (
+                "succeeded",
+                with(
+                    pod("a", "10.1.0.1", true),
+                    "/status/phase",
+                    json!("Succeeded"),
+                ),
+            ),
+            (
+                "failed",
+                with(pod("a", "10.1.0.1", true), "/status/phase", json!("Failed")),
+            ),
+            (
+                "other namespace",
+                with(
+                    pod("a", "10.1.0.1", true),
+                    "/metadata/namespace",
+                    json!("other"),
+                ),
+            ),
+            (
+                "other labels",
+                with(
+                    pod("a", "10.1.0.1", true),
+                    "/metadata/labels",
+                    json!({"app": "db"}),
+                ),
+            ),
+        ];
+        let svc = service(json!({}));
+        for (name, p) in cases {
+            assert!(desired(&svc, &[typed(p)]).is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn endpoint_carries_node_zone_and_target_ref() {
+        let svc = service(json!({}));
+        let p = typed(pod("a", "10.1.0.1", true));
+        let zones = BTreeMap::from([("node-1".to_string(), "zone-a".to_string())]);
+        let got = desired_endpoints(&svc, &[&p], &zones);
+        let ep = &got[0].endpoint;
+        assert_eq!(ep.addresses, vec!["10.1.0.1"]);
+        assert_eq!(ep.node_name.as_deref(), Some("node-1"));
+        assert_eq!(ep.zone.as_deref(), Some("zone-a"));
+        let r = ep.target_ref.clone().unwrap();
+        assert_eq!(
+            (
+                r.kind.as_deref(),
+                r.namespace.as_deref(),
+                r.name.as_deref(),
+                r.uid.as_deref()
+            ),
+            (Some("Pod"), Some("default"), Some("a"), Some("uid-a"))
+        );
+        assert_eq!(got[0].address_type, "IPv4");
+        assert_eq!(got[0].ports[0].port, Some(8080));
+        assert_eq!(got[0].ports[0].name.as_deref(), Some("http"));
+    }
+
+    #[test]
+    fn hostname_is_set_only_when_subdomain_is_the_service_name() {
+        let cases = [
+            (json!("h1"), json!("web"), Some("h1")),
+            (json!("h1"), json!("other"), None),
+            (json!("h1"), Value::Null, None),
+            (Value::Null, json!("web"), None),
+        ];
+        let svc = service(json!({}));
+        for (hostname, subdomain, want) in cases {
+            let p = with(
+                with(pod("a", "10.1.0.1", true), "/spec/hostname", hostname),
+                "/spec/subdomain",
+                subdomain,
+            );
+            let got = desired(&svc, &[typed(p)]);
+            assert_eq!(got[0].endpoint.hostname.as_deref(), want);
+        }
+    }
+
+    #[test]
+    fn named_target_ports_resolve_per_pod_by_name_and_protocol() {
+        let svc = service(json!({"ports": [
+            {"name": "http", "port": 80, "targetPort": "http-alt", "protocol": "TCP"},
+            {"name": "dns", "port": 53, "targetPort": "http-alt", "protocol": "UDP"},
+            {"name": "metrics", "port": 9100, "targetPort": 9100, "protocol": "TCP"}
+        ]}));
+        let other = with(
+            pod("b", "10.1.0.2", true),
+            "/spec/containers",
+            json!([{"name": "c", "ports": [{"name": "http-alt", "containerPort": 7070}]}]),
+        );
+        let lacking = with(
+            pod("c", "10.1.0.3", true),
+            "/spec/containers",
+            json!([{"name": "c"}]),
+        );
+        let pods = [
+            typed(pod("a", "10.1.0.1", true)),
+            typed(other),
+            typed(lacking),
+        ];
+        let got = desired(&svc, &pods);
+        let ports: Vec<Vec<(String, i32)>> = got
+            .iter()
+            .map(|d| {
+                d.ports
+                    .iter()
+                    .map(|p| (p.name.clone().unwrap(), p.port.unwrap()))
+                    .collect()
+            })
+            .collect();
+        // The UDP port finds no UDP container port named http-alt; pod c has no http-alt at all.
+        assert_eq!(
+            ports[0],
+            vec![("http".into(), 9090), ("metrics".into(), 9100)]
+        );
+        assert_eq!(
+            ports[1],
+            vec![("http".into(), 7070), ("metrics".into(), 9100)]
+        );
+        assert_eq!(ports[2], vec![("metrics".into(), 9100)]);
+
+        // Three different resolved port sets: three slices.
+        let changes = reconcile_slices(&svc, &got, &[], NOW, 100);
+        assert_eq!(changes.create.len(), 3);
+        assert!(changes.create.iter().all(|s| s.endpoints.len() == 1));
+    }
+
+    #[test]
+    fn new_slices_carry_labels_owner_and_trigger_time() {
+        let svc = service(json!({}));
+        let changes = reconcile_slices(&svc, &desired(&svc, &many(3, true)), &[], NOW, 100);
+        assert_eq!(changes.create.len(), 1);
+        let s = &changes.create[0];
+        let labels = s.metadata.labels.clone().unwrap();
+        assert_eq!(
+            labels.get(LABEL_SERVICE_NAME).map(String::as_str),
+            Some("web")
+        );
+        assert_eq!(
+            labels.get(LABEL_MANAGED_BY).map(String::as_str),
+            Some(MANAGED_BY_CONTROLLER)
+        );
+        assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+        assert!(!labels.contains_key(LABEL_HEADLESS));
+        assert_eq!(s.metadata.generate_name.as_deref(), Some("web-"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(s.address_type, "IPv4");
+        let owner = &s.metadata.owner_references.clone().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Service", "web", "svc-uid")
+        );
+        assert_eq!(
+            (owner.controller, owner.block_owner_deletion),
+            (Some(true), Some(true))
+        );
+        let annotations = s.metadata.annotations.clone().unwrap();
+        assert_eq!(
+            annotations.get(ANNOTATION_TRIGGER_TIME).map(String::as_str),
+            Some(NOW)
+        );
+        assert_eq!(s.endpoints.len(), 3);
+    }
+
+    #[test]
+    fn two_hundred_fifty_endpoints_make_three_slices_of_at_most_a_hundred() {
+        let svc = service(json!({}));
+        let changes = reconcile_slices(&svc, &desired(&svc, &many(250, true)), &[], NOW, 100);
+        let mut sizes: Vec<usize> = changes.create.iter().map(|s| s.endpoints.len()).collect();
+        sizes.sort();
+        assert_eq!(sizes, vec![50, 100, 100]);
+        assert!(changes.update.is_empty() && changes.delete.is_empty());
+    }
+
+    #[test]
+    fn reconciling_a_converged_state_changes_nothing() {
+        let svc = service(json!({}));
+        let pods = many(250, true);
+        let mut n = 0;
+        let slices = converge(&svc, &pods, Vec::new(), &mut n);
+        let changes = reconcile_slices(
+            &svc,
+            &desired(&svc, &pods),
+            &slices,
+            "2030-01-01T00:00:00Z",
+            100,
+        );
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn one_pod_becoming_unready_rewrites_exactly_one_slice() {
+        let svc = service(json!({}));
+        let mut pods = many(250, true);
+        let mut n = 0;
+        let slices = converge(&svc, &pods, Vec::new(), &mut n);
+        pods[137] = typed(pod("p137", "10.1.0.138", false));
+        let changes = reconcile_slices(&svc, &desired(&svc, &pods), &slices, NOW, 100);
+        assert!(changes.create.is_empty() && changes.delete.is_empty());
+        assert_eq!(changes.update.len(), 1);
+        let updated = &changes.update[0];
+        let before = slices
+            .iter()
+            .find(|s| s.metadata.name == updated.metadata.name)
+            .unwrap();
+        assert_eq!(updated.endpoints.len(), before.endpoints.len());
+        let ep = updated
+            .endpoints
+            .iter()
+            .find(|e| e.addresses[0] == "10.1.0.138")
+            .unwrap();
+        assert_eq!(ep.conditions.clone().unwrap().ready, Some(false));
+    }
+
+    #[test]
+    fn new_endpoints_fill_an_existing_slice_with_room_before_creating_one() {
+        let svc = service(json!({}));
+        let mut n = 0;
+        let slices = converge(&svc, &many(150, true), Vec::new(), &mut n);
+        assert_eq!(slices.len(), 2);
+        let changes = reconcile_slices(&svc, &desired(&svc, &many(160, true)), &slices, NOW, 100);
+        assert!(changes.create.is_empty() && changes.delete.is_empty());
+        assert_eq!(changes.update.len(), 1);
+        assert_eq!(changes.update[0].endpoints.len(), 60);
+    }
+
+    #[test]
+    fn removing_one_pod_rewrites_only_its_slice() {
+        let svc = service(json!({}));
+        let mut pods = many(250, true);
+        let mut n = 0;
+        let slices = converge(&svc, &pods, Vec::new(), &mut n);
+        pods.remove(10);
+        let changes = reconcile_slices(&svc, &desired(&svc, &pods), &slices, NOW, 100);
+        assert_eq!(
+            (
+                changes.create.len(),
+                changes.update.len(),
+                changes.delete.len()
+            ),
+            (0, 1, 0)
+        );
+    }
+
+    #[test]
+    fn removing_all_pods_leaves_one_empty_slice() {
+        let svc = service(json!({}));
+        let mut n = 0;
+        let slices = converge(&svc, &many(250, true), Vec::new(), &mut n);
+        let changes = reconcile_slices(&svc, &[], &slices, NOW, 100);
+        assert!(changes.create.is_empty());
+        assert_eq!((changes.update.len(), changes.delete.len()), (1, 2));
+        let left = apply(slices, &changes, &mut n);
+        assert_eq!(left.len(), 1);
+        assert!(left[0].endpoints.is_empty());
+        // The placeholder is stable.
+        assert!(reconcile_slices(&svc, &[], &left, NOW, 100).is_empty());
+    }
+
+    #[test]
+    fn a_service_without_pods_gets_one_placeholder_slice() {
+        let svc = service(json!({}));
+        let changes = reconcile_slices(&svc, &[], &[], NOW, 100);
+        assert_eq!(changes.create.len(), 1);
+        assert!(changes.create[0].endpoints.is_empty());
+        assert_eq!(changes.create[0].address_type, "IPv4");
+    }
+
+    #[test]
+    fn slices_managed_by_others_or_for_other_services_are_ignored() {
+        let svc = service(json!({}));
+        let mut n = 0;
+        let mut slices = converge(&svc, &many(5, true), Vec::new(), &mut n);
+        let mut foreign = slices[0].clone();
+        foreign.metadata.name = Some("foreign".into());
+        foreign
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_MANAGED_BY.into(), "someone-else".into());
+        let mut other = slices[0].clone();
+        other.metadata.name = Some("other".into());
+        other
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_SERVICE_NAME.into(), "db".into());
+        slices.push(foreign);
+        slices.push(other);
+        let changes = reconcile_slices(&svc, &desired(&svc, &many(5, true)), &slices, NOW, 100);
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn changed_service_labels_rewrite_the_slices() {
+        let svc = service(json!({}));
+        let mut n = 0;
+        let slices = converge(&svc, &many(5, true), Vec::new(), &mut n);
+        let mut relabelled = svc.clone();
+        relabelled.metadata.labels = Some(BTreeMap::from([("team".into(), "b".into())]));
+        let changes = reconcile_slices(
+            &relabelled,
+            &desired(&relabelled, &many(5, true)),
+            &slices,
+            NOW,
+            100,
+        );
+        assert_eq!(changes.update.len(), 1);
+        let labels = changes.update[0].metadata.labels.clone().unwrap();
+        assert_eq!(labels.get("team").map(String::as_str), Some("b"));
+    }
+
+    #[test]
+    fn a_service_without_selector_produces_no_changes() {
+        let svc = service(json!({"selector": null}));
+        assert!(desired(&svc, &many(3, true)).is_empty());
+        assert!(reconcile_slices(&svc, &[], &[], NOW, 100).is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_pod_goes_to_an_ipv6_slice() {
+        let dual = service(json!({"ipFamilies": ["IPv4", "IPv6"]}));
+        let v6 = typed(pod("six", "fd00::6", true));
+        let dual_stack = typed(with(
+            pod("both", "10.1.0.2", true),
+            "/status/podIPs",
+            json!([{"ip": "10.1.0.2"}, {"ip": "fd00::2"}]),
+        ));
+        let pods = [typed(pod("four", "10.1.0.4", true)), v6, dual_stack];
+        let changes = reconcile_slices(&dual, &desired(&dual, &pods), &[], NOW, 100);
+        let mut by_type: Vec<(String, Vec<String>)> = changes
+            .create
+            .iter()
+            .map(|s| {
+                let mut a: Vec<String> =
+                    s.endpoints.iter().map(|e| e.addresses.join(",")).collect();
+                a.sort();
+                (s.address_type.clone(), a)
+            })
+            .collect();
+        by_type.sort();
+        assert_eq!(
+            by_type,
+            vec![
+                (
+                    "IPv4".to_string(),
+                    vec!["10.1.0.2".to_string(), "10.1.0.4".to_string()]
+                ),
+                (
+                    "IPv6".to_string(),
+                    vec!["fd00::2".to_string(), "fd00::6".to_string()]
+                ),
+            ]
+        );
+        // A single-stack IPv4 Service ignores the IPv6-only Pod.
+        let v4 = service(json!({}));
+        assert!(desired(&v4, &[typed(pod("six", "fd00::6", true))]).is_empty());
+    }
+
+    #[test]
+    fn headless_services_label_slices_headless() {
+        let svc = service(json!({"clusterIP": "None", "ipFamilies": null}));
+        let changes = reconcile_slices(&svc, &desired(&svc, &many(1, true)), &[], NOW, 100);
+        // Headless without families: both address types; IPv6 has no endpoints and gets a
+        // placeholder.
+        assert_eq!(changes.create.len(), 2);
+        assert!(changes.create.iter().all(|s| s
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key(LABEL_HEADLESS)));
+    }
+
+    fn subset_ips(e: &Endpoints) -> Vec<(Vec<String>, Vec<String>, Vec<i32>)> {
+        e.subsets
+            .iter()
+            .flatten()
+            .map(|s| {
+                let ips = |v: &Option<Vec<EndpointAddress>>| {
+                    v.iter().flatten().map(|a| a.ip.clone()).collect()
+                };
+                (
+                    ips(&s.addresses),
+                    ips(&s.not_ready_addresses),
+                    s.ports.iter().flatten().map(|p| p.port).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn endpoints_object_splits_ready_and_not_ready_and_drops_terminating() {
+        let terminating = with(
+            pod("t", "10.1.0.3", true),
+            "/metadata/deletionTimestamp",
+            json!(NOW),
+        );
+        let pods = [
+            typed(pod("a", "10.1.0.1", true)),
+            typed(pod("b", "10.1.0.2", false)),
+            typed(terminating),
+        ];
+        // (publishNotReadyAddresses, expected subsets)
+        let cases = [
+            (
+                false,
+                vec![(
+                    vec!["10.1.0.1".to_string()],
+                    vec!["10.1.0.2".to_string()],
+                    vec![8080],
+                )],
+            ),
+            (
+                true,
+                vec![(
+                    vec![
+                        "10.1.0.1".to_string(),
+                        "10.1.0.2".to_string(),
+                        "10.1.0.3".to_string(),
+                    ],
+                    vec![],
+                    vec![8080],
+                )],
+            ),
+        ];
+        for (publish, want) in cases {
+            let svc = service(json!({"publishNotReadyAddresses": publish}));
+            let e = desired_endpoints_object(&svc, &desired(&svc, &pods));
+            assert_eq!(subset_ips(&e), want, "publish={publish}");
+            let labels = e.metadata.labels.clone().unwrap();
+            assert_eq!(
+                labels.get(LABEL_SKIP_MIRROR).map(String::as_str),
+                Some("true")
+            );
+            assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+            assert_eq!(e.metadata.name.as_deref(), Some("web"));
+            assert!(e.metadata.annotations.is_none());
+        }
+    }
+
+    #[test]
+    fn endpoints_object_groups_addresses_by_port_set() {
+        let svc = service(json!({"ports": [
+            {"name": "http", "port": 80, "targetPort": "http-alt", "protocol": "TCP"},
+            {"name": "metrics", "port": 9100, "targetPort": 9100, "protocol": "TCP"}
+        ]}));
+        let lacking = with(
+            pod("c", "10.1.0.3", true),
+            "/spec/containers",
+            json!([{"name": "c"}]),
+        );
+        let pods = [typed(pod("a", "10.1.0.1", true)), typed(lacking)];
+        let e = desired_endpoints_object(&svc, &desired(&svc, &pods));
+        let mut got = subset_ips(&e);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (vec!["10.1.0.1".to_string()], vec![], vec![9090]),
+                (
+                    vec!["10.1.0.1".to_string(), "10.1.0.3".to_string()],
+                    vec![],
+                    vec![9100]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoints_object_is_truncated_at_a_thousand_addresses() {
+        let svc = service(json!({}));
+        let mut pods = many(900, true);
+        pods.extend((0..300).map(|i| {
+            typed(pod(
+                &format!("u{i}"),
+                &format!("10.9.{}.{}", i / 200, i % 200 + 1),
+                false,
+            ))
+        }));
+        let e = desired_endpoints_object(&svc, &desired(&svc, &pods));
+        let got = subset_ips(&e);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0.len(), got[0].1.len()), (900, 100));
+        let annotations = e.metadata.annotations.clone().unwrap();
+        assert_eq!(
+            annotations
+                .get(ANNOTATION_OVER_CAPACITY)
+                .map(String::as_str),
+            Some("truncated")
+        );
+    }
+
+    fn user_endpoints(labels: Value) -> Endpoints {
+        serde_json::from_value(json!({
+            "metadata": {"name": "ext", "namespace": "default", "uid": "ep-uid", "labels": labels,
+                         "annotations": {ANNOTATION_TRIGGER_TIME: NOW, "note": "x"}},
+            "subsets": [{
+                "addresses": [{"ip": "192.0.2.1"}, {"ip": "2001:db8::1"}, {"ip": "example.com"}],
+                "notReadyAddresses": [{"ip": "192.0.2.2"}],
+                "ports": [{"name": "https", "port": 443}]
+            }]
+        }))
+        .unwrap()
+    }
+
+    fn selectorless() -> Service {
+        let mut svc = service(json!({"selector": null}));
+        svc.metadata.name = Some("ext".into());
+        svc
+    }
+
+    #[test]
+    fn endpoints_of_a_selectorless_service_are_mirrored_by_family() {
+        let ep = user_endpoints(json!({"owner": "me"}));
+        let changes = mirror_slices(&ep, &selectorless(), &[]);
+        assert_eq!(changes.create.len(), 2);
+        let v4 = changes
+            .create
+            .iter()
+            .find(|s| s.address_type == "IPv4")
+            .unwrap();
+        let v6 = changes
+            .create
+            .iter()
+            .find(|s| s.address_type == "IPv6")
+            .unwrap();
+        let ready: Vec<(String, Option<bool>)> = v4
+            .endpoints
+            .iter()
+            .map(|e| (e.addresses[0].clone(), e.conditions.clone().unwrap().ready))
+            .collect();
+        assert_eq!(
+            ready,
+            vec![
+                ("192.0.2.1".into(), Some(true)),
+                ("192.0.2.2".into(), Some(false))
+            ]
+        );
+        assert_eq!(v6.endpoints[0].addresses, vec!["2001:db8::1"]);
+        let labels = v4.metadata.labels.clone().unwrap();
+        assert_eq!(
+            labels.get(LABEL_MANAGED_BY).map(String::as_str),
+            Some(MANAGED_BY_MIRRORING)
+        );
+        assert_eq!(
+            labels.get(LABEL_SERVICE_NAME).map(String::as_str),
+            Some("ext")
+        );
+        assert_eq!(labels.get("owner").map(String::as_str), Some("me"));
+        let annotations = v4.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations.get("note").map(String::as_str), Some("x"));
+        assert_eq!(
+            annotations.get(ANNOTATION_TRIGGER_TIME).map(String::as_str),
+            Some(NOW)
+        );
+        let ports = v4.ports.clone().unwrap();
+        assert_eq!(
+            (ports[0].port, ports[0].protocol.as_deref()),
+            (Some(443), Some("TCP"))
+        );
+        assert_eq!(
+            v4.metadata.owner_references.clone().unwrap()[0].kind,
+            "Endpoints"
+        );
+
+        // Mirroring again changes nothing.
+        let mut n = 0;
+        let slices = apply(Vec::new(), &changes, &mut n);
+        assert!(mirror_slices(&ep, &selectorless(), &slices).is_empty());
+    }
+
+    #[test]
+    fn mirroring_skips_marked_endpoints_and_services_with_selectors() {
+        let ep = user_endpoints(json!({}));
+        let mut n = 0;
+        let slices = apply(
+            Vec::new(),
+            &mirror_slices(&ep, &selectorless(), &[]),
+            &mut n,
+        );
+        let cases = [
+            (
+                "skip-mirror",
+                user_endpoints(json!({LABEL_SKIP_MIRROR: "true"})),
+                selectorless(),
+            ),
+            ("selector", ep.clone(), {
+                let mut s = service(json!({}));
+                s.metadata.name = Some("ext".into());
+                s
+            }),
+        ];
+        for (name, endpoints, svc) in cases {
+            assert!(mirror_slices(&endpoints, &svc, &[]).is_empty(), "{name}");
+            let changes = mirror_slices(&endpoints, &svc, &slices);
+            assert_eq!(changes.delete.len(), 2, "{name}");
+            assert!(
+                changes.create.is_empty() && changes.update.is_empty(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn mirrored_endpoints_that_empty_out_delete_their_slices() {
+        let ep = user_endpoints(json!({}));
+        let mut n = 0;
+        let slices = apply(
+            Vec::new(),
+            &mirror_slices(&ep, &selectorless(), &[]),
+            &mut n,
+        );
+        let mut emptied = ep.clone();
+        emptied.subsets = None;
+        let changes = mirror_slices(&emptied, &selectorless(), &slices);
+        assert_eq!(changes.delete.len(), 2);
+        assert!(changes.create.is_empty() && changes.update.is_empty());
+    }
+}
