@@ -569,7 +569,7 @@ fn reconcile_port_group(
 
     // 2. Fill the slices that are written anyway, fullest first.
     if !desired.is_empty() && !to_update.is_empty() {
-        to_update.sort_by(|a, b| b.endpoints.len().cmp(&a.endpoints.len()));
+        to_update.sort_by_key(|s| std::cmp::Reverse(s.endpoints.len()));
         for slice in &mut to_update {
             while slice.endpoints.len() < max {
                 let Some(ep) = pop_first(&mut desired) else {
@@ -930,11 +930,10 @@ pub fn desired_endpoints_object(service: &Service, desired: &[DesiredEndpoint]) 
     }
 
     // RepackSubsets (pkg/api/v1/endpoints/util.go): group ports by their identical address sets.
-    let mut packed: BTreeMap<Vec<((String, String), bool)>, (Vec<CoreEndpointPort>, AddrMap)> =
-        BTreeMap::new();
+    type AddrSetKey = Vec<((String, String), bool)>;
+    let mut packed: BTreeMap<AddrSetKey, (Vec<CoreEndpointPort>, AddrMap)> = BTreeMap::new();
     for (_, (port, addrs)) in per_port {
-        let key: Vec<((String, String), bool)> =
-            addrs.iter().map(|(k, (_, r))| (k.clone(), *r)).collect();
+        let key: AddrSetKey = addrs.iter().map(|(k, (_, r))| (k.clone(), *r)).collect();
         let entry = packed.entry(key).or_insert_with(|| (Vec::new(), addrs));
         if let Some(p) = port {
             entry.0.push(p);
@@ -1146,6 +1145,7 @@ pub fn mirror_slices(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test fixtures are built by hand; a panic is a failed test.
 mod tests {
     use super::*;
     use serde_json::{json, Value};
