@@ -1568,6 +1568,24 @@ mod tests {
     }
 
     #[test]
+    fn pods_appearing_reuse_the_placeholder_slice() {
+        let svc = service(json!({}));
+        let mut n = 0;
+        let placeholder = converge(&svc, &[], Vec::new(), &mut n);
+        assert_eq!(placeholder.len(), 1);
+        let changes =
+            reconcile_slices(&svc, &desired(&svc, &many(3, true)), &placeholder, NOW, 100);
+        assert!(changes.create.is_empty() && changes.delete.is_empty());
+        assert_eq!(changes.update.len(), 1);
+        assert_eq!(
+            changes.update[0].metadata.name,
+            placeholder[0].metadata.name
+        );
+        assert_eq!(changes.update[0].endpoints.len(), 3);
+        assert_eq!(changes.update[0].ports.clone().unwrap()[0].port, Some(8080));
+    }
+
+    #[test]
     fn slices_managed_by_others_or_for_other_services_are_ignored() {
         let svc = service(json!({}));
         let mut n = 0;
