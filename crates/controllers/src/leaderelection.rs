@@ -452,7 +452,6 @@ mod tests {
         }
         // Last success at 2, renew deadline 10: leadership ends at 12, the Lease only at 17.
         assert_eq!(stepped_down_at, Some(12));
-        assert!(a.is_leader(at(11.9)));
         assert!(!a.is_leader(at(12.0)));
         assert_eq!(
             store.step(&mut b, at(12.0), true),
@@ -479,9 +478,11 @@ mod tests {
         // b renews: no transition.
         store.step(&mut b, at(18.0), true);
         assert_eq!(transitions(&store), 1);
-        // b dies; a takes over.
+        // b dies; a (which never stepped since it lost the Lease) notices first that it is no
+        // longer leading, then takes over once b's Lease expires.
+        assert_eq!(store.step(&mut a, at(30.0), true), Decision::StepDown);
         assert_eq!(
-            store.step(&mut a, at(30.0), true),
+            store.step(&mut a, at(32.0), true),
             Decision::Wait { leading: false }
         );
         assert!(matches!(
