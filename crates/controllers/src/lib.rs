@@ -6,5 +6,5 @@
 //! `switchyard server` follow.
 
 pub mod endpointslice;
-pub mod leaderelection;
 pub mod lbipam;
+pub mod leaderelection;
