@@ -149,6 +149,30 @@ impl ServiceAllocator {
             .find(|p| !taken.contains(p) && !avoid.contains(p))
     }
 
+    /// A node port the client asked for: new to this service, it must be in range, and its key is
+    /// marked as requested (so losing it to another service is an error, not a retry).
+    fn check_requested_port(
+        &self,
+        path: &str,
+        port: u64,
+        before: &Held,
+        errors: &mut Vec<FieldError>,
+        requested_keys: &mut HashSet<String>,
+    ) {
+        let port16 = port as u16;
+        if before.ports.contains(&port16) {
+            return;
+        }
+        if port > u16::MAX as u64 || !self.port_range.contains(port16) {
+            errors.push(allocator::node_port_out_of_range_error(
+                path,
+                port as i32,
+                &self.port_range,
+            ));
+        }
+        requested_keys.insert(port_key(port16));
+    }
+
     /// Fill in the allocations `svc` needs and is missing, check the ones the user asked for,
     /// and return the transaction parts that take the new keys and release the old ones.
     /// `old` is the stored version on update (its allocations are already held).
@@ -259,19 +283,13 @@ impl ServiceAllocator {
                     .and_then(Value::as_u64)
                     .filter(|n| *n > 0)
                 {
-                    Some(np) => {
-                        let np16 = np as u16;
-                        if !before.ports.contains(&np16) {
-                            if np > u16::MAX as u64 || !self.port_range.contains(np16) {
-                                errors.push(allocator::node_port_out_of_range_error(
-                                    &path,
-                                    np as i32,
-                                    &self.port_range,
-                                ));
-                            }
-                            requested_keys.insert(port_key(np16));
-                        }
-                    }
+                    Some(np) => self.check_requested_port(
+                        &path,
+                        np,
+                        &before,
+                        &mut errors,
+                        &mut requested_keys,
+                    ),
                     None if !allocate => {}
                     None => {
                         let mut avoid = used.clone();
@@ -311,19 +329,13 @@ impl ServiceAllocator {
                 .and_then(Value::as_u64)
                 .filter(|n| *n > 0)
             {
-                Some(np) => {
-                    let np16 = np as u16;
-                    if !before.ports.contains(&np16) {
-                        if np > u16::MAX as u64 || !self.port_range.contains(np16) {
-                            errors.push(allocator::node_port_out_of_range_error(
-                                "spec.healthCheckNodePort",
-                                np as i32,
-                                &self.port_range,
-                            ));
-                        }
-                        requested_keys.insert(port_key(np16));
-                    }
-                }
+                Some(np) => self.check_requested_port(
+                    "spec.healthCheckNodePort",
+                    np,
+                    &before,
+                    &mut errors,
+                    &mut requested_keys,
+                ),
                 None => {
                     let mut avoid = used.clone();
                     avoid.extend(before.ports.iter().copied());

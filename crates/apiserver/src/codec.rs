@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn malformed_json_is_a_bad_request_that_says_where() {
-        let e = decode_json(b"{\"a\": 1,,}").err().expect("fails");
+        let e = decode_json(b"{\"a\": 1,,}").expect_err("fails");
         assert_eq!(e.code, 400);
         assert!(e.message.contains("line 1 column"), "{}", e.message);
     }

@@ -375,12 +375,16 @@ impl Registry {
         if api_version.is_empty() && kind.is_empty() {
             obj["apiVersion"] = Value::String(r.api_version());
             obj["kind"] = Value::String(r.kind.to_string());
-        } else if api_version != r.api_version() || kind != r.kind {
+        } else if kind != r.kind {
+            return Err(StatusError::bad_request(format!(
+                "the kind in the data ({kind}) does not match the expected kind ({})",
+                r.kind
+            )));
+        } else if api_version != r.api_version() {
             return Err(StatusError::bad_request(format!(
                 "the API version in the data ({api_version}) does not match the expected API version ({})",
                 r.api_version()
-            ))
-            .with_kind_hint(kind, r.kind));
+            )));
         }
         if r.namespaced {
             let ns = ns.unwrap_or("default");
@@ -598,7 +602,7 @@ impl Registry {
         let mut warnings = Vec::new();
         let new = self.decode_body(r, body, ctx, &mut warnings)?;
         let object = self
-            .finish_update(r, ns, name, &key, new, (&old, rev), sub, ctx)
+            .finish_update(r, name, &key, new, (&old, rev), sub, ctx)
             .await?;
         Ok(Written {
             object,
@@ -613,7 +617,6 @@ impl Registry {
     async fn finish_update(
         &self,
         r: &ResourceInfo,
-        _ns: Option<&str>,
         name: &str,
         key: &str,
         mut new: Value,
@@ -840,7 +843,7 @@ impl Registry {
             };
             object::metadata_mut(&mut new).remove("resourceVersion");
             match self
-                .finish_update(r, ns, name, &key, new, (&old, rev), sub, &ctx2)
+                .finish_update(r, name, &key, new, (&old, rev), sub, &ctx2)
                 .await
             {
                 Err(e) if e.reason == "Conflict" && explicit_rv.is_none() => continue,
@@ -1100,18 +1103,4 @@ fn modified(r: &ResourceInfo, name: &str) -> StatusError {
 fn patch_error(e: patch::PatchError) -> StatusError {
     tracing::debug!(error = %e, "patch rejected");
     e.to_status_error()
-}
-
-trait KindHint {
-    fn with_kind_hint(self, got: &str, want: &str) -> Self;
-}
-
-impl KindHint for StatusError {
-    fn with_kind_hint(mut self, got: &str, want: &str) -> Self {
-        if got != want {
-            self.message =
-                format!("the kind in the data ({got}) does not match the expected kind ({want})");
-        }
-        self
-    }
 }
