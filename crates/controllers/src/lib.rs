@@ -10,6 +10,7 @@ pub mod endpointslice;
 pub mod lbipam;
 pub mod leaderelection;
 pub mod manager;
+pub mod pods;
 pub mod runtime;
 
 pub use manager::ControllerManager;
