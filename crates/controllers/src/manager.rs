@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::endpointslice::controller::EndpointsController;
+use crate::lbipam::controller::LoadBalancerController;
 use crate::leaderelection::{ElectionHandle, LeaderElection, LeaderElector};
 use crate::runtime::{run_controller, Context, Controller};
 use crate::{signed, Config};
@@ -31,7 +32,10 @@ fn spawner<C: Controller>(controller: Arc<C>, resync: Duration) -> Spawner {
 /// Every controller, created over `ctx` (registering their informer handlers).
 fn controllers(ctx: &Context) -> Vec<Spawner> {
     let resync = ctx.config.resync_period;
-    vec![spawner(EndpointsController::new(ctx), resync)]
+    vec![
+        spawner(EndpointsController::new(ctx), resync),
+        spawner(LoadBalancerController::new(ctx), resync),
+    ]
 }
 
 /// A running controller manager; dropping it stops everything it runs.
