@@ -345,3 +345,100 @@ async fn restarting_the_controller_manager_keeps_every_assigned_address() -> Res
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_new_pool_gives_pending_services_an_address() -> Result<()> {
+    let (_server, client) = cluster().await?;
+    apply_pool(&client, "one", &["192.168.70.1/32"]).await?;
+    create_lb(&client, "a", &[80], json!({}), json!({})).await?;
+    expect_ip(&client, "a", "192.168.70.1", "one").await?;
+    create_lb(&client, "b", &[80], json!({}), json!({})).await?;
+    expect_event(&client, "b", "AllocationFailed").await?;
+
+    apply_pool(&client, "more", &["192.168.71.0/30"]).await?;
+    expect_ip(&client, "b", "192.168.71.0", "more").await?;
+    expect_ip(&client, "a", "192.168.70.1", "one").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_overlapping_pool_is_reported_and_left_out() -> Result<()> {
+    let (_server, client) = cluster().await?;
+    seeds_pool(&client).await?;
+    // Sorted after `first-pool`, so this is the one left out.
+    apply_pool(&client, "overlap", &["192.168.67.100-192.168.67.130"]).await?;
+    let message = wait_for(
+        WAIT,
+        "an InvalidConfiguration Event on the pool",
+        || async {
+            let api: Api<Event> = Api::namespaced(client.clone(), "metallb-system");
+            api.list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.involved_object.kind.as_deref() == Some("IPAddressPool")
+                        && e.involved_object.name.as_deref() == Some("overlap")
+                        && e.reason.as_deref() == Some("InvalidConfiguration")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .and_then(|e| e.message)
+        },
+    )
+    .await?;
+    assert!(message.contains("overlaps"), "{message}");
+    // The valid pool still serves; the overlapping one hands out nothing.
+    create_lb(
+        &client,
+        "low",
+        &[80],
+        json!({"metallb.io/loadBalancerIPs": "192.168.67.100"}),
+        json!({}),
+    )
+    .await?;
+    create_lb(&client, "web", &[80], json!({}), json!({})).await?;
+    expect_ip(&client, "web", "192.168.67.120", "first-pool").await?;
+    expect_event(&client, "low", "AllocationFailed").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_written_by_someone_else_is_replaced_by_the_assignment() -> Result<()> {
+    // CVE-2020-8554: whoever may write a Service's status could claim any address.
+    let (_server, client) = cluster().await?;
+    seeds_pool(&client).await?;
+    create_lb(&client, "web", &[80], json!({}), json!({})).await?;
+    expect_ip(&client, "web", "192.168.67.120", "first-pool").await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let hijack = json!({"status": {"loadBalancer": {"ingress": [{"ip": "8.8.8.8"}]}}});
+    services
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&hijack))
+        .await?;
+    expect_ip(&client, "web", "192.168.67.120", "first-pool").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_outside_every_pool_is_replaced_after_a_restart() -> Result<()> {
+    let (mut server, client) = cluster().await?;
+    seeds_pool(&client).await?;
+    create_lb(&client, "web", &[80], json!({}), json!({})).await?;
+    expect_ip(&client, "web", "192.168.67.120", "first-pool").await?;
+
+    server.controllers = None;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let hijack = json!({"status": {"loadBalancer": {"ingress": [{"ip": "8.8.8.8"}]}}});
+    services
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&hijack))
+        .await?;
+    let config = switchyard_controllers::Config {
+        leader_elect: false,
+        ..switchyard_controllers::Config::default()
+    };
+    let _restarted = switchyard_controllers::ControllerManager::start(client.clone(), config)?;
+    expect_ip(&client, "web", "192.168.67.120", "first-pool").await?;
+    let message = expect_event(&client, "web", "ClearAssignment").await?;
+    assert!(message.contains("8.8.8.8"), "{message}");
+    Ok(())
+}

@@ -37,6 +37,13 @@ const LEGACY_ALLOCATED_FROM_POOL_ANNOTATION: &str = "metallb.universe.tf/ip-allo
 /// (KEP-1860; MetalLB announces the address, it does not proxy).
 const IP_MODE_VIP: &str = "VIP";
 
+/// The key that stands for "the pools changed": no Service has an empty namespace. Its sync
+/// rebuilds the allocator (reporting invalid pools) even when no Service is to be synced.
+const POOLS_KEY: ObjectKey = ObjectKey {
+    namespace: String::new(),
+    name: String::new(),
+};
+
 /// Keeps LoadBalancer Services' addresses assigned from the `IPAddressPool`s.
 pub struct LoadBalancerController {
     ctx: Context,
@@ -110,6 +117,7 @@ impl LoadBalancerController {
         );
         ctx.informers.ip_address_pools.on_change(move |_| {
             state.lock().unwrap_or_else(|e| e.into_inner()).stale = true;
+            q.add(POOLS_KEY);
             for svc in services.list() {
                 if is_load_balancer(&svc) {
                     q.add(ObjectKey::of(svc.as_ref()));
@@ -428,6 +436,9 @@ impl Controller for LoadBalancerController {
             let mut state = self.state();
             if state.stale {
                 self.rebuild(&mut state);
+            }
+            if key == POOLS_KEY {
+                return Ok(());
             }
             decide(&mut state, &key, svc.as_deref())
         };
