@@ -442,3 +442,32 @@ async fn status_outside_every_pool_is_replaced_after_a_restart() -> Result<()> {
     assert!(message.contains("8.8.8.8"), "{message}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_converged_service_is_not_written_again() -> Result<()> {
+    // (A no-op patch does not change the resourceVersion either; the unit test
+    // `assigns_writes_status_and_annotation_once_then_writes_nothing` checks that none is sent.)
+    let (_server, client) = cluster().await?;
+    seeds_pool(&client).await?;
+    create_lb(&client, "web", &[80], json!({}), json!({})).await?;
+    expect_ip(&client, "web", "192.168.67.120", "first-pool").await?;
+    // Any change makes the controller sync `web` again.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let touched = services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await?;
+    // Synced after `web` (one worker, keys in watch order).
+    create_lb(&client, "later", &[80], json!({}), json!({})).await?;
+    expect_ip(&client, "later", "192.168.67.121", "first-pool").await?;
+    let web = services.get("web").await?;
+    assert_eq!(
+        web.metadata.resource_version, touched.metadata.resource_version,
+        "nothing written"
+    );
+    assert_eq!(events(&client, "web", "IPAllocated").await?.len(), 1);
+    Ok(())
+}
