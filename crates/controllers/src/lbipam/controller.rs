@@ -23,6 +23,7 @@ use switchyard_api::k8s::api::core::v1::{
     LoadBalancerIngress, LoadBalancerStatus, Service, ServiceStatus,
 };
 use switchyard_api::metallb::IPAddressPool;
+use tracing::Instrument;
 
 use super::{AllocationError, Allocator, PoolError, ALLOCATED_FROM_POOL_ANNOTATION};
 use crate::runtime::{
@@ -153,6 +154,42 @@ impl LoadBalancerController {
         state.allocator = rebuilt.allocator;
         state.cleared = rebuilt.cleared;
         state.stale = false;
+    }
+
+    /// Reconciles one key: rebuilds the allocator if it is stale, decides, then writes.
+    async fn sync_service(&self, key: ObjectKey) -> Result<()> {
+        let svc = self.ctx.informers.services.get_key(&key);
+        let decision = {
+            let mut state = self.state();
+            if state.stale {
+                self.rebuild(&mut state);
+            }
+            if key == POOLS_KEY {
+                return Ok(());
+            }
+            decide(&mut state, &key, svc.as_deref())
+        };
+        for pending in &decision.wake {
+            self.queue.add(pending.clone());
+        }
+        let Some(svc) = svc else {
+            return Ok(());
+        };
+        let reference = object_reference(svc.as_ref());
+        for ev in &decision.events {
+            if ev.warning {
+                tracing::warn!(reason = ev.reason, message = %ev.message, "allocation");
+                self.ctx
+                    .events
+                    .warning(&reference, ev.reason, ev.message.clone());
+            } else {
+                tracing::info!(reason = ev.reason, message = %ev.message, "allocation");
+                self.ctx
+                    .events
+                    .normal(&reference, ev.reason, ev.message.clone());
+            }
+        }
+        self.write(&key, &decision).await
     }
 
     async fn write(&self, key: &ObjectKey, decision: &Decision) -> Result<()> {
@@ -431,38 +468,8 @@ impl Controller for LoadBalancerController {
     }
 
     async fn sync(&self, key: ObjectKey) -> Result<()> {
-        let svc = self.ctx.informers.services.get_key(&key);
-        let decision = {
-            let mut state = self.state();
-            if state.stale {
-                self.rebuild(&mut state);
-            }
-            if key == POOLS_KEY {
-                return Ok(());
-            }
-            decide(&mut state, &key, svc.as_deref())
-        };
-        for pending in &decision.wake {
-            self.queue.add(pending.clone());
-        }
-        let Some(svc) = svc else {
-            return Ok(());
-        };
-        let reference = object_reference(svc.as_ref());
-        for ev in &decision.events {
-            if ev.warning {
-                tracing::warn!(service = %key, reason = ev.reason, message = %ev.message, "allocation");
-                self.ctx
-                    .events
-                    .warning(&reference, ev.reason, ev.message.clone());
-            } else {
-                tracing::info!(service = %key, reason = ev.reason, message = %ev.message, "allocation");
-                self.ctx
-                    .events
-                    .normal(&reference, ev.reason, ev.message.clone());
-            }
-        }
-        self.write(&key, &decision).await
+        let span = tracing::info_span!("sync", controller = Self::NAME, service = %key);
+        self.sync_service(key).instrument(span).await
     }
 }
 
