@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::endpointslice::controller::EndpointsController;
+use crate::lbipam::controller::LoadBalancerController;
 use crate::leaderelection::{ElectionHandle, LeaderElection, LeaderElector};
 use crate::runtime::{run_controller, Context, Controller};
 use crate::{signed, Config};
@@ -47,7 +48,10 @@ impl<C: Controller> Registered for Arc<C> {
 
 /// Every controller, created over `ctx` (registering their informer handlers).
 fn controllers(ctx: &Context) -> Vec<Box<dyn Registered>> {
-    vec![Box::new(EndpointsController::new(ctx))]
+    vec![
+        Box::new(EndpointsController::new(ctx)),
+        Box::new(LoadBalancerController::new(ctx)),
+    ]
 }
 
 /// A running controller manager; dropping it stops everything it runs.
