@@ -8,3 +8,6 @@
 pub mod endpointslice;
 pub mod lbipam;
 pub mod leaderelection;
+pub mod nodelifecycle;
+pub mod podcidr;
+pub mod scheduler;
