@@ -15,7 +15,10 @@ use tokio::task::JoinSet;
 
 use crate::endpointslice::controller::EndpointsController;
 use crate::leaderelection::{ElectionHandle, LeaderElection, LeaderElector};
+use crate::nodelifecycle::controller::NodeLifecycleController;
+use crate::podcidr::controller::NodeIpamController;
 use crate::runtime::{run_controller, Context, Controller};
+use crate::scheduler::controller::SchedulerController;
 use crate::{signed, Config};
 
 /// Namespace and name of the controller manager's leader Lease.
@@ -31,7 +34,12 @@ fn spawner<C: Controller>(controller: Arc<C>, resync: Duration) -> Spawner {
 /// Every controller, created over `ctx` (registering their informer handlers).
 fn controllers(ctx: &Context) -> Vec<Spawner> {
     let resync = ctx.config.resync_period;
-    vec![spawner(EndpointsController::new(ctx), resync)]
+    vec![
+        spawner(EndpointsController::new(ctx), resync),
+        spawner(SchedulerController::new(ctx), resync),
+        spawner(NodeLifecycleController::new(ctx), resync),
+        spawner(NodeIpamController::new(ctx), resync),
+    ]
 }
 
 /// A running controller manager; dropping it stops everything it runs.

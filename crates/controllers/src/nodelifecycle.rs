@@ -18,6 +18,8 @@
 //!
 //! Nothing here does IO.
 
+pub mod controller;
+
 use jiff::{SignedDuration, Timestamp};
 use switchyard_api::k8s::api::coordination::v1::Lease;
 use switchyard_api::k8s::api::core::v1::{Node, NodeCondition, Pod, PodCondition, Taint};

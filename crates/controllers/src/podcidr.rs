@@ -12,6 +12,8 @@
 //! last. Nothing here does IO; the loop writes the node and a `CIDRNotAvailable` Event when the
 //! range is full.
 
+pub mod controller;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 

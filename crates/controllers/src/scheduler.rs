@@ -15,6 +15,8 @@
 //! Nothing here does IO; the loop binds through `pods/binding` and writes the `PodScheduled`
 //! condition through `pods/status`.
 
+pub mod controller;
+
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
