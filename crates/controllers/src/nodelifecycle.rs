@@ -14,7 +14,10 @@
 //! - There is no separate taint manager: eviction for `node.kubernetes.io/not-ready` and
 //!   `unreachable` uses the Pod's toleration (its `tolerationSeconds`) or, when it has none,
 //!   `pod_eviction_timeout`, which plays the role of the `DefaultTolerationSeconds` admission
-//!   plugin's 300 s. Zone-disruption rate limiting is not implemented.
+//!   plugin's 300 s. Evictions are not rate limited; they stop altogether where Kubernetes would
+//!   stop them in a small cluster ([`evictions_allowed`]): in a zone whose nodes are mostly down,
+//!   and everywhere when every zone is entirely down (then the fault is more likely the control
+//!   plane's view than the nodes).
 //!
 //! Nothing here does IO.
 
@@ -259,6 +262,69 @@ fn desired_taints(node: &Node, conditions: &[NodeCondition], now: Timestamp) -> 
         }
     }
     (result.as_slice() != existing).then_some(result)
+}
+
+/// Label holding a node's zone; zones are where disruption is judged.
+pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+/// Share of not-ready nodes from which a zone counts as partially disrupted
+/// (`--unhealthy-zone-threshold`).
+const UNHEALTHY_ZONE_THRESHOLD: f64 = 0.55;
+
+/// How much of a zone is down (`ZoneState` in node_lifecycle_controller.go).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZoneState {
+    /// Mostly healthy.
+    Normal,
+    /// More than two nodes and at least 55% of them not ready.
+    PartialDisruption,
+    /// No node ready.
+    FullDisruption,
+}
+
+/// `ComputeZoneState` from the counts of ready and not-ready nodes of one zone.
+pub fn zone_state(ready: usize, not_ready: usize) -> ZoneState {
+    if ready == 0 && not_ready > 0 {
+        ZoneState::FullDisruption
+    } else if not_ready > 2
+        && not_ready as f64 / (not_ready + ready) as f64 >= UNHEALTHY_ZONE_THRESHOLD
+    {
+        ZoneState::PartialDisruption
+    } else {
+        ZoneState::Normal
+    }
+}
+
+/// The zone a node is judged in (its `topology.kubernetes.io/zone` label, `""` without one).
+pub fn zone_of(node: &Node) -> &str {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
+        .map_or("", String::as_str)
+}
+
+/// Whether Pods on nodes of `zone` may be evicted, given every node as (zone, `Ready=True`).
+/// Kubernetes stops evicting everywhere when all zones are fully disrupted, and in a partially
+/// disrupted zone of a cluster of at most 50 nodes (its secondary eviction rate is 0); a fully
+/// disrupted zone among healthy ones is evicted normally.
+pub fn evictions_allowed<'a>(nodes: impl IntoIterator<Item = (&'a str, bool)>, zone: &str) -> bool {
+    let mut counts: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for (z, ready) in nodes {
+        let entry = counts.entry(z).or_default();
+        if ready {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+    }
+    let states: std::collections::BTreeMap<&str, ZoneState> = counts
+        .iter()
+        .map(|(z, (r, n))| (*z, zone_state(*r, *n)))
+        .collect();
+    if !states.is_empty() && states.values().all(|s| *s == ZoneState::FullDisruption) {
+        return false;
+    }
+    states.get(zone) != Some(&ZoneState::PartialDisruption)
 }
 
 /// When the Pod is to be deleted because of the node's `NoExecute` taints, or `None` when it
@@ -569,6 +635,72 @@ mod tests {
         let v = node_health(&n, None, at(6_000), GRACE);
         assert_eq!(v.readiness, Readiness::NotReady);
         assert_eq!(v.not_ready_since, Some(at(2_000)));
+    }
+
+    #[test]
+    fn zone_states_follow_kubernetes_thresholds() {
+        let cases = [
+            (3, 0, ZoneState::Normal),
+            (0, 1, ZoneState::FullDisruption),
+            (0, 0, ZoneState::Normal),
+            (1, 2, ZoneState::Normal),
+            (2, 3, ZoneState::PartialDisruption),
+            (3, 3, ZoneState::Normal),
+        ];
+        for (ready, not_ready, want) in cases {
+            assert_eq!(
+                zone_state(ready, not_ready),
+                want,
+                "{ready} ready, {not_ready} not"
+            );
+        }
+    }
+
+    #[test]
+    fn evictions_stop_when_every_zone_is_down_or_a_zone_is_mostly_down() {
+        /// (case, every node as (zone, ready), zone asked about, evictions allowed)
+        type Case = (
+            &'static str,
+            &'static [(&'static str, bool)],
+            &'static str,
+            bool,
+        );
+        let cases: [Case; 6] = [
+            (
+                "one of two nodes down",
+                &[("", true), ("", false)],
+                "",
+                true,
+            ),
+            ("the only node down", &[("", false)], "", false),
+            ("every node down", &[("", false), ("", false)], "", false),
+            (
+                "a whole zone down among healthy ones",
+                &[("a", false), ("a", false), ("b", true)],
+                "a",
+                true,
+            ),
+            ("every zone down", &[("a", false), ("b", false)], "a", false),
+            (
+                "three of four down in a zone",
+                &[
+                    ("a", false),
+                    ("a", false),
+                    ("a", false),
+                    ("a", true),
+                    ("b", true),
+                ],
+                "a",
+                false,
+            ),
+        ];
+        for (name, nodes, zone, want) in cases {
+            assert_eq!(
+                evictions_allowed(nodes.iter().copied(), zone),
+                want,
+                "{name}"
+            );
+        }
     }
 
     fn pod(tolerations: Value) -> Pod {

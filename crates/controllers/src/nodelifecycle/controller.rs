@@ -11,10 +11,11 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use switchyard_api::k8s::api::core::v1::{Node, NodeStatus, Pod, PodStatus};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::nodelifecycle::{
-    node_health, pod_eviction_time, pod_not_ready_conditions, NODE_LEASE_NAMESPACE,
+    evictions_allowed, node_health, pod_eviction_time, pod_not_ready_conditions, zone_of,
+    Readiness, NODE_LEASE_NAMESPACE,
 };
 use crate::runtime::{is_stale, object_reference, Change, Context, Controller, WorkQueue};
 use crate::scheduler::ready_status;
@@ -145,6 +146,19 @@ impl NodeLifecycleController {
             .filter(|p| node_of(p) == Some(name))
             .collect();
         let fallback_start = verdict.not_ready_since.unwrap_or(now);
+        // This node's readiness as just decided; the others' as cached.
+        let all_nodes = self.ctx.informers.nodes.list();
+        let may_evict = evictions_allowed(
+            all_nodes.iter().map(|n| {
+                let ready = if n.metadata.name.as_deref() == Some(name) {
+                    verdict.readiness == Readiness::Ready
+                } else {
+                    ready_status(n) == Some("True")
+                };
+                (zone_of(n), ready)
+            }),
+            zone_of(&node),
+        );
         for pod in pods {
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
             let namespace = pod.metadata.namespace.clone().unwrap_or_default();
@@ -158,7 +172,11 @@ impl NodeLifecycleController {
                 fallback_start,
                 signed(config.pod_eviction_timeout),
             ) {
-                if at <= now {
+                if at > now {
+                    next = next.min(at);
+                } else if !may_evict {
+                    debug!(pod = %format!("{namespace}/{pod_name}"), "eviction due but paused: zone disrupted");
+                } else {
                     info!(pod = %format!("{namespace}/{pod_name}"), "evicting");
                     self.ctx.events.normal(
                         &object_reference(pod.as_ref()),
@@ -179,7 +197,6 @@ impl NodeLifecycleController {
                     }
                     continue;
                 }
-                next = next.min(at);
             }
             if verdict.marks_pods_not_ready() {
                 if let Some(conditions) = pod_not_ready_conditions(&pod, now) {
