@@ -18,6 +18,7 @@ use crate::nodelifecycle::{
     Readiness, NODE_LEASE_NAMESPACE,
 };
 use crate::runtime::{is_stale, object_reference, Change, Context, Controller, WorkQueue};
+use crate::scheduler::controller::PodsByNode;
 use crate::scheduler::ready_status;
 use crate::signed;
 
@@ -28,6 +29,7 @@ pub const EVENT_TAINT_MANAGER_EVICTION: &str = "TaintManagerEviction";
 pub struct NodeLifecycleController {
     ctx: Context,
     queue: WorkQueue<String>,
+    pods: PodsByNode,
 }
 
 fn until(now: Timestamp, then: Timestamp) -> Duration {
@@ -47,6 +49,7 @@ impl NodeLifecycleController {
         let this = Arc::new(Self {
             ctx: ctx.clone(),
             queue: WorkQueue::new(),
+            pods: PodsByNode::watch(&ctx.informers.pods),
         });
         let queue = this.queue.clone();
         ctx.informers.nodes.on_change(move |change| match change {
@@ -138,12 +141,10 @@ impl NodeLifecycleController {
             );
         }
         let pods: Vec<_> = self
-            .ctx
-            .informers
             .pods
-            .list()
-            .into_iter()
-            .filter(|p| node_of(p) == Some(name))
+            .pods_on(name)
+            .iter()
+            .filter_map(|k| self.ctx.informers.pods.get_key(k))
             .collect();
         let fallback_start = verdict.not_ready_since.unwrap_or(now);
         // This node's readiness as just decided; the others' as cached.

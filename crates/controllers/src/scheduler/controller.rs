@@ -6,8 +6,10 @@
 //! Like kube-scheduler it *assumes* a Pod on its node before the binding is written, so Pods
 //! scheduled in quick succession spread even though the Pod cache has not seen the bindings yet;
 //! an assumption is dropped once the cache shows the Pod bound or gone, or when the binding fails.
+//! Node loads come from [`PodsByNode`], an index kept by a Pod handler, so a decision costs a
+//! pass over the Nodes, not over every Pod.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,16 +18,84 @@ use switchyard_api::k8s::api::core::v1::{Node, Pod, PodStatus};
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::runtime::{
-    is_stale, object_reference, Change, Context, Controller, ObjectKey, WorkQueue,
+    is_stale, object_reference, Change, Context, Controller, Informer, ObjectKey, WorkQueue,
 };
 use crate::scheduler::{
-    binding, pod_counts, responsible_for, schedule, unschedulable_conditions,
-    EVENT_FAILED_SCHEDULING, EVENT_SCHEDULED,
+    binding, is_terminated, ready_status, responsible_for, schedule, unschedulable_conditions,
+    Unschedulable, EVENT_FAILED_SCHEDULING, EVENT_SCHEDULED,
 };
 
 /// How often a Pod that fits nowhere is tried again when no Node changes (kube-scheduler moves
 /// unschedulable Pods back to the active queue after at most 5 minutes; we are more eager).
 pub const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(15);
+
+/// The node a Pod occupies: bound and not terminated (what the spread counts).
+fn occupied_node(pod: &Pod) -> Option<&str> {
+    if is_terminated(pod) {
+        return None;
+    }
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+/// The Pods occupying each node (bound, not terminated), kept up to date by a Pod handler.
+/// Cheap to clone.
+#[derive(Clone, Default)]
+pub struct PodsByNode {
+    inner: Arc<Mutex<HashMap<String, BTreeSet<ObjectKey>>>>,
+}
+
+impl PodsByNode {
+    /// An index fed by `pods`' changes; register before the informer starts.
+    pub fn watch(pods: &Informer<Pod>) -> Self {
+        let index = PodsByNode::default();
+        let this = index.clone();
+        pods.on_change(move |change| {
+            let mut map = this.lock();
+            if let Some(old) = change.old() {
+                if let Some(node) = occupied_node(old) {
+                    if let Some(set) = map.get_mut(node) {
+                        set.remove(&ObjectKey::of(old));
+                        if set.is_empty() {
+                            map.remove(node);
+                        }
+                    }
+                }
+            }
+            if !matches!(change, Change::Deleted(_)) {
+                let pod = change.object();
+                if let Some(node) = occupied_node(pod) {
+                    map.entry(node.to_string())
+                        .or_default()
+                        .insert(ObjectKey::of(pod));
+                }
+            }
+        });
+        index
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<ObjectKey>>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The Pods occupying `node`.
+    pub fn pods_on(&self, node: &str) -> Vec<ObjectKey> {
+        self.lock()
+            .get(node)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The number of Pods occupying each node.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        self.lock()
+            .iter()
+            .map(|(node, pods)| (node.clone(), pods.len()))
+            .collect()
+    }
+}
 
 /// Binds Pods to Nodes.
 pub struct SchedulerController {
@@ -33,6 +103,13 @@ pub struct SchedulerController {
     queue: WorkQueue<ObjectKey>,
     /// Pods bound (or being bound) by us that the Pod cache still shows unbound: Pod → Node.
     assumed: Mutex<BTreeMap<ObjectKey, String>>,
+    load: PodsByNode,
+    /// Pods found unschedulable, tried again when a Node changes.
+    waiting: Arc<Mutex<BTreeSet<ObjectKey>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl SchedulerController {
@@ -42,31 +119,29 @@ impl SchedulerController {
             ctx: ctx.clone(),
             queue: WorkQueue::new(),
             assumed: Mutex::new(BTreeMap::new()),
+            load: PodsByNode::watch(&ctx.informers.pods),
+            waiting: Arc::new(Mutex::new(BTreeSet::new())),
         });
-        let queue = this.queue.clone();
-        ctx.informers.pods.on_change(move |change| match change {
-            Change::Added(pod) | Change::Updated { new: pod, .. } => {
-                if responsible_for(pod) {
-                    queue.add(ObjectKey::of(pod));
-                }
+        let (queue, waiting) = (this.queue.clone(), this.waiting.clone());
+        ctx.informers.pods.on_change(move |change| {
+            let pod = change.object();
+            if !matches!(change, Change::Deleted(_)) && responsible_for(pod) {
+                queue.add(ObjectKey::of(pod));
+            } else {
+                locked(&waiting).remove(&ObjectKey::of(pod));
             }
-            Change::Deleted(_) => {}
         });
-        // Any Node change may make a waiting Pod fit: requeue every unbound Pod.
-        let queue = this.queue.clone();
-        let pods = ctx.informers.pods.clone();
+        // A Node added or changed may make a waiting Pod fit.
+        let (queue, waiting) = (this.queue.clone(), this.waiting.clone());
         ctx.informers.nodes.on_change(move |change| {
-            if let Change::Updated { old, new } = &change {
-                if !scheduling_relevant_change(old, new) {
-                    return;
-                }
-            }
-            if let Change::Deleted(_) = change {
-                return;
-            }
-            for pod in pods.list() {
-                if responsible_for(&pod) {
-                    queue.add(ObjectKey::of(pod.as_ref()));
+            let relevant = match &change {
+                Change::Added(_) => true,
+                Change::Updated { old, new } => scheduling_relevant_change(old, new),
+                Change::Deleted(_) => false,
+            };
+            if relevant {
+                for key in locked(&waiting).iter() {
+                    queue.add(key.clone());
                 }
             }
         });
@@ -79,22 +154,17 @@ impl SchedulerController {
 
     /// Picks a node for the Pod and assumes it there, under the lock so that two workers do not
     /// both count a node as the emptiest.
-    fn decide(
-        &self,
-        key: &ObjectKey,
-        pod: &Pod,
-    ) -> Result<String, crate::scheduler::Unschedulable> {
+    fn decide(&self, key: &ObjectKey, pod: &Pod) -> Result<String, Unschedulable> {
         let mut assumed = self.assumed_lock();
-        let pods = self.ctx.informers.pods.list();
         // Forget assumptions the cache has caught up with.
         assumed.retain(|k, _| {
             self.ctx
                 .informers
                 .pods
-                .get(&k.namespace, &k.name)
+                .get_key(k)
                 .is_some_and(|p| responsible_for(&p))
         });
-        let mut counts = pod_counts(pods.iter().map(|p| p.as_ref()));
+        let mut counts = self.load.counts();
         for node in assumed.values() {
             *counts.entry(node.clone()).or_insert(0) += 1;
         }
@@ -111,7 +181,7 @@ impl SchedulerController {
 fn scheduling_relevant_change(old: &Node, new: &Node) -> bool {
     old.metadata.labels != new.metadata.labels
         || old.spec != new.spec
-        || crate::scheduler::ready_status(old) != crate::scheduler::ready_status(new)
+        || ready_status(old) != ready_status(new)
 }
 
 #[async_trait::async_trait]
@@ -137,21 +207,23 @@ impl Controller for SchedulerController {
     async fn sync(&self, key: ObjectKey) -> anyhow::Result<()> {
         let span = info_span!("schedule", pod = %key);
         async {
-            let Some(pod) = self.ctx.informers.pods.get(&key.namespace, &key.name) else {
+            let pod = self.ctx.informers.pods.get_key(&key);
+            let Some(pod) = pod.filter(|p| responsible_for(p)) else {
+                // Bound, finished or gone.
                 self.assumed_lock().remove(&key);
+                locked(&self.waiting).remove(&key);
                 return Ok(());
             };
-            if !responsible_for(&pod) {
-                self.assumed_lock().remove(&key);
-                return Ok(());
-            }
             if self.assumed_lock().contains_key(&key) {
                 debug!("already bound; waiting for the cache");
                 return Ok(());
             }
             let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &key.namespace);
+            // Waiting from before the decision, so a Node that appears meanwhile retries it.
+            locked(&self.waiting).insert(key.clone());
             match self.decide(&key, &pod) {
                 Ok(node) => {
+                    locked(&self.waiting).remove(&key);
                     let result = api
                         .create_subresource::<_, serde_json::Value>(
                             "binding",
