@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -203,6 +204,28 @@ async fn pod_cidr(client: &kube::Client, node: &str) -> Option<(String, Vec<Stri
     Some((spec.pod_cidr?, spec.pod_cidrs?))
 }
 
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The ready addresses of a Service's EndpointSlices.
+async fn ready_endpoints(client: &kube::Client, service: &str) -> BTreeSet<String> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let Ok(slices) = api
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+    else {
+        return BTreeSet::new();
+    };
+    slices
+        .items
+        .into_iter()
+        .flat_map(|s| s.endpoints)
+        .filter(|ep| ep.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .flat_map(|ep| ep.addresses)
+        .collect()
+}
+
 async fn events(client: &kube::Client, ns: &str, object: &str, reason: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     api.list(&ListParams::default())
@@ -248,6 +271,39 @@ async fn nodes_get_distinct_pod_cidrs_and_a_deleted_nodes_cidr_goes_to_a_waiting
     nodes.delete("node-a", &DeleteParams::default()).await?;
     let c = wait_for(WAIT, "node-c's pod CIDR", || pod_cidr(&client, "node-c")).await?;
     assert_eq!(c.0, a.0, "node-c gets the CIDR node-a released");
+    Ok(())
+}
+
+#[tokio::test]
+async fn restarted_controllers_restore_allocations_and_never_hand_out_a_held_cidr() -> Result<()> {
+    let store: switchyard_store::SharedStore = Arc::new(MemoryStore::new());
+    let start = |store: switchyard_store::SharedStore| {
+        InProcessServer::start_with_controllers(
+            store,
+            |_| {},
+            |c| {
+                c.leader_elect = false;
+                c.cluster_cidr = "10.244.0.0/23".to_string();
+            },
+        )
+    };
+    let first = start(store.clone()).await?;
+    let client = first.client().await?;
+    let _z = start_node(&client, "node-z", json!({}), false).await?;
+    let z = wait_for(WAIT, "node-z's pod CIDR", || pod_cidr(&client, "node-z")).await?;
+    assert_eq!(z.0, "10.244.0.0/24");
+    drop(first);
+
+    // node-b registers while no controller runs, so the restarted one lists both nodes at once
+    // and, in name order, reaches node-b first: a fresh allocator would hand it 10.244.0.0/24.
+    let bare = InProcessServer::start_with(store.clone(), |_| {}).await?;
+    let _b = start_node(&bare.client().await?, "node-b", json!({}), false).await?;
+    drop(bare);
+    let second = start(store).await?;
+    let client = second.client().await?;
+    let b = wait_for(WAIT, "node-b's pod CIDR", || pod_cidr(&client, "node-b")).await?;
+    assert_eq!(b.0, "10.244.1.0/24");
+    assert_eq!(pod_cidr(&client, "node-z").await, Some(z));
     Ok(())
 }
 
@@ -340,6 +396,18 @@ async fn node_whose_lease_stops_becomes_unknown_and_its_pods_are_evicted() -> Re
     }
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    });
+    services
+        .create(&PostParams::default(), &serde_json::from_value(service)?)
+        .await?;
+    wait_for(WAIT, "both pods ready in the EndpointSlices", || async {
+        (ready_endpoints(&client, "web").await == set(&["10.244.0.5", "10.244.1.5"])).then_some(())
+    })
+    .await?;
 
     dying.stop();
     let stopped = std::time::Instant::now();
@@ -383,6 +451,10 @@ async fn node_whose_lease_stops_becomes_unknown_and_its_pods_are_evicted() -> Re
     wait_for(WAIT, "pod a marked not ready", || async {
         let pod = pods.get_opt("a").await.ok().flatten()?;
         condition(&pod, "Ready").filter(|c| c.0 == "False")
+    })
+    .await?;
+    wait_for(WAIT, "pod a's endpoint no longer ready", || async {
+        (ready_endpoints(&client, "web").await == set(&["10.244.1.5"])).then_some(())
     })
     .await?;
 
