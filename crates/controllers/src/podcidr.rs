@@ -242,6 +242,11 @@ impl CidrAllocator {
             .map(|v| v.iter().map(|(_, n)| *n).collect())
     }
 
+    /// The nodes holding subnets.
+    pub fn nodes(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
     /// Registers the pod CIDRs `node` already holds (`occupyCIDRs`). All or nothing: on error
     /// nothing is recorded. Restoring what is already recorded for the node is a no-op; other
     /// CIDRs replace the node's previous record.
@@ -372,6 +377,7 @@ mod tests {
         // Asking again for a node returns what it holds.
         assert_eq!(a.allocate("n2").unwrap(), vec![net("10.244.1.0/24")]);
         assert_eq!(a.cidrs("n3"), Some(vec![net("10.244.2.0/24")]));
+        assert_eq!(a.nodes(), vec!["n1", "n2", "n3"]);
     }
 
     #[test]

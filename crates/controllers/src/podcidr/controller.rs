@@ -2,8 +2,12 @@
 //! [`crate::podcidr::CidrAllocator`]. Before handing anything out it restores what every cached
 //! Node already holds, so one subnet never goes to two nodes across restarts or leader changes;
 //! a deleted Node's subnets are released (and Nodes still waiting for one are tried again).
-//! When the range is full the Node gets a `CIDRNotAvailable` Event and is tried again later.
+//! When the range is full the Node gets a `CIDRNotAvailable` Event and is tried again later. The
+//! allocator catches up with the Node cache again whenever leadership starts (and at each
+//! resync), since another instance may have allocated while this one stood by.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +30,9 @@ pub struct NodeIpamController {
     queue: WorkQueue<String>,
     /// Built (and restored from the Node cache) at the first sync.
     allocator: Mutex<Option<CidrAllocator>>,
+    /// Set when leadership starts (and at each resync): the allocator must catch up with the
+    /// Node cache before its next decision, since another leader may have allocated meanwhile.
+    restore_pending: AtomicBool,
 }
 
 impl NodeIpamController {
@@ -35,6 +42,7 @@ impl NodeIpamController {
             ctx: ctx.clone(),
             queue: WorkQueue::new(),
             allocator: Mutex::new(None),
+            restore_pending: AtomicBool::new(true),
         });
         let queue = this.queue.clone();
         let nodes = ctx.informers.nodes.clone();
@@ -65,29 +73,44 @@ impl NodeIpamController {
         self.allocator.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The allocator, built and restored from every cached Node on first use.
+    /// The allocator, built on first use and brought in line with the Node cache whenever a
+    /// restore is pending: every cached Node's CIDRs are registered (so nothing held is handed
+    /// out again) and Nodes no longer cached are released. Allocations whose write has not
+    /// reached the cache yet stay, as their Nodes are still cached.
     fn with_allocator<T>(&self, f: impl FnOnce(&mut CidrAllocator) -> T) -> Result<T, CidrError> {
         let mut guard = self.lock();
         if guard.is_none() {
             let config = &self.ctx.config;
-            let mut allocator = CidrAllocator::new(
+            *guard = Some(CidrAllocator::new(
                 &config.cluster_cidr,
                 config.node_cidr_mask_size,
                 DEFAULT_NODE_CIDR_MASK_SIZE_IPV6,
-            )?;
-            for node in self.ctx.informers.nodes.list() {
-                let name = node.metadata.name.clone().unwrap_or_default();
-                let cidrs = node_pod_cidrs(&node);
+            )?);
+            self.restore_pending.store(true, Ordering::Release);
+        }
+        let allocator = guard.as_mut().expect("built above");
+        if self.restore_pending.swap(false, Ordering::AcqRel) {
+            let nodes = self.ctx.informers.nodes.list();
+            let cached: HashSet<&str> = nodes
+                .iter()
+                .filter_map(|n| n.metadata.name.as_deref())
+                .collect();
+            for gone in allocator.nodes() {
+                if !cached.contains(gone.as_str()) {
+                    allocator.release(&gone);
+                }
+            }
+            for node in &nodes {
+                let name = node.metadata.name.as_deref().unwrap_or_default();
+                let cidrs = node_pod_cidrs(node);
                 if cidrs.is_empty() {
                     continue;
                 }
-                if let Err(e) = allocator.restore(&name, &cidrs) {
+                if let Err(e) = allocator.restore(name, &cidrs) {
                     warn!(node = %name, error = %e, "cannot restore pod CIDR");
                 }
             }
-            *guard = Some(allocator);
         }
-        let allocator = guard.as_mut().expect("built above");
         Ok(f(allocator))
     }
 
@@ -154,6 +177,7 @@ impl Controller for NodeIpamController {
     }
 
     fn all_keys(&self) -> Vec<String> {
+        self.restore_pending.store(true, Ordering::Release);
         self.ctx
             .informers
             .nodes
