@@ -25,6 +25,10 @@ use crate::signed;
 /// Reason of the Event recorded on a Pod deleted because its node failed (the taint manager's).
 pub const EVENT_TAINT_MANAGER_EVICTION: &str = "TaintManagerEviction";
 
+/// Reason of the Event recorded on a Node the controller found not posting status
+/// (`nodeutil.RecordNodeStatusChange`).
+pub const EVENT_NODE_NOT_READY: &str = "NodeNotReady";
+
 /// Watches node heartbeats; taints, marks and evicts.
 pub struct NodeLifecycleController {
     ctx: Context,
@@ -110,8 +114,8 @@ impl NodeLifecycleController {
                 .await?;
             self.ctx.events.normal(
                 &object_reference(&current),
-                "NodeNotReady",
-                format!("Node {name} status is now: NodeNotReady"),
+                EVENT_NODE_NOT_READY,
+                format!("Node {name} status is now: {EVENT_NODE_NOT_READY}"),
             );
         }
         if let Some(taints) = verdict.taints.clone() {

@@ -282,3 +282,55 @@ impl Controller for SchedulerController {
         .await
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test fixtures are built by hand; a panic is a failed test.
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(v: serde_json::Value) -> Node {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn only_label_spec_and_readiness_changes_wake_waiting_pods() {
+        let base = json!({
+            "metadata": {"name": "n", "labels": {"a": "1"}},
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True",
+                                        "lastHeartbeatTime": "2026-11-22T03:00:00Z"}]}
+        });
+        let old = node(base.clone());
+        let mut heartbeat = base.clone();
+        heartbeat["status"]["conditions"][0]["lastHeartbeatTime"] = json!("2026-11-22T03:00:10Z");
+        let mut relabelled = base.clone();
+        relabelled["metadata"]["labels"]["disk"] = json!("ssd");
+        let mut cordoned = base.clone();
+        cordoned["spec"]["unschedulable"] = json!(true);
+        let mut not_ready = base;
+        not_ready["status"]["conditions"][0]["status"] = json!("False");
+        assert!(!scheduling_relevant_change(&old, &node(heartbeat)));
+        assert!(scheduling_relevant_change(&old, &node(relabelled)));
+        assert!(scheduling_relevant_change(&old, &node(cordoned)));
+        assert!(scheduling_relevant_change(&old, &node(not_ready)));
+    }
+
+    #[test]
+    fn a_pod_occupies_its_node_until_it_terminates() {
+        let pod = |v: serde_json::Value| -> Pod { serde_json::from_value(v).unwrap() };
+        assert_eq!(
+            occupied_node(&pod(json!({"spec": {"nodeName": "n", "containers": []}}))),
+            Some("n")
+        );
+        assert_eq!(
+            occupied_node(&pod(json!({"spec": {"nodeName": "n", "containers": []},
+                                      "status": {"phase": "Succeeded"}}))),
+            None
+        );
+        assert_eq!(
+            occupied_node(&pod(json!({"spec": {"nodeName": "", "containers": []}}))),
+            None
+        );
+    }
+}
