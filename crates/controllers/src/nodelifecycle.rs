@@ -19,7 +19,7 @@
 //!   and everywhere when every zone is entirely down (then the fault is more likely the control
 //!   plane's view than the nodes).
 //!
-//! Nothing here does IO.
+//! Nothing here does IO; the loop that applies the verdicts is [`controller`].
 
 pub mod controller;
 

@@ -9,8 +9,8 @@
 //!
 //! As in `cidr_set.go` the search for a free subnet continues after the last one handed out and
 //! wraps around, so a released subnet (whose routes may still linger on other nodes) is reused
-//! last. Nothing here does IO; the loop writes the node and a `CIDRNotAvailable` Event when the
-//! range is full.
+//! last. Nothing here does IO; the loop ([`controller`]) writes the node, and a
+//! `CIDRNotAvailable` Event when the range is full.
 
 pub mod controller;
 

@@ -12,8 +12,8 @@
 //! node affinity/selector, 2 node(s) had untolerated taint {node.kubernetes.io/not-ready: }.".
 //! Each node reports only its first failing filter, in the default profile's filter order.
 //!
-//! Nothing here does IO; the loop binds through `pods/binding` and writes the `PodScheduled`
-//! condition through `pods/status`.
+//! Nothing here does IO; the loop ([`controller`]) binds through `pods/binding` and writes the
+//! `PodScheduled` condition through `pods/status`.
 
 pub mod controller;
 
