@@ -10,8 +10,11 @@ pub mod endpointslice;
 pub mod lbipam;
 pub mod leaderelection;
 pub mod manager;
+pub mod nodelifecycle;
+pub mod podcidr;
 pub mod pods;
 pub mod runtime;
+pub mod scheduler;
 
 pub use manager::ControllerManager;
 
