@@ -308,9 +308,16 @@ pub fn tls_acceptor(pki: &crate::pki::Pki) -> anyhow::Result<TlsAcceptor> {
 }
 
 /// Accept connections until the task is dropped.
+/// Accepts and serves connections until the task is aborted; the connections live in this
+/// task's set, so stopping the server closes them too (a stopped server serves nobody).
 pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, front: Arc<Front>) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = connections.join_next() => continue,
+        };
+        let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -321,7 +328,7 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, front: Ar
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let front = front.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,

@@ -209,6 +209,7 @@ async fn run(services: usize, pods: usize, samples: usize) -> Result<Figures> {
     let rss_before = rss_mib();
 
     let client = server.client().await?;
+    let controller_client = server.controller_manager_client().await?;
     let config = switchyard_controllers::Config {
         leader_elect: false,
         resync_period: Duration::from_secs(3600),
@@ -216,7 +217,7 @@ async fn run(services: usize, pods: usize, samples: usize) -> Result<Figures> {
     };
     let cpu0 = cpu_time();
     let started = Instant::now();
-    let manager = ControllerManager::start(client.clone(), config)?;
+    let manager = ControllerManager::start(controller_client, config)?;
     let slices = manager.context().informers.endpoint_slices.clone();
     wait_for(Duration::from_secs(900), "initial sync", || async {
         // One slice per service, plus default/kubernetes.

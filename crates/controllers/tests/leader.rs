@@ -157,3 +157,30 @@ async fn holder_of(client: &kube::Client, name: &str) -> Option<String> {
     let api: Api<Lease> = Api::namespaced(client.clone(), "default");
     api.get_opt(name).await.ok()??.spec?.holder_identity
 }
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_before_its_lease_expires() -> Result<()> {
+    let server = InProcessServer::start().await?;
+    let client = server.client().await?;
+    let lease = Duration::from_secs(3);
+    let elector = LeaderElector::with_timings(
+        "lonely",
+        jiff::SignedDuration::try_from(lease)?,
+        jiff::SignedDuration::from_secs(2),
+        jiff::SignedDuration::from_millis(300),
+    )?;
+    let mut election = LeaderElection::new(client, "default", "cut-off", elector).spawn();
+    tokio::time::timeout(Duration::from_secs(5), election.wait_leading()).await?;
+    // The API server goes away: no renewal can succeed any more.
+    let cut = Instant::now();
+    drop(server);
+    tokio::time::timeout(Duration::from_secs(10), election.wait_not_leading()).await?;
+    let stopped_after = cut.elapsed();
+    // It stops acting by the renew deadline (plus a retry period), before anyone else could
+    // take the lease over.
+    assert!(
+        stopped_after < lease,
+        "still leading {stopped_after:?} after the cut"
+    );
+    Ok(())
+}

@@ -61,3 +61,50 @@ fn bad_ranges_exit_64_with_a_message_naming_the_flag() {
         assert!(stderr.contains(flag), "{flag}: {stderr}");
     }
 }
+
+#[test]
+fn bad_controller_settings_exit_64_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (args, expected) in [
+        (
+            &["--leader-elect-renew-deadline", "20s"][..],
+            "leaseDuration must be greater than renewDeadline",
+        ),
+        (
+            &["--leader-elect-retry-period", "9s"][..],
+            "renewDeadline must be greater than retryPeriod",
+        ),
+        (&["--node-cidr-mask-size", "8"][..], "--node-cidr-mask-size"),
+        (
+            &["--node-monitor-grace-period", "forty"][..],
+            "invalid duration",
+        ),
+    ] {
+        let out = server(dir.path(), args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            matches!(out.status.code(), Some(64) | Some(2)),
+            "{args:?}: {:?}",
+            out.status
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // Nothing was written for a refused configuration.
+    assert!(!dir.path().join("admin.kubeconfig").exists());
+}
+
+#[test]
+fn the_controller_manager_needs_a_readable_kubeconfig() {
+    let out = Command::new(binary())
+        .args([
+            "controller-manager",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/kubeconfig"), "{stderr}");
+}
