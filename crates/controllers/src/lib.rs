@@ -5,6 +5,8 @@
 //! Being built (issue 3): the pure cores come first; the loops that run them inside
 //! `switchyard server` follow.
 
+pub mod controller_ref;
 pub mod endpointslice;
 pub mod lbipam;
 pub mod leaderelection;
+pub mod replicaset;
