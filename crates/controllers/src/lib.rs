@@ -6,6 +6,7 @@
 //! `switchyard server` follow.
 
 pub mod controller_ref;
+pub mod deployment;
 pub mod endpointslice;
 pub mod lbipam;
 pub mod leaderelection;
