@@ -8,6 +8,7 @@
 pub mod controller_ref;
 pub mod deployment;
 pub mod endpointslice;
+pub mod gc;
 pub mod lbipam;
 pub mod leaderelection;
 pub mod replicaset;
