@@ -259,6 +259,9 @@ pub async fn handle(
             "a namespaced object needs a namespace",
         ));
     }
+    if rr.subresource.as_deref() == Some("binding") && r.kind == "Pod" && r.group.is_empty() {
+        return bind(registry, ns, rr.name.as_deref(), req, format).await;
+    }
     let sub = subresource(r, rr.subresource.as_deref())?;
     let watching = rr.watch_path || truthy(q, "watch");
     match (req.method.clone(), rr.name.as_deref()) {
@@ -477,6 +480,31 @@ fn plain(f: Format) -> Format {
     } else {
         f
     }
+}
+
+/// `POST /api/v1/namespaces/NS/pods/NAME/binding`.
+async fn bind(
+    registry: &Arc<Registry>,
+    ns: Option<&str>,
+    name: Option<&str>,
+    req: RequestParts<'_>,
+    format: Format,
+) -> Result<Reply, StatusError> {
+    let (Some(ns), Some(name)) = (ns, name) else {
+        return Err(StatusError::no_route("pods/binding"));
+    };
+    if req.method != Method::POST {
+        return Err(StatusError::method_not_allowed(req.method.as_str()));
+    }
+    let body = codec::decode_body(req.content_type, req.body)?;
+    let ctx = write_ctx(req.query, req.user_agent, "unknown")?;
+    registry.bind(ns, name, &body, &ctx).await?;
+    Ok(Reply::Object {
+        code: StatusCode::CREATED,
+        body: json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        format: plain(format),
+        warnings: Vec::new(),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

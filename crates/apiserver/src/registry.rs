@@ -611,6 +611,124 @@ impl Registry {
         })
     }
 
+    /// `POST pods/NAME/binding`: assigns a pending Pod to a node, the one way `spec.nodeName`
+    /// changes after creation (BindingREST in pkg/registry/core/pod/storage). The Pod gets the
+    /// node, the Binding's annotations and condition PodScheduled=True.
+    pub async fn bind(
+        &self,
+        ns: &str,
+        name: &str,
+        binding: &Value,
+        ctx: &WriteCtx,
+    ) -> Result<(), StatusError> {
+        let r = switchyard_api::resources::find("", "v1", "pods")
+            .ok_or_else(|| StatusError::internal("pods"))?;
+        if let Some(n) = binding.pointer("/metadata/name").and_then(Value::as_str) {
+            if !n.is_empty() && n != name {
+                return Err(StatusError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let target_kind = binding
+            .pointer("/target/kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut errs = Vec::new();
+        if node.is_empty() {
+            errs.push(FieldError::required("target.name", ""));
+        }
+        if !target_kind.is_empty() && target_kind != "Node" {
+            errs.push(FieldError::not_supported(
+                "target.kind",
+                target_kind,
+                &["Node", "<empty>"],
+            ));
+        }
+        if !errs.is_empty() {
+            return Err(StatusError::invalid("", "Binding", name, &errs));
+        }
+        let key = r.key(Some(ns), name);
+        let Some((old, rev)) = self.read(&key).await? else {
+            return Err(StatusError::not_found(r.group, r.plural, name));
+        };
+        if let Some(uid) = binding.pointer("/metadata/uid").and_then(Value::as_str) {
+            let current = old.pointer("/metadata/uid").and_then(Value::as_str);
+            if !uid.is_empty() && Some(uid) != current {
+                return Err(StatusError::conflict(
+                    r.group,
+                    r.plural,
+                    name,
+                    "the UID in the precondition does not match the UID in the object",
+                ));
+            }
+        }
+        if object::is_deleting(&old) {
+            return Err(StatusError::conflict(
+                r.group,
+                r.plural,
+                name,
+                &format!("pod {name} is being deleted, cannot be assigned to a host"),
+            ));
+        }
+        let assigned = old
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !assigned.is_empty() {
+            return Err(StatusError::conflict(
+                r.group,
+                r.plural,
+                name,
+                &format!("pod {name} is already assigned to node \"{assigned}\""),
+            ));
+        }
+        let mut new = old.clone();
+        new["spec"]["nodeName"] = Value::String(node.to_string());
+        if let Some(annotations) = binding
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object)
+        {
+            let meta = object::metadata_mut(&mut new);
+            let target = meta
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(target) = target.as_object_mut() {
+                for (k, v) in annotations {
+                    target.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let condition = serde_json::json!({
+            "type": "PodScheduled",
+            "status": "True",
+            "lastProbeTime": null,
+            "lastTransitionTime": rfc3339(ctx.now),
+        });
+        let status = new
+            .as_object_mut()
+            .ok_or_else(|| StatusError::internal("pod is not an object"))?
+            .entry("status")
+            .or_insert_with(|| serde_json::json!({}));
+        if !status.is_object() {
+            *status = serde_json::json!({});
+        }
+        let conditions = status.as_object_mut().map(|s| {
+            s.entry("conditions")
+                .or_insert_with(|| serde_json::json!([]))
+        });
+        if let Some(Value::Array(list)) = conditions {
+            list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+            list.push(condition);
+        }
+        self.commit(r, &key, new, Some((&old, rev)), ctx).await?;
+        Ok(())
+    }
+
     /// The common tail of update and patch: merge what the client may not change from the stored
     /// object, default, validate, and commit guarded by `rev`.
     #[allow(clippy::too_many_arguments)]

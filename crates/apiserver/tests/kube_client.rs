@@ -1098,3 +1098,77 @@ async fn a_load_balancer_with_local_traffic_policy_is_given_a_health_check_node_
         .expect("to Cluster");
     assert_eq!(hc(&back), None);
 }
+
+#[tokio::test]
+async fn binding_assigns_a_pending_pod_once() {
+    use k8s_openapi::api::core::v1::Pod;
+    let (_srv, client) = server().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "echo"}]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let binding = |node: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": "p"},
+            "target": {"kind": "Node", "name": node},
+        })
+    };
+    pods.create_subresource::<_, Status>(
+        "binding",
+        "p",
+        &PostParams::default(),
+        &binding("node-1"),
+    )
+    .await
+    .expect("bind");
+    let bound = pods.get("p").await.expect("get");
+    assert_eq!(
+        bound.spec.and_then(|s| s.node_name).as_deref(),
+        Some("node-1")
+    );
+    let scheduled = bound
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .map(|c| c.status);
+    assert_eq!(scheduled.as_deref(), Some("True"));
+
+    // A second binding conflicts; a binding without a target is invalid.
+    let err = pods
+        .create_subresource::<_, Status>("binding", "p", &PostParams::default(), &binding("node-2"))
+        .await
+        .expect_err("rebinding");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        "{err:?}"
+    );
+    let err = pods
+        .create_subresource::<_, Status>("binding", "p", &PostParams::default(), &binding(""))
+        .await
+        .expect_err("empty target");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.message.contains("target.name")),
+        "{err:?}"
+    );
+    // spec.nodeName stays immutable through ordinary updates.
+    let err = pods
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nodeName": "node-3"}})),
+        )
+        .await
+        .expect_err("nodeName update");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422),
+        "{err:?}"
+    );
+}

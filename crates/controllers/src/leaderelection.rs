@@ -16,8 +16,8 @@
 //! which is exact when all candidates share a clock (one host, or well-synchronised nodes).
 
 use jiff::{SignedDuration, Timestamp};
-use switchyard_api::k8s::api::coordination::v1::LeaseSpec;
-use switchyard_api::k8s::apimachinery::pkg::apis::meta::v1::MicroTime;
+use switchyard_api::k8s::api::coordination::v1::{Lease, LeaseSpec};
+use switchyard_api::k8s::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 
 /// Kubernetes' default lease duration (`--leader-elect-lease-duration`).
 pub const DEFAULT_LEASE_DURATION: SignedDuration = SignedDuration::from_secs(15);
@@ -285,6 +285,192 @@ fn plus(t: Timestamp, d: SignedDuration) -> Timestamp {
 /// renewTime read back compares equal to the one written.
 fn micro(now: Timestamp) -> Timestamp {
     Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop over the API: the library API for controllers and applications
+// ---------------------------------------------------------------------------------------------
+
+/// Leader election over the Lease `namespace/name` through the API: runs a [`LeaderElector`]
+/// every retry period, and tells whether this candidate leads now through a watch channel.
+///
+/// Applications use it to have one replica serve at a time:
+///
+/// ```no_run
+/// # async fn example(client: kube::Client) -> anyhow::Result<()> {
+/// use switchyard_controllers::leaderelection::{LeaderElection, LeaderElector};
+/// let elector = LeaderElector::new("replica-a")?;
+/// let mut election = LeaderElection::new(client, "default", "my-app", elector).spawn();
+/// loop {
+///     election.wait_leading().await;
+///     // ... serve; stop as soon as `election.is_leading()` turns false.
+///     election.wait_not_leading().await;
+/// }
+/// # }
+/// ```
+pub struct LeaderElection {
+    api: kube::Api<Lease>,
+    name: String,
+    elector: LeaderElector,
+}
+
+/// A running election; dropping it stops campaigning (the Lease then expires, or is released
+/// early with [`ElectionHandle::release`]).
+pub struct ElectionHandle {
+    leading: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+    api: kube::Api<Lease>,
+    name: String,
+    identity: String,
+}
+
+impl LeaderElection {
+    pub fn new(client: kube::Client, namespace: &str, name: &str, elector: LeaderElector) -> Self {
+        LeaderElection {
+            api: kube::Api::namespaced(client, namespace),
+            name: name.to_string(),
+            elector,
+        }
+    }
+
+    /// Starts campaigning on a background task.
+    pub fn spawn(self) -> ElectionHandle {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let api = self.api.clone();
+        let name = self.name.clone();
+        let identity = self.elector.identity().to_string();
+        let task = tokio::spawn(self.run(tx));
+        ElectionHandle {
+            leading: rx,
+            task,
+            api,
+            name,
+            identity,
+        }
+    }
+
+    async fn run(mut self, leading: tokio::sync::watch::Sender<bool>) {
+        let retry = self.elector.retry_period().unsigned_abs();
+        let mut tick = tokio::time::interval(retry);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // A round that hangs (an unreachable server) must not keep us leading: it is cut
+            // at one retry period, and leadership is re-judged on the clock after every round.
+            if tokio::time::timeout(retry, self.round()).await.is_err() {
+                tracing::debug!(lease = %self.name, "leader election round timed out");
+            }
+            let now = Timestamp::now();
+            let is_leader = self.elector.is_leader(now);
+            leading.send_if_modified(|l| {
+                if *l != is_leader {
+                    tracing::info!(
+                        lease = %self.name,
+                        identity = %self.elector.identity(),
+                        leading = is_leader,
+                        "{}",
+                        if is_leader { "became leader" } else { "stopped leading" }
+                    );
+                    *l = is_leader;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
+    async fn round(&mut self) {
+        let observed = match self.api.get_opt(&self.name).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(lease = %self.name, error = %e, "reading the leader lease failed");
+                return;
+            }
+        };
+        let decision = self.elector.step(
+            Timestamp::now(),
+            observed.as_ref().and_then(|l| l.spec.as_ref()),
+        );
+        let spec = match decision {
+            Decision::Acquire(spec) | Decision::Renew(spec) => spec,
+            Decision::Wait { .. } | Decision::StepDown => return,
+        };
+        let result = match observed {
+            Some(mut lease) => {
+                lease.spec = Some(spec.clone());
+                lease.metadata.managed_fields = None;
+                self.api
+                    .replace(&self.name, &Default::default(), &lease)
+                    .await
+            }
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(spec.clone()),
+                };
+                self.api.create(&Default::default(), &lease).await
+            }
+        };
+        match result {
+            Ok(_) => self.elector.written(&spec),
+            Err(e) => {
+                tracing::debug!(lease = %self.name, error = %e, "writing the leader lease failed")
+            }
+        }
+    }
+}
+
+impl ElectionHandle {
+    /// Whether this candidate leads now.
+    pub fn is_leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// A receiver of leadership changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leading.clone()
+    }
+
+    /// Waits until this candidate leads.
+    pub async fn wait_leading(&mut self) {
+        let _ = self.leading.wait_for(|l| *l).await;
+    }
+
+    /// Waits until this candidate stops leading.
+    pub async fn wait_not_leading(&mut self) {
+        let _ = self.leading.wait_for(|l| !*l).await;
+    }
+
+    /// Stops campaigning and, if we hold the Lease, empties its holder so that another candidate
+    /// takes over at once instead of after the lease duration (client-go's ReleaseOnCancel).
+    pub async fn release(self) -> Result<(), kube::Error> {
+        self.task.abort();
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        spec.acquire_time = None;
+        lease.metadata.managed_fields = None;
+        self.api
+            .replace(&self.name, &Default::default(), &lease)
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Drop for ElectionHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod flags;
+
 #[derive(Parser)]
 #[command(
     name = "switchyard",
@@ -22,8 +24,72 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the API server (the kube-apiserver role) over the embedded store.
+    /// Run the API server (the kube-apiserver role) over the embedded store, with the
+    /// controllers (the kube-controller-manager role) under leader election.
     Server(ServerArgs),
+    /// Run only the controllers, against any API server (several may run; one leads).
+    ControllerManager(ControllerManagerArgs),
+}
+
+#[derive(clap::Args)]
+struct ControllerManagerArgs {
+    /// Kubeconfig of the API server to run against.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    controllers: ControllerArgs,
+    /// The pod network node pod CIDRs are carved from.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+}
+
+/// The controller manager's flags, named as kube-controller-manager's.
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// Run the controllers only while holding the leader Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// How long a leader's Lease stays valid without renewal.
+    #[arg(long, default_value = "15s", value_parser = flags::duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long a leader keeps acting without a successful renewal.
+    #[arg(long, default_value = "10s", value_parser = flags::duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often candidates try to acquire or renew the Lease.
+    #[arg(long, default_value = "2s", value_parser = flags::duration)]
+    leader_elect_retry_period: Duration,
+    /// A node whose heartbeat is older than this is marked not ready.
+    #[arg(long, default_value = "40s", value_parser = flags::duration)]
+    node_monitor_grace_period: Duration,
+    /// How often node heartbeats are checked.
+    #[arg(long, default_value = "5s", value_parser = flags::duration)]
+    node_monitor_period: Duration,
+    /// Pods of a node not ready for this long are deleted (and replaced elsewhere).
+    #[arg(long, default_value = "5m", value_parser = flags::duration)]
+    pod_eviction_timeout: Duration,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// Run no controllers (API server only).
+    #[arg(long)]
+    no_controllers: bool,
+}
+
+impl ControllerArgs {
+    fn config(&self, cluster_cidr: &str) -> switchyard_controllers::Config {
+        switchyard_controllers::Config {
+            leader_elect: self.leader_elect,
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+            node_monitor_grace_period: self.node_monitor_grace_period,
+            node_monitor_period: self.node_monitor_period,
+            pod_eviction_timeout: self.pod_eviction_timeout,
+            cluster_cidr: cluster_cidr.to_string(),
+            node_cidr_mask_size: self.node_cidr_mask_size,
+            ..switchyard_controllers::Config::default()
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -52,6 +118,8 @@ struct ServerArgs {
     /// Seconds between compactions of the store's history.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
+    #[command(flatten)]
+    controllers: ControllerArgs,
 }
 
 fn main() -> ExitCode {
@@ -72,10 +140,16 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Server(args) => runtime.block_on(server(args)),
+        Command::ControllerManager(args) => runtime.block_on(controller_manager(args)),
     }
 }
 
 async fn server(args: ServerArgs) -> ExitCode {
+    let controllers = args.controllers.config(&args.cluster_cidr);
+    if let Err(e) = controllers.validate() {
+        eprintln!("switchyard: {e}");
+        return ExitCode::from(64);
+    }
     let config = switchyard_apiserver::Config {
         data_dir: args.data_dir.clone(),
         bind_address: args.bind_address,
@@ -111,14 +185,70 @@ async fn server(args: ServerArgs) -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    let manager = if args.controllers.no_controllers {
+        None
+    } else {
+        let started = match kube_client(&running.kubeconfig).await {
+            Ok(client) => switchyard_controllers::ControllerManager::start(client, controllers),
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("switchyard: cannot start the controllers: {e:#}");
+                return ExitCode::from(70);
+            }
+        }
+    };
     eprintln!(
         "switchyard: API server at {}; try: kubectl --kubeconfig {} get svc",
         running.url(),
         running.kubeconfig.display()
     );
     wait_for_signal().await;
+    drop(manager);
     drop(running);
     ExitCode::SUCCESS
+}
+
+async fn controller_manager(args: ControllerManagerArgs) -> ExitCode {
+    let config = args.controllers.config(&args.cluster_cidr);
+    if let Err(e) = config.validate() {
+        eprintln!("switchyard: {e}");
+        return ExitCode::from(64);
+    }
+    let client = match kube_client(&args.kubeconfig).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let manager = match switchyard_controllers::ControllerManager::start(client, config) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    eprintln!(
+        "switchyard: controller manager running against {}",
+        args.kubeconfig.display()
+    );
+    wait_for_signal().await;
+    drop(manager);
+    ExitCode::SUCCESS
+}
+
+/// A client from a kubeconfig file.
+async fn kube_client(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+    use anyhow::Context as _;
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .with_context(|| format!("invalid kubeconfig {}", path.display()))?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 async fn wait_for_signal() {

@@ -15,8 +15,10 @@ use anyhow::{bail, Context, Result};
 use switchyard_apiserver::{Config, RunningServer};
 use switchyard_store::SharedStore;
 
-/// An API server running inside the test process.
+/// An API server running inside the test process, with the controller manager when started
+/// by [`InProcessServer::start_with_controllers`]. Dropping it stops both.
 pub struct InProcessServer {
+    pub controllers: Option<switchyard_controllers::ControllerManager>,
     pub server: RunningServer,
     pub dir: tempfile::TempDir,
 }
@@ -32,7 +34,28 @@ impl InProcessServer {
         };
         tweak(&mut config);
         let server = switchyard_apiserver::start(config, store).await?;
-        Ok(Self { server, dir })
+        Ok(Self {
+            controllers: None,
+            server,
+            dir,
+        })
+    }
+
+    /// Start a server over `store` (adjusted by `tweak`) and a controller manager against it
+    /// (adjusted by `tweak_controllers`; leader election on, as in `switchyard server`).
+    pub async fn start_with_controllers(
+        store: SharedStore,
+        tweak: impl FnOnce(&mut Config),
+        tweak_controllers: impl FnOnce(&mut switchyard_controllers::Config),
+    ) -> Result<Self> {
+        let mut this = Self::start_with(store, tweak).await?;
+        let mut config = switchyard_controllers::Config::default();
+        tweak_controllers(&mut config);
+        let client = this.client().await?;
+        this.controllers = Some(switchyard_controllers::ControllerManager::start(
+            client, config,
+        )?);
+        Ok(this)
     }
 
     /// Start a server over a fresh memory store with the default configuration.
@@ -275,6 +298,24 @@ impl Drop for ChildGuard {
 
 /// Poll `check` until it returns `Some` or `timeout` passes. For waiting on asynchronous effects
 /// (a watch event arriving), never as a substitute for an assertion.
+/// Polls `check` every 20 ms until it returns `Some`, failing with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

@@ -10,6 +10,8 @@
 //! Endpoints of selector-less Services into EndpointSlices (`pkg/controller/endpointslicemirroring`).
 //! Nothing here does IO; the time of the change is passed in.
 
+pub mod controller;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
