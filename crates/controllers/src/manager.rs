@@ -13,8 +13,11 @@ use anyhow::Result;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::deployment::controller::DeploymentController;
 use crate::endpointslice::controller::EndpointsController;
+use crate::gc::controller::GarbageCollector;
 use crate::leaderelection::{ElectionHandle, LeaderElection, LeaderElector};
+use crate::replicaset::controller::ReplicaSetController;
 use crate::runtime::{run_controller, Context, Controller};
 use crate::{signed, Config};
 
@@ -31,7 +34,12 @@ fn spawner<C: Controller>(controller: Arc<C>, resync: Duration) -> Spawner {
 /// Every controller, created over `ctx` (registering their informer handlers).
 fn controllers(ctx: &Context) -> Vec<Spawner> {
     let resync = ctx.config.resync_period;
-    vec![spawner(EndpointsController::new(ctx), resync)]
+    vec![
+        spawner(EndpointsController::new(ctx), resync),
+        spawner(ReplicaSetController::new(ctx), resync),
+        spawner(DeploymentController::new(ctx), resync),
+        spawner(GarbageCollector::new(ctx), resync),
+    ]
 }
 
 /// A running controller manager; dropping it stops everything it runs.

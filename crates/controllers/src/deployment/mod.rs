@@ -11,6 +11,8 @@
 //! and computes the status from the ReplicaSets as they will be after its writes; the next step
 //! happens when the ReplicaSets' statuses change.
 
+pub mod controller;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

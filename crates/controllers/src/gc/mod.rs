@@ -8,6 +8,8 @@
 //! may simply not have arrived yet: the caller must confirm absence with a live read (as
 //! Kubernetes' `attemptToDeleteItem` does) before acting on [`decide`]'s answer.
 
+pub mod controller;
+
 use std::collections::HashSet;
 
 use switchyard_api::k8s::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};

@@ -6,6 +6,8 @@
 //! twice on a cache that has not yet seen its own writes. Nothing here does IO; the time is passed
 //! in.
 
+pub mod controller;
+
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;

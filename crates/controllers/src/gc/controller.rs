@@ -1,0 +1,366 @@
+//! The loop of the garbage collector. Keys are either one dependent (checked when it appears or
+//! its owner references change, and at every resync) or an owner that was deleted (every
+//! dependent naming its uid is checked). Owners are looked up in the informers by name and
+//! compared by uid; before acting on an owner that looks absent it is read from the API, since
+//! the informers of different kinds are not ordered with each other (an owner created just
+//! before its dependent may not be cached yet). Deletes carry the dependent's uid as
+//! precondition and background propagation; removing dangling references is a full replace
+//! with the cached resourceVersion.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use anyhow::Result;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions, PropagationPolicy};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use switchyard_api::k8s::api::apps::v1::{Deployment, ReplicaSet};
+use switchyard_api::k8s::api::core::v1::{Endpoints, Service};
+use switchyard_api::k8s::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use super::{api_group, decide, GcDecision, OwnerState, TRACKED_OWNER_KINDS};
+use crate::runtime::{is_not_found, Context, Controller, Informer, WorkQueue};
+
+/// The kinds whose objects the collector deletes when their owners are gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DependentKind {
+    ReplicaSet,
+    Pod,
+    EndpointSlice,
+}
+
+/// A unit of work of the garbage collector.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GcKey {
+    /// One dependent.
+    Object {
+        kind: DependentKind,
+        namespace: String,
+        name: String,
+    },
+    /// The dependents of `kind` in `namespace` that name the deleted owner `uid`.
+    OwnerGone {
+        kind: DependentKind,
+        namespace: String,
+        uid: String,
+    },
+}
+
+/// Deletes dependents whose owners are gone (background propagation).
+pub struct GarbageCollector {
+    ctx: Context,
+    queue: WorkQueue<GcKey>,
+}
+
+fn has_owners(meta: &ObjectMeta) -> bool {
+    meta.owner_references
+        .as_ref()
+        .is_some_and(|r| !r.is_empty())
+}
+
+fn object_key(kind: DependentKind, meta: &ObjectMeta) -> GcKey {
+    GcKey::Object {
+        kind,
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Enqueues a dependent when it appears with owners or its owner references change.
+fn watch_dependents<K>(informer: &Informer<K>, kind: DependentKind, queue: &WorkQueue<GcKey>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let q = queue.clone();
+    informer.on_change(move |change| {
+        let obj = change.object();
+        let meta = obj.meta();
+        let relevant = match change.old() {
+            None => has_owners(meta),
+            Some(old) => old.meta().owner_references != meta.owner_references,
+        };
+        if relevant && !matches!(change, crate::runtime::Change::Deleted(_)) {
+            q.add(object_key(kind, meta));
+        }
+    });
+}
+
+/// Enqueues the dependents of the given kinds when an owner is deleted.
+fn watch_owners<K>(
+    informer: &Informer<K>,
+    kinds: &'static [DependentKind],
+    queue: &WorkQueue<GcKey>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let q = queue.clone();
+    informer.on_change(move |change| {
+        if let crate::runtime::Change::Deleted(owner) = change {
+            let meta = owner.meta();
+            let (Some(uid), namespace) = (meta.uid.clone(), meta.namespace.clone()) else {
+                return;
+            };
+            for kind in kinds {
+                q.add(GcKey::OwnerGone {
+                    kind: *kind,
+                    namespace: namespace.clone().unwrap_or_default(),
+                    uid: uid.clone(),
+                });
+            }
+        }
+    });
+}
+
+impl GarbageCollector {
+    pub fn new(ctx: &Context) -> Arc<Self> {
+        let this = Arc::new(GarbageCollector {
+            ctx: ctx.clone(),
+            queue: WorkQueue::new(),
+        });
+        let inf = &ctx.informers;
+        watch_dependents(&inf.replica_sets, DependentKind::ReplicaSet, &this.queue);
+        watch_dependents(&inf.pods, DependentKind::Pod, &this.queue);
+        watch_dependents(
+            &inf.endpoint_slices,
+            DependentKind::EndpointSlice,
+            &this.queue,
+        );
+        watch_owners(&inf.deployments, &[DependentKind::ReplicaSet], &this.queue);
+        watch_owners(&inf.replica_sets, &[DependentKind::Pod], &this.queue);
+        watch_owners(&inf.services, &[DependentKind::EndpointSlice], &this.queue);
+        watch_owners(&inf.endpoints, &[DependentKind::EndpointSlice], &this.queue);
+        this
+    }
+
+    /// The owner's state according to the caches.
+    fn cached_state(&self, namespace: &str, r: &OwnerReference) -> OwnerState {
+        fn state<K>(inf: &Informer<K>, ns: &str, r: &OwnerReference) -> OwnerState
+        where
+            K: Resource<DynamicType = ()>
+                + Clone
+                + DeserializeOwned
+                + Debug
+                + Send
+                + Sync
+                + 'static,
+        {
+            match inf.get(ns, &r.name) {
+                Some(o) if o.meta().uid.as_deref() == Some(r.uid.as_str()) => OwnerState::Present,
+                _ => OwnerState::Absent,
+            }
+        }
+        let inf = &self.ctx.informers;
+        match (api_group(&r.api_version), r.kind.as_str()) {
+            ("apps", "Deployment") => state(&inf.deployments, namespace, r),
+            ("apps", "ReplicaSet") => state(&inf.replica_sets, namespace, r),
+            ("", "Service") => state(&inf.services, namespace, r),
+            ("", "Endpoints") => state(&inf.endpoints, namespace, r),
+            _ => OwnerState::Unknown,
+        }
+    }
+
+    /// Whether the owner exists, read from the API.
+    async fn live_present(&self, namespace: &str, r: &OwnerReference) -> Result<bool> {
+        async fn get<K>(client: &kube::Client, ns: &str, r: &OwnerReference) -> Result<bool>
+        where
+            K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+                + Clone
+                + DeserializeOwned
+                + Debug,
+        {
+            let api: Api<K> = Api::namespaced(client.clone(), ns);
+            Ok(api
+                .get_opt(&r.name)
+                .await?
+                .is_some_and(|o| o.meta().uid.as_deref() == Some(r.uid.as_str())))
+        }
+        let c = &self.ctx.client;
+        match (api_group(&r.api_version), r.kind.as_str()) {
+            ("apps", "Deployment") => get::<Deployment>(c, namespace, r).await,
+            ("apps", "ReplicaSet") => get::<ReplicaSet>(c, namespace, r).await,
+            ("", "Service") => get::<Service>(c, namespace, r).await,
+            ("", "Endpoints") => get::<Endpoints>(c, namespace, r).await,
+            _ => Ok(true),
+        }
+    }
+
+    /// Collects one dependent if its owners are gone.
+    async fn collect<K>(&self, informer: &Informer<K>, namespace: &str, name: &str) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let Some(obj) = informer.get(namespace, name) else {
+            return Ok(());
+        };
+        let meta = obj.meta();
+        let decision = decide(meta, |r| self.cached_state(namespace, r));
+        let dangling: Vec<&OwnerReference> = match &decision {
+            GcDecision::Keep => return Ok(()),
+            GcDecision::Delete => meta.owner_references.iter().flatten().collect(),
+            GcDecision::RemoveDanglingOwners(uids) => meta
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|r| uids.contains(&r.uid))
+                .collect(),
+        };
+        // Confirm with the API: a cache may not have seen a new owner yet.
+        let mut gone = HashSet::new();
+        for r in &dangling {
+            if !self.live_present(namespace, r).await? {
+                gone.insert(r.uid.clone());
+            }
+        }
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let all_gone = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .all(|r| gone.contains(&r.uid));
+        if decision == GcDecision::Delete && all_gone {
+            tracing::info!(
+                namespace,
+                name,
+                kind = K::kind(&()).as_ref(),
+                "deleting object whose owners are gone"
+            );
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: meta.uid.clone(),
+                    resource_version: None,
+                }),
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..DeleteParams::default()
+            };
+            match api.delete(name, &params).await {
+                Err(e) if !is_not_found(&e) => return Err(e.into()),
+                _ => return Ok(()),
+            }
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut updated = obj.as_ref().clone();
+        if let Some(refs) = updated.meta_mut().owner_references.as_mut() {
+            refs.retain(|r| !gone.contains(&r.uid));
+        }
+        match api.replace(name, &PostParams::default(), &updated).await {
+            Err(e) if !is_not_found(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn collect_kind(&self, kind: DependentKind, namespace: &str, name: &str) -> Result<()> {
+        let inf = &self.ctx.informers;
+        match kind {
+            DependentKind::ReplicaSet => self.collect(&inf.replica_sets, namespace, name).await,
+            DependentKind::Pod => self.collect(&inf.pods, namespace, name).await,
+            DependentKind::EndpointSlice => {
+                self.collect(&inf.endpoint_slices, namespace, name).await
+            }
+        }
+    }
+
+    /// Names of the dependents of `kind` in `namespace` naming `uid` as owner.
+    fn dependents_of(&self, kind: DependentKind, namespace: &str, uid: &str) -> Vec<String> {
+        fn names<K>(inf: &Informer<K>, ns: &str, uid: &str) -> Vec<String>
+        where
+            K: Resource<DynamicType = ()>
+                + Clone
+                + DeserializeOwned
+                + Debug
+                + Send
+                + Sync
+                + 'static,
+        {
+            inf.list_namespace(ns)
+                .iter()
+                .filter(|o| {
+                    o.meta()
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|r| r.uid == uid)
+                })
+                .filter_map(|o| o.meta().name.clone())
+                .collect()
+        }
+        let inf = &self.ctx.informers;
+        match kind {
+            DependentKind::ReplicaSet => names(&inf.replica_sets, namespace, uid),
+            DependentKind::Pod => names(&inf.pods, namespace, uid),
+            DependentKind::EndpointSlice => names(&inf.endpoint_slices, namespace, uid),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Controller for GarbageCollector {
+    type Key = GcKey;
+    const NAME: &'static str = "garbagecollector";
+
+    fn queue(&self) -> &WorkQueue<GcKey> {
+        &self.queue
+    }
+
+    fn all_keys(&self) -> Vec<GcKey> {
+        fn keys<K>(inf: &Informer<K>, kind: DependentKind, out: &mut Vec<GcKey>)
+        where
+            K: Resource<DynamicType = ()>
+                + Clone
+                + DeserializeOwned
+                + Debug
+                + Send
+                + Sync
+                + 'static,
+        {
+            for o in inf.list() {
+                let meta = o.meta();
+                let tracked = meta.owner_references.iter().flatten().any(|r| {
+                    TRACKED_OWNER_KINDS.contains(&(api_group(&r.api_version), r.kind.as_str()))
+                });
+                if tracked {
+                    out.push(object_key(kind, meta));
+                }
+            }
+        }
+        let inf = &self.ctx.informers;
+        let mut out = Vec::new();
+        keys(&inf.replica_sets, DependentKind::ReplicaSet, &mut out);
+        keys(&inf.pods, DependentKind::Pod, &mut out);
+        keys(&inf.endpoint_slices, DependentKind::EndpointSlice, &mut out);
+        out
+    }
+
+    async fn sync(&self, key: GcKey) -> Result<()> {
+        match key {
+            GcKey::Object {
+                kind,
+                namespace,
+                name,
+            } => self.collect_kind(kind, &namespace, &name).await,
+            GcKey::OwnerGone {
+                kind,
+                namespace,
+                uid,
+            } => {
+                let mut first_error = None;
+                for name in self.dependents_of(kind, &namespace, &uid) {
+                    if let Err(e) = self.collect_kind(kind, &namespace, &name).await {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
+            }
+        }
+    }
+}
