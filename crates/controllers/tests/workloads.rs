@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Result;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -224,6 +225,10 @@ async fn a_deployment_of_six_replicas_runs_six_available_pods() -> Result<()> {
 
     let _kubelet = kubelet(&client);
     let d = wait_rolled_out(&client, "web", 6).await?;
+    // Expectations kept the ReplicaSet from acting on a cache without its own creates: no Pod
+    // was ever created beyond the six (an extra one would still be listed, terminating).
+    let all: Api<Pod> = Api::namespaced(client.clone(), NS);
+    assert_eq!(all.list(&ListParams::default()).await?.items.len(), 6);
     let s = d.status.clone().unwrap_or_default();
     assert_eq!(s.unavailable_replicas.unwrap_or(0), 0);
     assert_eq!(
@@ -442,5 +447,73 @@ async fn kubectl_scale_and_rollout_status_work() -> Result<()> {
     assert!(out.contains("successfully rolled out"), "{out}");
     let pods = active_pods(&client, "web").await?;
     assert!(pods.iter().all(|p| image_of(p) == "nginx:2"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn slices_lose_vanished_owners_and_go_when_none_is_left() -> Result<()> {
+    let (_server, client) = cluster().await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "owner"},
+                "spec": {"ports": [{"port": 80}]}
+            }))?,
+        )
+        .await?;
+    let uid = svc.metadata.uid.clone().unwrap_or_default();
+    let owner = |kind: &str, name: &str, uid: &str| json!({"apiVersion": "v1", "kind": kind, "name": name, "uid": uid});
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
+    for (name, owners) in [
+        ("orphaned", json!([owner("Service", "gone", "uid-gone")])),
+        (
+            "shared",
+            json!([
+                owner("Service", "owner", &uid),
+                owner("Endpoints", "gone", "uid-gone-2")
+            ]),
+        ),
+    ] {
+        slices
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": name, "ownerReferences": owners},
+                    "addressType": "IPv4", "endpoints": []
+                }))?,
+            )
+            .await?;
+    }
+    wait_for(WAIT, "the slice without owners deleted", || async {
+        slices
+            .get_opt("orphaned")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    let shared = wait_for(WAIT, "the dangling owner removed", || async {
+        let s = slices.get_opt("shared").await.ok()??;
+        (s.metadata.owner_references.as_ref()?.len() == 1).then_some(s)
+    })
+    .await?;
+    assert_eq!(
+        shared
+            .metadata
+            .owner_references
+            .as_ref()
+            .map(|r| r[0].uid.clone()),
+        Some(uid)
+    );
+    services.delete("owner", &DeleteParams::default()).await?;
+    wait_for(WAIT, "the slice deleted with its last owner", || async {
+        slices.get_opt("shared").await.ok()?.is_none().then_some(())
+    })
+    .await?;
     Ok(())
 }
