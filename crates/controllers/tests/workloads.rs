@@ -35,7 +35,7 @@ async fn cluster() -> Result<(InProcessServer, kube::Client)> {
 }
 
 /// Plays the kubelet: every Pod that appears not Ready and not terminating is marked Running and
-/// Ready with a fresh IP. Stops when dropped.
+/// Ready with a fresh IP; terminating Pods are removed at once. Stops when dropped.
 struct FakeKubelet(tokio::task::JoinHandle<()>);
 
 impl Drop for FakeKubelet {
@@ -61,7 +61,15 @@ fn kubelet(client: &kube::Client) -> FakeKubelet {
                 Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
                 _ => continue,
             };
-            if is_ready(&pod) || pod.metadata.deletion_timestamp.is_some() {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if pod.metadata.deletion_timestamp.is_some() {
+                // Stops the containers at once and lets the Pod go.
+                let _ = api
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
+                continue;
+            }
+            if is_ready(&pod) {
                 continue;
             }
             let n = next_ip.fetch_add(1, Ordering::Relaxed);
@@ -71,7 +79,6 @@ fn kubelet(client: &kube::Client) -> FakeKubelet {
                 "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
                 "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
             }});
-            let name = pod.metadata.name.clone().unwrap_or_default();
             // A Pod deleted meanwhile is fine to miss.
             let _ = api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
@@ -345,13 +352,12 @@ async fn deleting_a_deployment_collects_its_replica_sets_and_pods() -> Result<()
             .filter(|r| r.is_empty())
     })
     .await?;
-    // Pods bound to a node wait for their kubelet to stop them: collected means deleted or
-    // terminating.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     wait_for(WAIT, "pods collected", || async {
-        active_pods(&client, "web")
+        pods.list(&ListParams::default())
             .await
             .ok()
-            .filter(|p| p.is_empty())
+            .filter(|p| p.items.is_empty())
     })
     .await?;
     Ok(())
@@ -447,6 +453,68 @@ async fn kubectl_scale_and_rollout_status_work() -> Result<()> {
     assert!(out.contains("successfully rolled out"), "{out}");
     let pods = active_pods(&client, "web").await?;
     assert!(pods.iter().all(|p| image_of(p) == "nginx:2"));
+
+    // Undo goes back to revision 2's template: its ReplicaSet is reused as revision 4.
+    let history = run(vec!["rollout", "history", "deployment/web"]).await??;
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    run(vec!["rollout", "undo", "deployment/web"]).await??;
+    let out = run(vec!["rollout", "status", "deployment/web", "--timeout=60s"]).await??;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let rss = replica_sets(&client, "web").await?;
+    assert_eq!(rss.len(), 2, "no third ReplicaSet for a known template");
+    let d: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let d = d.get("web").await?;
+    assert_eq!(
+        d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+            .map(String::as_str),
+        Some("3")
+    );
+    let pods = active_pods(&client, "web").await?;
+    assert!(pods.iter().all(|p| image_of(p) == "nginx:1"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn recreate_replaces_all_pods_without_overlap() -> Result<()> {
+    let (_server, client) = cluster().await?;
+    let _kubelet = kubelet(&client);
+    let mut d = deployment("batch", 3, "worker:1")?;
+    d.spec.as_mut().expect("spec").strategy =
+        Some(serde_json::from_value(json!({"type": "Recreate"}))?);
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    api.create(&PostParams::default(), &d).await?;
+    wait_rolled_out(&client, "batch", 3).await?;
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "worker:2"}]}}}});
+    api.patch("batch", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    // Record every Pod image seen alive together until the rollout completes.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let mixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    wait_for(WAIT, "every pod on worker:2", || {
+        let pods = pods.clone();
+        let seen_mixed = mixed.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=batch"))
+                .await
+                .ok()?;
+            let images: BTreeSet<String> = list.items.iter().map(image_of).collect();
+            if images.len() > 1 {
+                seen_mixed.store(true, Ordering::Relaxed);
+            }
+            (list.items.len() == 3 && images == BTreeSet::from(["worker:2".to_string()]))
+                .then_some(())
+        }
+    })
+    .await?;
+    assert!(
+        !mixed.load(Ordering::Relaxed),
+        "Recreate never runs old and new Pods together"
+    );
+    wait_rolled_out(&client, "batch", 3).await?;
     Ok(())
 }
 
