@@ -61,6 +61,8 @@ pub const REASON_RS_UPDATED: &str = "ReplicaSetUpdated";
 pub const REASON_NEW_RS_CREATED: &str = "NewReplicaSetCreated";
 pub const REASON_FOUND_NEW_RS: &str = "FoundNewReplicaSet";
 pub const REASON_TIMED_OUT: &str = "ProgressDeadlineExceeded";
+pub const REASON_PAUSED: &str = "DeploymentPaused";
+pub const REASON_RESUMED: &str = "DeploymentResumed";
 
 /// The writes one sync of a Deployment asks for, to be made in this order.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -900,6 +902,34 @@ impl Sync<'_> {
         }
     }
 
+    /// `checkPausedConditions`: Progressing becomes Unknown/DeploymentPaused while paused and
+    /// Unknown/DeploymentResumed on resume, unless the rollout already timed out.
+    fn check_paused_conditions(&mut self) {
+        if progress_deadline(self.d).is_none() {
+            return;
+        }
+        let current = get_condition(&self.status, CONDITION_PROGRESSING);
+        let reason = current.and_then(|c| c.reason.as_deref());
+        if reason == Some(REASON_TIMED_OUT) {
+            return;
+        }
+        let paused_recorded = reason == Some(REASON_PAUSED);
+        let paused = self.d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
+        let (reason, message) = match (paused, paused_recorded) {
+            (true, false) => (REASON_PAUSED, "Deployment is paused"),
+            (false, true) => (REASON_RESUMED, "Deployment is resumed"),
+            _ => return,
+        };
+        let c = new_condition(
+            CONDITION_PROGRESSING,
+            "Unknown",
+            reason,
+            message.to_string(),
+            self.now,
+        );
+        set_condition(&mut self.status, c);
+    }
+
     /// `sync`: for paused Deployments and scaling events.
     fn sync_scale(&mut self) {
         self.sync_revision(false);
@@ -1228,6 +1258,9 @@ pub fn plan(
     };
 
     let mut requeue = None;
+    if d.metadata.deletion_timestamp.is_none() {
+        sync.check_paused_conditions();
+    }
     let status = if d.metadata.deletion_timestamp.is_some() {
         // `syncStatusOnly`.
         sync.sync_revision(false);
@@ -1782,6 +1815,10 @@ mod tests {
         c.set_image("nginx:2");
         let plan = c.step();
         assert!(plan.create.is_none() && plan.update.is_empty());
+        assert_eq!(
+            c.condition(CONDITION_PROGRESSING),
+            ("Unknown".into(), REASON_PAUSED.into())
+        );
         c.set_replicas(4);
         let plan = c.step();
         assert!(plan.create.is_none());
@@ -1791,6 +1828,69 @@ mod tests {
         );
         c.d.spec.as_mut().expect("spec").paused = Some(false);
         assert!(c.step().create.is_some(), "resuming rolls out");
+        assert_eq!(
+            c.condition(CONDITION_PROGRESSING),
+            ("True".into(), REASON_NEW_RS_CREATED.into())
+        );
+    }
+
+    #[test]
+    fn a_rollout_without_progress_times_out_after_the_deadline() {
+        let mut c = Cluster::new(deployment(
+            2,
+            json!({"spec": {"progressDeadlineSeconds": 60}}),
+        ));
+        c.run(true);
+        c.set_image("broken");
+        c.step();
+        c.settle(false);
+        let plan = c.step();
+        assert_eq!(c.condition(CONDITION_PROGRESSING).1, REASON_RS_UPDATED);
+        assert_eq!(plan.requeue_after, Some(Duration::from_secs(60)));
+        // Nothing changes; the next sync before the deadline asks to come back after it.
+        let plan = c.step();
+        assert_eq!(plan.status, None);
+        assert!(plan
+            .requeue_after
+            .is_some_and(|d| d > Duration::from_secs(50) && d <= Duration::from_secs(61)));
+        c.now += SignedDuration::from_secs(120);
+        c.step();
+        assert_eq!(
+            c.condition(CONDITION_PROGRESSING),
+            ("False".into(), REASON_TIMED_OUT.into())
+        );
+        // A timed-out rollout is not complete for `kubectl rollout status`.
+        assert!(!c.rolled_out());
+    }
+
+    #[test]
+    fn a_replica_failure_of_the_new_replica_set_becomes_the_deployments() {
+        let mut c = Cluster::new(deployment(2, json!({})));
+        c.step();
+        let status = c.rss[0].status.get_or_insert_with(Default::default);
+        status.conditions = Some(vec![serde_json::from_value(json!({
+            "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+            "message": "pods \"web-x\" is forbidden: exceeded quota"}))
+        .expect("condition")]);
+        c.step();
+        assert_eq!(
+            c.condition(CONDITION_REPLICA_FAILURE),
+            ("True".into(), "FailedCreate".into())
+        );
+        c.settle(true);
+        c.step();
+        let s = c.status();
+        assert!(get_condition(&s, CONDITION_REPLICA_FAILURE).is_none());
+    }
+
+    #[test]
+    fn a_deployment_being_deleted_only_updates_its_status() {
+        let mut c = Cluster::new(deployment(2, json!({})));
+        c.run(true);
+        c.set_image("nginx:2");
+        c.d.metadata.deletion_timestamp = Some(Time(start()));
+        let plan = c.step();
+        assert!(plan.create.is_none() && plan.update.is_empty() && plan.delete.is_empty());
     }
 
     #[test]
