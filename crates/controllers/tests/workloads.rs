@@ -24,6 +24,11 @@ const WAIT: Duration = Duration::from_secs(30);
 const NS: &str = "default";
 
 async fn cluster() -> Result<(InProcessServer, kube::Client)> {
+    // RUST_LOG=switchyard_controllers=debug shows the controllers' logs of a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let server = InProcessServer::start_with_controllers(
         Arc::new(MemoryStore::new()),
         |_| {},

@@ -19,8 +19,8 @@ use switchyard_api::selector::LabelSelector;
 use super::{plan, ANNOTATION_REVISION};
 use crate::controller_ref::{controller_of, controller_ref};
 use crate::runtime::{
-    is_not_found, object_reference, Change, Context, Controller, Informer, ObjectKey, WorkQueue,
-    FIELD_MANAGER,
+    is_conflict, is_not_found, object_reference, Change, Context, Controller, Informer, ObjectKey,
+    WorkQueue, FIELD_MANAGER,
 };
 
 /// Rolls Deployments out through their ReplicaSets.
@@ -127,6 +127,16 @@ impl DeploymentController {
     }
 }
 
+/// A write refused because our cache was stale (409: Conflict or AlreadyExists). The watch
+/// event that makes the cache current re-queues the key, so this is not a failure; the delayed
+/// re-queue is a safety net.
+fn stale_write(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<kube::Error>().is_some_and(is_conflict)
+}
+
+/// How long after a stale write the key is synced again at the latest.
+const STALE_WRITE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[async_trait::async_trait]
 impl Controller for DeploymentController {
     type Key = ObjectKey;
@@ -147,6 +157,20 @@ impl Controller for DeploymentController {
     }
 
     async fn sync(&self, key: ObjectKey) -> Result<()> {
+        match self.reconcile(&key).await {
+            Err(e) if stale_write(&e) => {
+                tracing::debug!(%key, error = %e, "stale cache; syncing again when it catches up");
+                self.queue.add_after(key, STALE_WRITE_RETRY);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+impl DeploymentController {
+    async fn reconcile(&self, key: &ObjectKey) -> Result<()> {
+        let key = key.clone();
         let Some(d) = self.ctx.informers.deployments.get_key(&key) else {
             return Ok(());
         };
