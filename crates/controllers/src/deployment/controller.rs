@@ -15,6 +15,7 @@ use serde_json::json;
 use switchyard_api::k8s::api::apps::v1::{Deployment, ReplicaSet};
 use switchyard_api::k8s::api::core::v1::Pod;
 use switchyard_api::selector::LabelSelector;
+use tracing::Instrument;
 
 use super::{plan, ANNOTATION_REVISION};
 use crate::controller_ref::{controller_of, controller_ref};
@@ -157,7 +158,8 @@ impl Controller for DeploymentController {
     }
 
     async fn sync(&self, key: ObjectKey) -> Result<()> {
-        match self.reconcile(&key).await {
+        let span = tracing::debug_span!("sync", deployment = %key);
+        match self.reconcile(&key).instrument(span).await {
             Err(e) if stale_write(&e) => {
                 tracing::debug!(%key, error = %e, "stale cache; syncing again when it catches up");
                 self.queue.add_after(key, STALE_WRITE_RETRY);
@@ -174,8 +176,6 @@ impl DeploymentController {
         let Some(d) = self.ctx.informers.deployments.get_key(&key) else {
             return Ok(());
         };
-        let span = tracing::debug_span!("sync", deployment = %key);
-        let _enter = span.enter();
         let informers = &self.ctx.informers;
         let rss = informers.replica_sets.list_namespace(&key.namespace);
         let rs_refs: Vec<&ReplicaSet> = rss.iter().map(Arc::as_ref).collect();

@@ -13,6 +13,7 @@ use futures::future::join_all;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use switchyard_api::k8s::api::apps::v1::ReplicaSet;
 use switchyard_api::k8s::api::core::v1::Pod;
+use tracing::Instrument;
 
 use super::{
     plan, selector_of, status_needs_update, with_replica_failure, Expectations, ReplicaFailure,
@@ -222,7 +223,8 @@ impl Controller for ReplicaSetController {
     }
 
     async fn sync(&self, key: ObjectKey) -> Result<()> {
-        match self.reconcile(&key).await {
+        let span = tracing::debug_span!("sync", replicaset = %key);
+        match self.reconcile(&key).instrument(span).await {
             Err(e) if stale_write(&e) => {
                 tracing::debug!(%key, error = %e, "stale cache; syncing again when it catches up");
                 self.queue.add_after(key, STALE_WRITE_RETRY);
@@ -245,8 +247,6 @@ impl ReplicaSetController {
         let pod_refs: Vec<&Pod> = pods.iter().map(Arc::as_ref).collect();
         let satisfied = lock(&self.expectations).satisfied(&key, now);
         let plan = plan(&rs, &pod_refs, satisfied, now)?;
-        let span = tracing::debug_span!("sync", replicaset = %key);
-        let _enter = span.enter();
 
         self.set_ownership(&rs, &plan.adopt, true).await?;
         self.set_ownership(&rs, &plan.release, false).await?;
