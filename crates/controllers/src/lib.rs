@@ -13,6 +13,7 @@ pub mod gc;
 pub mod lbipam;
 pub mod leaderelection;
 pub mod manager;
+pub mod pods;
 pub mod replicaset;
 pub mod runtime;
 

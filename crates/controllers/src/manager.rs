@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use crate::deployment::controller::DeploymentController;
 use crate::endpointslice::controller::EndpointsController;
 use crate::gc::controller::GarbageCollector;
+use crate::lbipam::controller::LoadBalancerController;
 use crate::leaderelection::{ElectionHandle, LeaderElection, LeaderElector};
 use crate::replicaset::controller::ReplicaSetController;
 use crate::runtime::{run_controller, Context, Controller};
@@ -25,26 +26,44 @@ use crate::{signed, Config};
 pub const LEADER_LEASE_NAMESPACE: &str = "kube-system";
 pub const LEADER_LEASE_NAME: &str = "switchyard-controller-manager";
 
-type Spawner = Box<dyn Fn(&mut JoinSet<()>) + Send + Sync>;
+/// A controller as the manager drives it.
+trait Registered: Send + Sync {
+    fn spawn(&self, resync: Duration, tasks: &mut JoinSet<()>);
+    fn resync(&self);
+    fn is_idle(&self) -> bool;
+}
 
-fn spawner<C: Controller>(controller: Arc<C>, resync: Duration) -> Spawner {
-    Box::new(move |tasks| run_controller(controller.clone(), resync, tasks))
+impl<C: Controller> Registered for Arc<C> {
+    fn spawn(&self, resync: Duration, tasks: &mut JoinSet<()>) {
+        run_controller(self.clone(), resync, tasks);
+    }
+
+    fn resync(&self) {
+        for key in self.all_keys() {
+            self.queue().add(key);
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queue().is_idle()
+    }
 }
 
 /// Every controller, created over `ctx` (registering their informer handlers).
-fn controllers(ctx: &Context) -> Vec<Spawner> {
-    let resync = ctx.config.resync_period;
+fn controllers(ctx: &Context) -> Vec<Box<dyn Registered>> {
     vec![
-        spawner(EndpointsController::new(ctx), resync),
-        spawner(ReplicaSetController::new(ctx), resync),
-        spawner(DeploymentController::new(ctx), resync),
-        spawner(GarbageCollector::new(ctx), resync),
+        Box::new(EndpointsController::new(ctx)),
+        Box::new(LoadBalancerController::new(ctx)),
+        Box::new(ReplicaSetController::new(ctx)),
+        Box::new(DeploymentController::new(ctx)),
+        Box::new(GarbageCollector::new(ctx)),
     ]
 }
 
 /// A running controller manager; dropping it stops everything it runs.
 pub struct ControllerManager {
     ctx: Context,
+    controllers: Arc<[Box<dyn Registered>]>,
     leading: watch::Receiver<bool>,
     _election: Option<ElectionHandle>,
     _tasks: JoinSet<()>,
@@ -66,7 +85,7 @@ impl ControllerManager {
             None
         };
         let ctx = Context::new(client.clone(), config);
-        let spawners = controllers(&ctx);
+        let controllers: Arc<[Box<dyn Registered>]> = controllers(&ctx).into();
 
         let mut tasks = JoinSet::new();
         ctx.informers.spawn(&mut tasks);
@@ -89,9 +108,10 @@ impl ControllerManager {
                 (None, rx)
             }
         };
-        tasks.spawn(supervise(ctx.clone(), leading.clone(), spawners));
+        tasks.spawn(supervise(ctx.clone(), leading.clone(), controllers.clone()));
         Ok(ControllerManager {
             ctx,
+            controllers,
             leading,
             _election: election,
             _tasks: tasks,
@@ -112,10 +132,27 @@ impl ControllerManager {
     pub fn context(&self) -> &Context {
         &self.ctx
     }
+
+    /// Queues every key of every controller, as the periodic resync does.
+    pub fn resync(&self) {
+        for c in self.controllers.iter() {
+            c.resync();
+        }
+    }
+
+    /// Whether every controller's queue is empty with no sync in progress (nothing to do until
+    /// the next change).
+    pub fn is_idle(&self) -> bool {
+        self.controllers.iter().all(|c| c.is_idle())
+    }
 }
 
 /// Runs the controllers' workers while leading and the caches are synced.
-async fn supervise(ctx: Context, mut leading: watch::Receiver<bool>, spawners: Vec<Spawner>) {
+async fn supervise(
+    ctx: Context,
+    mut leading: watch::Receiver<bool>,
+    controllers: Arc<[Box<dyn Registered>]>,
+) {
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
             return;
@@ -130,8 +167,8 @@ async fn supervise(ctx: Context, mut leading: watch::Receiver<bool>, spawners: V
             }
         }
         let mut workers = JoinSet::new();
-        for spawn in &spawners {
-            spawn(&mut workers);
+        for c in controllers.iter() {
+            c.spawn(ctx.config.resync_period, &mut workers);
         }
         tracing::info!(identity = %ctx.config.identity, "controllers started");
         let closed = leading.wait_for(|l| !*l).await.is_err();

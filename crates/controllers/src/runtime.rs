@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use switchyard_api::k8s::api::apps::v1::{Deployment, ReplicaSet};
 use switchyard_api::k8s::api::coordination::v1::Lease;
 use switchyard_api::k8s::api::core::v1::{
-    Endpoints, Event, EventSource, Node, ObjectReference, Pod, Service,
+    Endpoints, Event, EventSource, Node, ObjectReference, Service,
 };
 use switchyard_api::k8s::api::discovery::v1::EndpointSlice;
 use switchyard_api::k8s::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -31,6 +31,7 @@ use switchyard_api::metallb::IPAddressPool;
 use switchyard_api::selector::{LabelSelector, Operator};
 use tokio::sync::Notify;
 
+use crate::pods::CachedPod;
 use crate::Config;
 
 /// Namespace of the node heartbeat Leases.
@@ -129,6 +130,8 @@ struct Cache<K> {
 
 struct InformerInner<K> {
     api: Api<K>,
+    /// Applied to every object before it is cached: drops what no controller reads.
+    transform: Option<fn(&mut K)>,
     watch_config: watcher::Config,
     cache: RwLock<Cache<K>>,
     handlers: RwLock<Vec<Handler<K>>>,
@@ -215,6 +218,7 @@ where
         Informer {
             inner: Arc::new(InformerInner {
                 api,
+                transform: None,
                 watch_config: watcher::Config::default().page_size(1000),
                 cache: RwLock::new(Cache {
                     objects: HashMap::new(),
@@ -225,6 +229,16 @@ where
                 synced_notify: Notify::new(),
             }),
         }
+    }
+
+    /// This informer with `transform` applied to every object before it is cached (client-go's
+    /// `TransformFunc`): controllers of large clusters keep only what they read. Call before the
+    /// informer is cloned or started.
+    pub fn with_transform(mut self, transform: fn(&mut K)) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.transform = Some(transform);
+        }
+        self
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
@@ -340,6 +354,9 @@ where
 
     fn apply(&self, mut obj: K) {
         obj.meta_mut().managed_fields = None;
+        if let Some(transform) = self.inner.transform {
+            transform(&mut obj);
+        }
         let obj = Arc::new(obj);
         let old = self
             .inner
@@ -413,7 +430,8 @@ where
 /// The informers every controller shares: one watch per kind.
 #[derive(Clone)]
 pub struct Informers {
-    pub pods: Informer<Pod>,
+    /// Pods, as the slim [`CachedPod`] view.
+    pub pods: Informer<CachedPod>,
     pub services: Informer<Service>,
     pub endpoints: Informer<Endpoints>,
     pub endpoint_slices: Informer<EndpointSlice>,
@@ -428,7 +446,7 @@ pub struct Informers {
 impl Informers {
     pub fn new(client: &kube::Client) -> Self {
         Informers {
-            pods: Informer::new(Api::all(client.clone()), true),
+            pods: Informer::new(Api::all(client.clone()), true).with_transform(slim_pod),
             services: Informer::new(Api::all(client.clone()), false),
             endpoints: Informer::new(Api::all(client.clone()), false),
             endpoint_slices: Informer::new(Api::all(client.clone()), true),
@@ -467,6 +485,19 @@ impl Informers {
         self.replica_sets.wait_synced().await;
         self.deployments.wait_synced().await;
         self.ip_address_pools.wait_synced().await;
+    }
+}
+
+/// `kubectl apply`'s copy of the whole object: large and read by no controller.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops `kubectl apply`'s annotation from cached Pods.
+fn slim_pod(pod: &mut CachedPod) {
+    if let Some(a) = pod.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            pod.metadata.annotations = None;
+        }
     }
 }
 
@@ -572,6 +603,12 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether no key waits and none is being synced (retries waiting out a backoff excepted).
+    pub fn is_idle(&self) -> bool {
+        let s = self.state();
+        s.order.is_empty() && s.processing.is_empty()
     }
 
     /// Takes the next key, waiting for one; the caller must call [`WorkQueue::done`] after.

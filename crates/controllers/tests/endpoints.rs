@@ -511,3 +511,70 @@ async fn deleting_a_service_removes_its_slices_and_endpoints() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_resync_without_changes_writes_nothing() -> Result<()> {
+    let (server, client) = cluster().await?;
+    create_service(
+        &client,
+        "default",
+        json!({"metadata": {"name": "still"},
+               "spec": {"selector": {"app": "still"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
+    )
+    .await?;
+    create_pod(
+        &client,
+        "default",
+        "s1",
+        json!({"app": "still"}),
+        &[("http", 8080)],
+        "10.244.1.51",
+        true,
+    )
+    .await?;
+    create_pod(
+        &client,
+        "default",
+        "s2",
+        json!({"app": "still"}),
+        &[("http", 8080)],
+        "10.244.1.52",
+        false,
+    )
+    .await?;
+    expect_endpoints(
+        &client,
+        "default",
+        "still",
+        &["10.244.1.51"],
+        &["10.244.1.52"],
+    )
+    .await?;
+    let manager = server.controllers.as_ref().expect("controllers");
+    wait_for(WAIT, "controllers idle", || async {
+        manager.is_idle().then_some(())
+    })
+    .await?;
+
+    let versions = || async {
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+        let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+        let mut rvs: Vec<String> = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=still"))
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.resource_version)
+            .collect();
+        rvs.extend(endpoints.get("still").await?.metadata.resource_version);
+        anyhow::Ok(rvs)
+    };
+    let before = versions().await?;
+    manager.resync();
+    wait_for(WAIT, "controllers idle after resync", || async {
+        manager.is_idle().then_some(())
+    })
+    .await?;
+    assert_eq!(versions().await?, before, "a resync rewrote objects");
+    Ok(())
+}

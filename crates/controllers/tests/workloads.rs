@@ -410,9 +410,12 @@ async fn a_replica_set_replaces_deleted_pods_and_adopts_matching_orphans() -> Re
         (p.len() == 3 && owned == 3).then_some(p)
     })
     .await?;
-    assert!(owned
+    let adopted = owned
         .iter()
-        .any(|p| p.metadata.name.as_deref() == Some("orphan")));
+        .find(|p| p.metadata.name.as_deref() == Some("orphan"))
+        .expect("the orphan is one of the three");
+    // Adoption patches the owner references only: the Pod keeps everything else.
+    assert_eq!(image_of(adopted), "db");
     // Unscheduled Pods are deleted at once; the ReplicaSet makes a new one.
     pods.delete("orphan", &DeleteParams::default()).await?;
     wait_for(WAIT, "a replacement pod", || async {

@@ -179,8 +179,18 @@ impl DeploymentController {
         let informers = &self.ctx.informers;
         let rss = informers.replica_sets.list_namespace(&key.namespace);
         let rs_refs: Vec<&ReplicaSet> = rss.iter().map(Arc::as_ref).collect();
-        let pods = informers.pods.list_namespace(&key.namespace);
-        let pod_refs: Vec<&Pod> = pods.iter().map(Arc::as_ref).collect();
+        // Only Recreate reads Pods (to wait for old ones to go).
+        let pods: Vec<Pod> = if super::is_recreate(&d) {
+            informers
+                .pods
+                .list_namespace(&key.namespace)
+                .iter()
+                .map(|p| p.to_pod())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let pod_refs: Vec<&Pod> = pods.iter().collect();
         let plan = plan(&d, &rs_refs, &pod_refs, self.ctx.now())?;
 
         self.set_ownership(&d, &plan.adopt, true).await?;

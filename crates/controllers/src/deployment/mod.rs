@@ -207,7 +207,7 @@ fn deployment_replicas(d: &Deployment) -> i32 {
     d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
 }
 
-fn is_recreate(d: &Deployment) -> bool {
+pub(crate) fn is_recreate(d: &Deployment) -> bool {
     d.spec
         .as_ref()
         .and_then(|s| s.strategy.as_ref())

@@ -21,6 +21,7 @@ use super::{
     SliceChanges, ANNOTATION_TRIGGER_TIME, DEFAULT_MAX_ENDPOINTS_PER_SLICE, LABEL_MANAGED_BY,
     LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE, MANAGED_BY_CONTROLLER, MANAGED_BY_MIRRORING,
 };
+use crate::pods::CachedPod;
 use crate::runtime::{is_not_found, Change, Context, Controller, ObjectKey, WorkQueue};
 
 /// Service selectors by `namespace\0key=value`: which Services may select a Pod with that label.
@@ -268,7 +269,7 @@ fn update_index(index: &mut SelectorIndex, service: &Service, insert: bool) {
 fn selecting_services(
     index: &SelectorIndex,
     services: &crate::runtime::Informer<Service>,
-    pod: &Pod,
+    pod: &CachedPod,
     out: &mut HashSet<ObjectKey>,
 ) {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
@@ -291,27 +292,18 @@ fn selecting_services(
 }
 
 /// Whether a Pod update can change any endpoint: what [`desired_endpoints`] reads.
-fn endpoint_relevant_change(old: &Pod, new: &Pod) -> bool {
-    fn ready(p: &Pod) -> Option<&str> {
-        p.status
-            .as_ref()?
-            .conditions
-            .as_ref()?
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .map(|c| c.status.as_str())
-    }
-    let status = |p: &Pod| {
+fn endpoint_relevant_change(old: &CachedPod, new: &CachedPod) -> bool {
+    let status = |p: &CachedPod| {
         p.status.as_ref().map(|s| {
             (
                 s.pod_ip.clone(),
                 s.pod_ips.clone(),
                 s.phase.clone(),
-                ready(p).map(str::to_string),
+                p.condition("Ready").map(str::to_string),
             )
         })
     };
-    let spec = |p: &Pod| {
+    let spec = |p: &CachedPod| {
         p.spec.as_ref().map(|s| {
             (
                 s.node_name.clone(),
@@ -334,6 +326,8 @@ fn endpoint_relevant_change(old: &Pod, new: &Pod) -> bool {
 impl Controller for EndpointsController {
     type Key = ObjectKey;
     const NAME: &'static str = "endpoints";
+    // Writes wait on the store's group commit: many in flight keep it busy.
+    const WORKERS: usize = 16;
 
     fn queue(&self) -> &WorkQueue<ObjectKey> {
         &self.queue
@@ -408,7 +402,8 @@ impl Controller for EndpointsController {
                 zones.insert(node.to_string(), zone);
             }
         }
-        let pod_refs: Vec<&Pod> = pods.iter().map(Arc::as_ref).collect();
+        let pods: Vec<Pod> = pods.iter().map(|p| p.to_pod()).collect();
+        let pod_refs: Vec<&Pod> = pods.iter().collect();
         let desired = desired_endpoints(&service, &pod_refs, &zones);
         let mut changes = reconcile_slices(
             &service,

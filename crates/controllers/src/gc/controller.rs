@@ -12,10 +12,11 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use anyhow::Result;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions, PropagationPolicy};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::json;
 use switchyard_api::k8s::api::apps::v1::{Deployment, ReplicaSet};
 use switchyard_api::k8s::api::core::v1::{Endpoints, Service};
 use switchyard_api::k8s::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -111,6 +112,28 @@ fn watch_owners<K>(
             }
         }
     });
+}
+
+/// Writes `refs` as the object's owner references with a merge patch that names the cached
+/// resourceVersion, so a decision taken on a stale cache fails with 409 instead of overwriting a
+/// newer list. A patch rather than a replace: cached objects may be slim views
+/// ([`crate::pods::CachedPod`]) that must never be written back whole.
+pub(crate) async fn write_owner_references<K>(
+    api: &Api<K>,
+    meta: &ObjectMeta,
+    refs: &[OwnerReference],
+) -> kube::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let name = meta.name.as_deref().unwrap_or_default();
+    let patch = json!({"metadata": {
+        "resourceVersion": meta.resource_version,
+        "ownerReferences": refs,
+    }});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
 }
 
 impl GarbageCollector {
@@ -249,11 +272,14 @@ impl GarbageCollector {
         if gone.is_empty() {
             return Ok(());
         }
-        let mut updated = obj.as_ref().clone();
-        if let Some(refs) = updated.meta_mut().owner_references.as_mut() {
-            refs.retain(|r| !gone.contains(&r.uid));
-        }
-        match api.replace(name, &PostParams::default(), &updated).await {
+        let kept: Vec<OwnerReference> = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|r| !gone.contains(&r.uid))
+            .cloned()
+            .collect();
+        match write_owner_references(&api, meta, &kept).await {
             Err(e) if !is_not_found(&e) => Err(e.into()),
             _ => Ok(()),
         }

@@ -13,12 +13,14 @@ use futures::future::join_all;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use switchyard_api::k8s::api::apps::v1::ReplicaSet;
 use switchyard_api::k8s::api::core::v1::Pod;
+use switchyard_api::k8s::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tracing::Instrument;
 
 use super::{
     plan, selector_of, status_needs_update, with_replica_failure, Expectations, ReplicaFailure,
 };
 use crate::controller_ref::{controller_of, controller_ref};
+use crate::gc::controller::write_owner_references;
 use crate::runtime::{
     is_conflict, is_not_found, object_reference, Change, Context, Controller, Informer, ObjectKey,
     WorkQueue,
@@ -33,22 +35,18 @@ pub struct ReplicaSetController {
     expectations: SharedExpectations,
 }
 
-/// The key of the ReplicaSet controlling `pod`, if a ReplicaSet does.
-fn owner_key(pod: &Pod) -> Option<ObjectKey> {
-    let r = controller_of(&pod.metadata)?;
-    (r.kind == "ReplicaSet" && r.api_version.starts_with("apps/")).then(|| {
-        ObjectKey::new(
-            pod.metadata.namespace.clone().unwrap_or_default(),
-            r.name.clone(),
-        )
-    })
+/// The key of the ReplicaSet controlling the Pod, if a ReplicaSet does.
+fn owner_key(pod: &ObjectMeta) -> Option<ObjectKey> {
+    let r = controller_of(pod)?;
+    (r.kind == "ReplicaSet" && r.api_version.starts_with("apps/"))
+        .then(|| ObjectKey::new(pod.namespace.clone().unwrap_or_default(), r.name.clone()))
 }
 
 /// The ReplicaSets of the Pod's namespace whose selector matches it (for orphans).
-fn matching_replica_sets(replica_sets: &Informer<ReplicaSet>, pod: &Pod) -> Vec<ObjectKey> {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+fn matching_replica_sets(replica_sets: &Informer<ReplicaSet>, pod: &ObjectMeta) -> Vec<ObjectKey> {
+    let ns = pod.namespace.as_deref().unwrap_or_default();
     let empty = Default::default();
-    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let labels = pod.labels.as_ref().unwrap_or(&empty);
     replica_sets
         .list_namespace(ns)
         .iter()
@@ -84,13 +82,13 @@ impl ReplicaSetController {
             ctx.informers.replica_sets.clone(),
         );
         ctx.informers.pods.on_change(move |change| {
-            let pod = change.object();
-            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            let pod = &change.object().metadata;
+            let name = pod.name.as_deref().unwrap_or_default();
             match &change {
                 Change::Added(_) => match owner_key(pod) {
                     Some(key) => {
                         let mut e = lock(&exp);
-                        if pod.metadata.deletion_timestamp.is_some() {
+                        if pod.deletion_timestamp.is_some() {
                             // Seen for the first time already terminating (a relist).
                             e.deletion_observed(&key, name);
                         } else {
@@ -104,10 +102,9 @@ impl ReplicaSetController {
                         .for_each(|k| q.add(k)),
                 },
                 Change::Updated { old, new } => {
+                    let (old, new) = (&old.metadata, &new.metadata);
                     let (old_owner, new_owner) = (owner_key(old), owner_key(new));
-                    if new.metadata.deletion_timestamp.is_some()
-                        && old.metadata.deletion_timestamp.is_none()
-                    {
+                    if new.deletion_timestamp.is_some() && old.deletion_timestamp.is_none() {
                         if let Some(key) = &new_owner {
                             lock(&exp).deletion_observed(key, name);
                         }
@@ -117,7 +114,7 @@ impl ReplicaSetController {
                     }
                     match new_owner {
                         Some(key) => q.add(key),
-                        None if old.metadata.labels != new.metadata.labels => {
+                        None if old.labels != new.labels => {
                             matching_replica_sets(&replica_sets, new)
                                 .into_iter()
                                 .for_each(|k| q.add(k))
@@ -145,15 +142,13 @@ impl ReplicaSetController {
             let Some(pod) = self.ctx.informers.pods.get(ns, name) else {
                 continue;
             };
-            let mut pod = pod.as_ref().clone();
-            let refs = pod.metadata.owner_references.get_or_insert_with(Vec::new);
+            let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
             if adopt {
                 refs.push(controller_ref("apps/v1", "ReplicaSet", &rs.metadata));
             } else {
                 refs.retain(|r| r.uid != uid);
             }
-            // The cached resourceVersion makes a stale decision fail with 409.
-            match api.replace(name, &PostParams::default(), &pod).await {
+            match write_owner_references(&api, &pod.metadata, &refs).await {
                 Err(e) if !is_not_found(&e) => return Err(e.into()),
                 _ => {}
             }
@@ -243,8 +238,15 @@ impl ReplicaSetController {
             return Ok(());
         };
         let now = self.ctx.now();
-        let pods = self.ctx.informers.pods.list_namespace(&key.namespace);
-        let pod_refs: Vec<&Pod> = pods.iter().map(Arc::as_ref).collect();
+        let pods: Vec<Pod> = self
+            .ctx
+            .informers
+            .pods
+            .list_namespace(&key.namespace)
+            .iter()
+            .map(|p| p.to_pod())
+            .collect();
+        let pod_refs: Vec<&Pod> = pods.iter().collect();
         let satisfied = lock(&self.expectations).satisfied(&key, now);
         let plan = plan(&rs, &pod_refs, satisfied, now)?;
 

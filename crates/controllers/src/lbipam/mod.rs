@@ -3,13 +3,15 @@
 //! MetalLB's `internal/allocator/allocator.go` and `controller/service.go`: pools are parsed once
 //! ([`Allocator::new`]), Services are then assigned ([`Allocator::assign`]), re-registered from
 //! their status at startup ([`Allocator::restore`]) and released ([`Allocator::release`]). It does
-//! no I/O; the loop around it writes `status.loadBalancer.ingress`, the
-//! `metallb.io/ip-allocated-from-pool` annotation and an `AllocationFailed` Event for every
-//! [`AllocationError`].
+//! no I/O; the loop around it ([`controller::LoadBalancerController`]) writes
+//! `status.loadBalancer.ingress`, the `metallb.io/ip-allocated-from-pool` annotation and an
+//! `AllocationFailed` Event for every [`AllocationError`].
 //!
 //! Unlike MetalLB, which walks its pools in Go map order, the choice here is deterministic: the
 //! lowest usable address of the first eligible pool in name order, so the same cluster state
 //! always yields the same assignments.
+
+pub mod controller;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
