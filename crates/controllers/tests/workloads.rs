@@ -593,3 +593,47 @@ async fn slices_lose_vanished_owners_and_go_when_none_is_left() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_converged_deployment_is_not_written_again_by_a_resync() -> Result<()> {
+    let (server, client) = cluster().await?;
+    let _kubelet = kubelet(&client);
+    create_deployment(&client, "web", 3, "nginx:1").await?;
+    wait_rolled_out(&client, "web", 3).await?;
+    wait_for(WAIT, "Progressing NewReplicaSetAvailable", || async {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        let d = api.get("web").await.ok()?;
+        condition(&d, "Progressing").filter(|c| c.1 == "NewReplicaSetAvailable")
+    })
+    .await?;
+    let manager = server.controllers.as_ref().expect("controllers");
+    wait_for(WAIT, "controllers idle", || async {
+        manager.is_idle().then_some(())
+    })
+    .await?;
+    let versions = || async {
+        let d: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        let mut rvs = vec![d.get("web").await?.metadata.resource_version];
+        rvs.extend(
+            replica_sets(&client, "web")
+                .await?
+                .into_iter()
+                .map(|r| r.metadata.resource_version),
+        );
+        rvs.extend(
+            active_pods(&client, "web")
+                .await?
+                .into_iter()
+                .map(|p| p.metadata.resource_version),
+        );
+        anyhow::Ok(rvs)
+    };
+    let before = versions().await?;
+    manager.resync();
+    wait_for(WAIT, "controllers idle after resync", || async {
+        manager.is_idle().then_some(())
+    })
+    .await?;
+    assert_eq!(versions().await?, before, "a resync rewrote objects");
+    Ok(())
+}
