@@ -637,3 +637,27 @@ async fn a_converged_deployment_is_not_written_again_by_a_resync() -> Result<()>
     assert_eq!(versions().await?, before, "a resync rewrote objects");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_large_replica_set_creates_exactly_its_replicas() -> Result<()> {
+    let (server, client) = cluster().await?;
+    // No kubelet: a surplus Pod, once deleted, would stay listed as terminating.
+    create_deployment(&client, "big", 120, "nginx:1").await?;
+    wait_for(WAIT, "120 pods", || async {
+        active_pods(&client, "big")
+            .await
+            .ok()
+            .filter(|p| p.len() == 120)
+    })
+    .await?;
+    let manager = server.controllers.as_ref().expect("controllers");
+    wait_for(WAIT, "controllers idle", || async {
+        manager.is_idle().then_some(())
+    })
+    .await?;
+    let all: Api<Pod> = Api::namespaced(client.clone(), NS);
+    assert_eq!(all.list(&ListParams::default()).await?.items.len(), 120);
+    let rs = replica_sets(&client, "big").await?;
+    assert_eq!(rs[0].status.as_ref().map(|s| s.replicas), Some(120));
+    Ok(())
+}
