@@ -1265,10 +1265,7 @@ pub fn plan(
         // `syncStatusOnly`.
         sync.sync_revision(false);
         sync.calculate_status()
-    } else if spec.paused.unwrap_or(false) || {
-        sync.sync_revision(false);
-        sync.is_scaling_event()
-    } {
+    } else if spec.paused.unwrap_or(false) || sync.is_scaling_event() {
         sync.sync_scale();
         sync.calculate_status()
     } else {
