@@ -482,6 +482,24 @@ async fn kubectl_scale_and_rollout_status_work() -> Result<()> {
     );
     let pods = active_pods(&client, "web").await?;
     assert!(pods.iter().all(|p| image_of(p) == "nginx:1"));
+
+    // A paused Deployment keeps its Pods through a template change until resumed.
+    run(vec!["rollout", "pause", "deployment/web"]).await??;
+    run(vec!["set", "image", "deployment/web", "app=nginx:3"]).await??;
+    let d: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    wait_for(WAIT, "the paused condition", || async {
+        let d = d.get("web").await.ok()?;
+        (condition(&d, "Progressing")? == ("Unknown".to_string(), "DeploymentPaused".to_string())
+            && d.status.as_ref()?.observed_generation >= d.metadata.generation)
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(replica_sets(&client, "web").await?.len(), 2);
+    run(vec!["rollout", "resume", "deployment/web"]).await??;
+    let out = run(vec!["rollout", "status", "deployment/web", "--timeout=60s"]).await??;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let pods = active_pods(&client, "web").await?;
+    assert!(pods.iter().all(|p| image_of(p) == "nginx:3"));
     Ok(())
 }
 
