@@ -679,3 +679,75 @@ async fn a_large_replica_set_creates_exactly_its_replicas() -> Result<()> {
     assert_eq!(rs[0].status.as_ref().map(|s| s.replicas), Some(120));
     Ok(())
 }
+
+/// Deletes the Deployment after giving it the finalizer `kubectl delete --cascade=...` asks
+/// kube-apiserver to add.
+async fn delete_with_finalizer(client: &kube::Client, name: &str, finalizer: &str) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"finalizers": [finalizer]}})),
+    )
+    .await?;
+    api.delete(name, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn orphan_deletion_keeps_the_replica_set_and_pods_without_the_owner() -> Result<()> {
+    let (_server, client) = cluster().await?;
+    let _kubelet = kubelet(&client);
+    create_deployment(&client, "web", 2, "nginx:1").await?;
+    wait_rolled_out(&client, "web", 2).await?;
+    delete_with_finalizer(&client, "web", "orphan").await?;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    wait_for(WAIT, "the deployment gone", || async {
+        api.get_opt("web").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    let rss = replica_sets(&client, "web").await?;
+    assert_eq!(rss.len(), 1);
+    assert!(rss[0]
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_none_or(|r| r.is_empty()));
+    // Nothing collects the orphan afterwards.
+    let manager = _server.controllers.as_ref().expect("controllers");
+    manager.resync();
+    wait_for(WAIT, "controllers idle", || async {
+        manager.is_idle().then_some(())
+    })
+    .await?;
+    assert_eq!(replica_sets(&client, "web").await?.len(), 1);
+    assert_eq!(active_pods(&client, "web").await?.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn foreground_deletion_removes_the_replica_sets_before_the_deployment() -> Result<()> {
+    let (_server, client) = cluster().await?;
+    let _kubelet = kubelet(&client);
+    create_deployment(&client, "web", 2, "nginx:1").await?;
+    wait_rolled_out(&client, "web", 2).await?;
+    delete_with_finalizer(&client, "web", "foregroundDeletion").await?;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    wait_for(WAIT, "the deployment gone", || async {
+        api.get_opt("web").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    assert!(
+        replica_sets(&client, "web").await?.is_empty(),
+        "the owner went only after its dependents"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait_for(WAIT, "pods collected", || async {
+        pods.list(&ListParams::default())
+            .await
+            .ok()
+            .filter(|p| p.items.is_empty())
+    })
+    .await?;
+    Ok(())
+}

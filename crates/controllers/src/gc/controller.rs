@@ -1,6 +1,8 @@
-//! The loop of the garbage collector. Keys are either one dependent (checked when it appears or
-//! its owner references change, and at every resync) or an owner that was deleted (every
-//! dependent naming its uid is checked). Owners are looked up in the informers by name and
+//! The loop of the garbage collector. Keys are one dependent (checked when it appears or its
+//! owner references change, and at every resync), an owner that was deleted (every dependent
+//! naming its uid is checked), or an owner being deleted with the `orphan` or
+//! `foregroundDeletion` finalizer (its dependents lose their reference to it, or are deleted
+//! first; then the finalizer is removed). Owners are looked up in the informers by name and
 //! compared by uid; before acting on an owner that looks absent it is read from the API, since
 //! the informers of different kinds are not ordered with each other (an owner created just
 //! before its dependent may not be cached yet). Deletes carry the dependent's uid as
@@ -21,7 +23,10 @@ use switchyard_api::k8s::api::apps::v1::{Deployment, ReplicaSet};
 use switchyard_api::k8s::api::core::v1::{Endpoints, Service};
 use switchyard_api::k8s::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::{api_group, decide, GcDecision, OwnerState, TRACKED_OWNER_KINDS};
+use super::{
+    api_group, decide, finalizers_without, owner_finalizing, GcDecision, OwnerFinalizing,
+    OwnerState, FINALIZER_FOREGROUND, FINALIZER_ORPHAN, TRACKED_OWNER_KINDS,
+};
 use crate::runtime::{is_not_found, Context, Controller, Informer, WorkQueue};
 
 /// The kinds whose objects the collector deletes when their owners are gone.
@@ -30,6 +35,37 @@ pub enum DependentKind {
     ReplicaSet,
     Pod,
     EndpointSlice,
+}
+
+/// The kinds whose objects own dependents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OwnerKind {
+    Deployment,
+    ReplicaSet,
+    Service,
+    Endpoints,
+}
+
+impl OwnerKind {
+    /// The owner kind an owner reference names, if we track it.
+    fn of(r: &OwnerReference) -> Option<Self> {
+        match (api_group(&r.api_version), r.kind.as_str()) {
+            ("apps", "Deployment") => Some(Self::Deployment),
+            ("apps", "ReplicaSet") => Some(Self::ReplicaSet),
+            ("", "Service") => Some(Self::Service),
+            ("", "Endpoints") => Some(Self::Endpoints),
+            _ => None,
+        }
+    }
+
+    /// The kinds of its dependents.
+    fn dependents(self) -> &'static [DependentKind] {
+        match self {
+            Self::Deployment => &[DependentKind::ReplicaSet],
+            Self::ReplicaSet => &[DependentKind::Pod],
+            Self::Service | Self::Endpoints => &[DependentKind::EndpointSlice],
+        }
+    }
 }
 
 /// A unit of work of the garbage collector.
@@ -47,7 +83,17 @@ pub enum GcKey {
         namespace: String,
         uid: String,
     },
+    /// An owner being deleted with the `orphan` or `foregroundDeletion` finalizer.
+    Finalizing {
+        kind: OwnerKind,
+        namespace: String,
+        name: String,
+    },
 }
+
+/// How long a foreground deletion waits before checking its dependents again, should a
+/// dependent's deletion event be missed.
+const FOREGROUND_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Deletes dependents whose owners are gone (background propagation).
 pub struct GarbageCollector {
@@ -82,22 +128,42 @@ where
             None => has_owners(meta),
             Some(old) => old.meta().owner_references != meta.owner_references,
         };
-        if relevant && !matches!(change, crate::runtime::Change::Deleted(_)) {
+        if let crate::runtime::Change::Deleted(_) = change {
+            // An owner in foreground deletion may be waiting for this one.
+            for r in meta.owner_references.iter().flatten() {
+                if let Some(kind) = OwnerKind::of(r) {
+                    q.add(GcKey::Finalizing {
+                        kind,
+                        namespace: meta.namespace.clone().unwrap_or_default(),
+                        name: r.name.clone(),
+                    });
+                }
+            }
+        } else if relevant {
             q.add(object_key(kind, meta));
         }
     });
 }
 
-/// Enqueues the dependents of the given kinds when an owner is deleted.
-fn watch_owners<K>(
-    informer: &Informer<K>,
-    kinds: &'static [DependentKind],
-    queue: &WorkQueue<GcKey>,
-) where
+/// Enqueues the owner's dependents when it is deleted, and the owner itself when it is being
+/// deleted with a collector finalizer.
+fn watch_owners<K>(informer: &Informer<K>, owner_kind: OwnerKind, queue: &WorkQueue<GcKey>)
+where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let q = queue.clone();
+    let kinds = owner_kind.dependents();
     informer.on_change(move |change| {
+        let meta = change.object().meta();
+        if !matches!(change, crate::runtime::Change::Deleted(_))
+            && owner_finalizing(meta) != OwnerFinalizing::Nothing
+        {
+            q.add(GcKey::Finalizing {
+                kind: owner_kind,
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
+            });
+        }
         if let crate::runtime::Change::Deleted(owner) = change {
             let meta = owner.meta();
             let (Some(uid), namespace) = (meta.uid.clone(), meta.namespace.clone()) else {
@@ -150,10 +216,10 @@ impl GarbageCollector {
             DependentKind::EndpointSlice,
             &this.queue,
         );
-        watch_owners(&inf.deployments, &[DependentKind::ReplicaSet], &this.queue);
-        watch_owners(&inf.replica_sets, &[DependentKind::Pod], &this.queue);
-        watch_owners(&inf.services, &[DependentKind::EndpointSlice], &this.queue);
-        watch_owners(&inf.endpoints, &[DependentKind::EndpointSlice], &this.queue);
+        watch_owners(&inf.deployments, OwnerKind::Deployment, &this.queue);
+        watch_owners(&inf.replica_sets, OwnerKind::ReplicaSet, &this.queue);
+        watch_owners(&inf.services, OwnerKind::Service, &this.queue);
+        watch_owners(&inf.endpoints, OwnerKind::Endpoints, &this.queue);
         this
     }
 
@@ -296,6 +362,191 @@ impl GarbageCollector {
         }
     }
 
+    /// Removes the owner reference with `uid` from one dependent.
+    async fn drop_owner_ref<K>(
+        &self,
+        informer: &Informer<K>,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let Some(obj) = informer.get(namespace, name) else {
+            return Ok(());
+        };
+        let meta = obj.meta();
+        let kept: Vec<OwnerReference> = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|r| r.uid != uid)
+            .cloned()
+            .collect();
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), namespace);
+        match write_owner_references(&api, meta, &kept).await {
+            Err(e) if !is_not_found(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes one dependent of an owner in foreground deletion (unless already being deleted).
+    async fn delete_for_foreground<K>(
+        &self,
+        informer: &Informer<K>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let Some(obj) = informer.get(namespace, name) else {
+            return Ok(());
+        };
+        if obj.meta().deletion_timestamp.is_some() {
+            return Ok(());
+        }
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: obj.meta().uid.clone(),
+                resource_version: None,
+            }),
+            // Foreground all the way down, as Kubernetes does for an owner's dependents.
+            propagation_policy: Some(PropagationPolicy::Foreground),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Err(e) if !is_not_found(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Orphans or deletes a finalizing owner's dependents; once that is done, removes the
+    /// finalizer so the owner goes.
+    async fn finalize<K>(
+        &self,
+        informer: &Informer<K>,
+        kind: OwnerKind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let Some(owner) = informer.get(namespace, name) else {
+            return Ok(());
+        };
+        let meta = owner.meta();
+        let uid = meta.uid.clone().unwrap_or_default();
+        let finalizing = owner_finalizing(meta);
+        let finalizer = match finalizing {
+            OwnerFinalizing::Nothing => return Ok(()),
+            OwnerFinalizing::Orphan => FINALIZER_ORPHAN,
+            OwnerFinalizing::Foreground => FINALIZER_FOREGROUND,
+        };
+        let inf = &self.ctx.informers;
+        let mut remaining = 0;
+        for dependent_kind in kind.dependents() {
+            for dependent in self.dependents_of(*dependent_kind, namespace, &uid) {
+                if finalizing == OwnerFinalizing::Orphan {
+                    match dependent_kind {
+                        DependentKind::ReplicaSet => {
+                            self.drop_owner_ref(&inf.replica_sets, namespace, &dependent, &uid)
+                                .await?
+                        }
+                        DependentKind::Pod => {
+                            self.drop_owner_ref(&inf.pods, namespace, &dependent, &uid)
+                                .await?
+                        }
+                        DependentKind::EndpointSlice => {
+                            self.drop_owner_ref(&inf.endpoint_slices, namespace, &dependent, &uid)
+                                .await?
+                        }
+                    }
+                } else {
+                    remaining += 1;
+                    match dependent_kind {
+                        DependentKind::ReplicaSet => {
+                            self.delete_for_foreground(&inf.replica_sets, namespace, &dependent)
+                                .await?
+                        }
+                        DependentKind::Pod => {
+                            self.delete_for_foreground(&inf.pods, namespace, &dependent)
+                                .await?
+                        }
+                        DependentKind::EndpointSlice => {
+                            self.delete_for_foreground(&inf.endpoint_slices, namespace, &dependent)
+                                .await?
+                        }
+                    }
+                }
+            }
+        }
+        if remaining > 0 {
+            // Each dependent's deletion re-queues this owner; this is a safety net.
+            self.queue.add_after(
+                GcKey::Finalizing {
+                    kind,
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                },
+                FOREGROUND_RECHECK,
+            );
+            return Ok(());
+        }
+        tracing::info!(
+            namespace,
+            name,
+            finalizer,
+            "dependents handled; removing finalizer"
+        );
+        let patch = json!({"metadata": {
+            "resourceVersion": meta.resource_version,
+            "finalizers": finalizers_without(meta, finalizer),
+        }});
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), namespace);
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Err(e) if !is_not_found(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn finalize_kind(&self, kind: OwnerKind, namespace: &str, name: &str) -> Result<()> {
+        let inf = &self.ctx.informers;
+        match kind {
+            OwnerKind::Deployment => self.finalize(&inf.deployments, kind, namespace, name).await,
+            OwnerKind::ReplicaSet => {
+                self.finalize(&inf.replica_sets, kind, namespace, name)
+                    .await
+            }
+            OwnerKind::Service => self.finalize(&inf.services, kind, namespace, name).await,
+            OwnerKind::Endpoints => self.finalize(&inf.endpoints, kind, namespace, name).await,
+        }
+    }
+
     /// Names of the dependents of `kind` in `namespace` naming `uid` as owner.
     fn dependents_of(&self, kind: DependentKind, namespace: &str, uid: &str) -> Vec<String> {
         fn names<K>(inf: &Informer<K>, ns: &str, uid: &str) -> Vec<String>
@@ -359,8 +610,33 @@ impl Controller for GarbageCollector {
                 }
             }
         }
+        fn finalizing<K>(inf: &Informer<K>, kind: OwnerKind, out: &mut Vec<GcKey>)
+        where
+            K: Resource<DynamicType = ()>
+                + Clone
+                + DeserializeOwned
+                + Debug
+                + Send
+                + Sync
+                + 'static,
+        {
+            for o in inf.list() {
+                let meta = o.meta();
+                if owner_finalizing(meta) != OwnerFinalizing::Nothing {
+                    out.push(GcKey::Finalizing {
+                        kind,
+                        namespace: meta.namespace.clone().unwrap_or_default(),
+                        name: meta.name.clone().unwrap_or_default(),
+                    });
+                }
+            }
+        }
         let inf = &self.ctx.informers;
         let mut out = Vec::new();
+        finalizing(&inf.deployments, OwnerKind::Deployment, &mut out);
+        finalizing(&inf.replica_sets, OwnerKind::ReplicaSet, &mut out);
+        finalizing(&inf.services, OwnerKind::Service, &mut out);
+        finalizing(&inf.endpoints, OwnerKind::Endpoints, &mut out);
         keys(&inf.replica_sets, DependentKind::ReplicaSet, &mut out);
         keys(&inf.pods, DependentKind::Pod, &mut out);
         keys(&inf.endpoint_slices, DependentKind::EndpointSlice, &mut out);
@@ -387,6 +663,11 @@ impl Controller for GarbageCollector {
                 }
                 first_error.map_or(Ok(()), Err)
             }
+            GcKey::Finalizing {
+                kind,
+                namespace,
+                name,
+            } => self.finalize_kind(kind, &namespace, &name).await,
         }
     }
 }

@@ -1,8 +1,10 @@
-//! The pure core of the garbage collector (`pkg/controller/garbagecollector` in Kubernetes),
-//! background propagation only. An object whose `ownerReferences` all name owners that no longer
-//! exist (no object of that kind, namespace and uid) is deleted; one that still has an owner but
-//! also names vanished ones has the dangling references removed; anything else is kept. Owners
-//! of kinds we do not track count as present, so we never delete on a guess.
+//! The pure core of the garbage collector (`pkg/controller/garbagecollector` in Kubernetes). An
+//! object whose `ownerReferences` all name owners that no longer exist (no object of that kind,
+//! namespace and uid) is deleted; one that still has an owner but also names vanished ones has
+//! the dangling references removed; anything else is kept. Owners of kinds we do not track count
+//! as present, so we never delete on a guess. Owners being deleted with the `orphan` or
+//! `foregroundDeletion` finalizer are recognised by [`owner_finalizing`] (see
+//! <https://kubernetes.io/docs/concepts/architecture/garbage-collection/#cascading-deletion>).
 //!
 //! Our caches are per kind and not ordered with each other, so an owner missing from its cache
 //! may simply not have arrived yet: the caller must confirm absence with a live read (as
@@ -22,6 +24,51 @@ pub const TRACKED_OWNER_KINDS: [(&str, &str); 4] = [
     ("", "Service"),
     ("", "Endpoints"),
 ];
+
+/// `orphan`: the owner's dependents are to be kept, without their reference to it, before the
+/// owner goes (`kubectl delete --cascade=orphan`).
+pub const FINALIZER_ORPHAN: &str = "orphan";
+/// `foregroundDeletion`: the owner's dependents are to be deleted before the owner goes
+/// (`kubectl delete --cascade=foreground`).
+pub const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
+
+/// What an owner being deleted waits for from the collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerFinalizing {
+    /// Nothing (not being deleted, or no collector finalizer).
+    Nothing,
+    /// Remove the owner's reference from its dependents, then the `orphan` finalizer.
+    Orphan,
+    /// Delete the dependents, then (once they are gone) the `foregroundDeletion` finalizer.
+    Foreground,
+}
+
+/// What the collector owes an owner (`orphan` wins if both finalizers are set; the API forbids
+/// setting both).
+pub fn owner_finalizing(owner: &ObjectMeta) -> OwnerFinalizing {
+    if owner.deletion_timestamp.is_none() {
+        return OwnerFinalizing::Nothing;
+    }
+    let has = |f: &str| owner.finalizers.iter().flatten().any(|x| x == f);
+    if has(FINALIZER_ORPHAN) {
+        OwnerFinalizing::Orphan
+    } else if has(FINALIZER_FOREGROUND) {
+        OwnerFinalizing::Foreground
+    } else {
+        OwnerFinalizing::Nothing
+    }
+}
+
+/// The owner's finalizers without `finalizer`.
+pub fn finalizers_without(owner: &ObjectMeta, finalizer: &str) -> Vec<String> {
+    owner
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect()
+}
 
 /// Whether an owner exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -254,6 +301,39 @@ mod tests {
             "deletionTimestamp": "2026-11-22T00:00:00Z",
             "ownerReferences": [owner_ref("apps/v1", "Deployment", "gone")]}));
         assert_eq!(decide_with(&dependent, &owners()), GcDecision::Keep);
+    }
+
+    #[test]
+    fn owners_being_deleted_with_collector_finalizers_are_recognised() {
+        let cases = [
+            (json!({"name": "d"}), OwnerFinalizing::Nothing),
+            (
+                json!({"name": "d", "finalizers": ["orphan"]}),
+                OwnerFinalizing::Nothing,
+            ),
+            (
+                json!({"name": "d", "deletionTimestamp": "2026-11-22T00:00:00Z"}),
+                OwnerFinalizing::Nothing,
+            ),
+            (
+                json!({"name": "d", "deletionTimestamp": "2026-11-22T00:00:00Z",
+                       "finalizers": ["example.com/x", "orphan"]}),
+                OwnerFinalizing::Orphan,
+            ),
+            (
+                json!({"name": "d", "deletionTimestamp": "2026-11-22T00:00:00Z",
+                       "finalizers": ["foregroundDeletion"]}),
+                OwnerFinalizing::Foreground,
+            ),
+        ];
+        for (m, want) in cases {
+            assert_eq!(owner_finalizing(&meta(m.clone())), want, "{m}");
+        }
+        let m = meta(json!({"name": "d", "finalizers": ["example.com/x", "orphan"]}));
+        assert_eq!(
+            finalizers_without(&m, FINALIZER_ORPHAN),
+            vec!["example.com/x".to_string()]
+        );
     }
 
     #[test]
