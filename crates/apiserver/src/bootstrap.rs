@@ -17,6 +17,7 @@ fn ctx() -> WriteCtx {
         dry_run: false,
         field_manager: "switchyard-apiserver".into(),
         field_validation: FieldValidation::Strict,
+        user: crate::registry::SYSTEM_USER.into(),
     }
 }
 

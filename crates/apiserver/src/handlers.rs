@@ -51,6 +51,8 @@ pub struct RequestParts<'a> {
     pub content_type: &'a str,
     pub accept: &'a str,
     pub user_agent: &'a str,
+    /// The authenticated user's name.
+    pub user: &'a str,
     pub body: &'a [u8],
 }
 
@@ -104,11 +106,8 @@ fn list_params(r: &ResourceInfo, q: &HashMap<String, String>) -> Result<ListPara
     })
 }
 
-fn write_ctx(
-    q: &HashMap<String, String>,
-    user_agent: &str,
-    default_manager: &str,
-) -> Result<WriteCtx, StatusError> {
+fn write_ctx(req: &RequestParts<'_>, default_manager: &str) -> Result<WriteCtx, StatusError> {
+    let (q, user_agent) = (req.query, req.user_agent);
     let dry_run = match q.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,
@@ -154,6 +153,7 @@ fn write_ctx(
         dry_run,
         field_manager,
         field_validation,
+        user: req.user.to_string(),
     })
 }
 
@@ -345,7 +345,7 @@ pub async fn handle(
         }
         (Method::POST, None) => {
             let body = codec::decode_body(req.content_type, req.body)?;
-            let ctx = write_ctx(q, req.user_agent, "unknown")?;
+            let ctx = write_ctx(&req, "unknown")?;
             let w = registry.create(r, ns, body, &ctx).await?;
             Ok(Reply::Object {
                 code: StatusCode::CREATED,
@@ -356,7 +356,7 @@ pub async fn handle(
         }
         (Method::PUT, Some(name)) => {
             let body = codec::decode_body(req.content_type, req.body)?;
-            let ctx = write_ctx(q, req.user_agent, "unknown")?;
+            let ctx = write_ctx(&req, "unknown")?;
             if sub == Some(Subresource::Scale) {
                 let replicas = body
                     .pointer("/spec/replicas")
@@ -378,7 +378,7 @@ pub async fn handle(
                 // As for any custom resource: no strategic merge patch.
                 return Err(StatusError::unsupported_media_type(req.content_type));
             }
-            let ctx = write_ctx(q, req.user_agent, "unknown")?;
+            let ctx = write_ctx(&req, "unknown")?;
             if patch_type == PatchType::Apply && q.get("fieldManager").is_none_or(|m| m.is_empty())
             {
                 return Err(StatusError::bad_request(
@@ -412,7 +412,7 @@ pub async fn handle(
             Ok(written(w, format))
         }
         (Method::DELETE, Some(name)) => {
-            let ctx = write_ctx(q, req.user_agent, "unknown")?;
+            let ctx = write_ctx(&req, "unknown")?;
             let opts = delete_opts(q, req.body)?;
             let (obj, gone) = registry.delete(r, ns, name, &opts, &ctx).await?;
             let code = if gone {
@@ -428,7 +428,7 @@ pub async fn handle(
             })
         }
         (Method::DELETE, None) => {
-            let ctx = write_ctx(q, req.user_agent, "unknown")?;
+            let ctx = write_ctx(&req, "unknown")?;
             let opts = delete_opts(q, req.body)?;
             let params = list_params(r, q)?;
             let (items, _, _, _) = registry.list(r, ns, &params).await?;
@@ -497,7 +497,7 @@ async fn bind(
         return Err(StatusError::method_not_allowed(req.method.as_str()));
     }
     let body = codec::decode_body(req.content_type, req.body)?;
-    let ctx = write_ctx(req.query, req.user_agent, "unknown")?;
+    let ctx = write_ctx(&req, "unknown")?;
     registry.bind(ns, name, &body, &ctx).await?;
     Ok(Reply::Object {
         code: StatusCode::CREATED,

@@ -76,6 +76,8 @@ impl Default for Config {
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
+    /// The controller manager's kubeconfig (user `system:kube-controller-manager`).
+    pub controller_manager_kubeconfig: PathBuf,
     pub admin_token: String,
     pub ca_cert_pem: String,
     pub store: SharedStore,
@@ -186,6 +188,14 @@ pub async fn start(config: Config, store: SharedStore) -> Result<RunningServer> 
         &pki.admin_cert_pem,
         &pki.admin_key_pem,
     )?;
+    let controller_manager_kubeconfig = pki::write_kubeconfig(
+        &config.data_dir.join("controller-manager.kubeconfig"),
+        &server_url,
+        &pki.ca_cert_pem,
+        pki::CONTROLLER_MANAGER_USER,
+        &pki.controller_manager_cert_pem,
+        &pki.controller_manager_key_pem,
+    )?;
 
     let services = Arc::new(alloc::ServiceAllocator::new(ip_range, port_range));
     let svc_prefix = switchyard_api::resources::find("", "v1", "services")
@@ -217,6 +227,7 @@ pub async fn start(config: Config, store: SharedStore) -> Result<RunningServer> 
     Ok(RunningServer {
         addr,
         kubeconfig,
+        controller_manager_kubeconfig,
         admin_token,
         ca_cert_pem: pki.ca_cert_pem,
         store,

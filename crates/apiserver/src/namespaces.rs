@@ -26,6 +26,7 @@ fn ctx() -> WriteCtx {
         dry_run: false,
         field_manager: "switchyard-namespace-controller".into(),
         field_validation: FieldValidation::Ignore,
+        user: crate::registry::SYSTEM_USER.into(),
     }
 }
 

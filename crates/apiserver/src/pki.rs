@@ -25,7 +25,14 @@ pub struct Pki {
     pub serving_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The controller manager's client certificate ([`CONTROLLER_MANAGER_USER`]).
+    pub controller_manager_cert_pem: String,
+    pub controller_manager_key_pem: String,
 }
+
+/// The user the controller manager authenticates as (kube-controller-manager's name). Some
+/// writes are reserved to it: see `Registry`'s load-balancer status check.
+pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -143,24 +150,43 @@ pub fn load_or_create(dir: &Path, extra_names: &[String]) -> Result<Pki> {
         }
     };
 
-    let admin_cert_path = dir.join("admin.crt");
-    let admin_key_path = dir.join("admin.key");
-    let (admin_cert_pem, admin_key_pem) = match (read(&admin_cert_path), read(&admin_key_path)) {
-        (Some(c), Some(k)) => (c, k),
-        _ => {
-            let (c, k) = issue_client_cert(&issuer, "admin", &["system:masters"])?;
-            write_private(&admin_key_path, &k)?;
-            write_private(&admin_cert_path, &c)?;
-            (c, k)
-        }
-    };
+    let (admin_cert_pem, admin_key_pem) =
+        client_pair(dir, "admin", &issuer, "admin", &["system:masters"])?;
+    let (controller_manager_cert_pem, controller_manager_key_pem) = client_pair(
+        dir,
+        "controller-manager",
+        &issuer,
+        CONTROLLER_MANAGER_USER,
+        &[],
+    )?;
     Ok(Pki {
         ca_cert_pem,
         serving_cert_pem,
         serving_key_pem,
         admin_cert_pem,
         admin_key_pem,
+        controller_manager_cert_pem,
+        controller_manager_key_pem,
     })
+}
+
+/// The client certificate kept as `DIR/STEM.crt` and `DIR/STEM.key`, issued on first use.
+fn client_pair(
+    dir: &Path,
+    stem: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    user: &str,
+    groups: &[&str],
+) -> Result<(String, String)> {
+    let cert_path = dir.join(format!("{stem}.crt"));
+    let key_path = dir.join(format!("{stem}.key"));
+    if let (Some(c), Some(k)) = (read(&cert_path), read(&key_path)) {
+        return Ok((c, k));
+    }
+    let (c, k) = issue_client_cert(issuer, user, groups)?;
+    write_private(&key_path, &k)?;
+    write_private(&cert_path, &c)?;
+    Ok((c, k))
 }
 
 /// A client certificate for `user` in `groups` (CN and O, as Kubernetes' x509 authenticator reads

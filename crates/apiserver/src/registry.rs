@@ -41,7 +41,12 @@ pub struct WriteCtx {
     pub dry_run: bool,
     pub field_manager: String,
     pub field_validation: FieldValidation,
+    /// Who writes: the authenticated user, or [`SYSTEM_USER`] for the server's own writes.
+    pub user: String,
 }
+
+/// The user of the API server's own writes (bootstrap, namespace finalization).
+pub const SYSTEM_USER: &str = "system:apiserver";
 
 /// The result of a write: the object as stored, whether it was created, and warnings for the
 /// client (`Warning` headers).
@@ -810,6 +815,20 @@ impl Registry {
                 .unwrap_or(0)
                 + 1;
             object::metadata_mut(&mut new).insert("generation".into(), Value::from(g));
+        }
+        if r.kind == "Service"
+            && r.group.is_empty()
+            && new.pointer("/status/loadBalancer") != old.pointer("/status/loadBalancer")
+            && ctx.user != crate::pki::CONTROLLER_MANAGER_USER
+        {
+            // CVE-2020-8554: whoever writes a Service's load-balancer ingress can have the
+            // cluster's nodes send that address's traffic to the Service. Only the controller
+            // manager, which allocates these addresses from the IPAddressPools, may set it.
+            return Err(StatusError::forbidden(format!(
+                "services \"{name}\" is forbidden: User \"{}\" cannot set status.loadBalancer: only the load-balancer IP controller ({}) writes it",
+                ctx.user,
+                crate::pki::CONTROLLER_MANAGER_USER
+            )));
         }
         let errs = without_pending_allocations(r, &new, validation::validate_update(r, &new, old));
         if !errs.is_empty() {

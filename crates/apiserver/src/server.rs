@@ -206,6 +206,7 @@ impl Front {
                     content_type: &content_type,
                     accept: &accept,
                     user_agent: &user_agent,
+                    user: &user.name,
                     body: &body,
                 };
                 match handlers::handle(&self.registry, &rr, parts, self.bookmark_interval).await {

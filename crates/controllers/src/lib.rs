@@ -13,9 +13,12 @@ pub mod gc;
 pub mod lbipam;
 pub mod leaderelection;
 pub mod manager;
+pub mod nodelifecycle;
+pub mod podcidr;
 pub mod pods;
 pub mod replicaset;
 pub mod runtime;
+pub mod scheduler;
 
 pub use manager::ControllerManager;
 

@@ -18,8 +18,11 @@ use crate::endpointslice::controller::EndpointsController;
 use crate::gc::controller::GarbageCollector;
 use crate::lbipam::controller::LoadBalancerController;
 use crate::leaderelection::{ElectionHandle, LeaderElection, LeaderElector};
+use crate::nodelifecycle::controller::NodeLifecycleController;
+use crate::podcidr::controller::NodeIpamController;
 use crate::replicaset::controller::ReplicaSetController;
 use crate::runtime::{run_controller, Context, Controller};
+use crate::scheduler::controller::SchedulerController;
 use crate::{signed, Config};
 
 /// Namespace and name of the controller manager's leader Lease.
@@ -54,6 +57,9 @@ fn controllers(ctx: &Context) -> Vec<Box<dyn Registered>> {
     vec![
         Box::new(EndpointsController::new(ctx)),
         Box::new(LoadBalancerController::new(ctx)),
+        Box::new(SchedulerController::new(ctx)),
+        Box::new(NodeLifecycleController::new(ctx)),
+        Box::new(NodeIpamController::new(ctx)),
         Box::new(ReplicaSetController::new(ctx)),
         Box::new(DeploymentController::new(ctx)),
         Box::new(GarbageCollector::new(ctx)),

@@ -156,6 +156,28 @@ impl CachedPod {
     }
 }
 
+/// Sets a Pod's status conditions to `conditions` (the full list) through the status
+/// subresource, guarded by the cached resourceVersion so that a stale cache gets a 409 and a
+/// retry. A merge patch, not a replace: the cache does not hold the whole status.
+pub async fn patch_pod_conditions(
+    api: &kube::Api<Pod>,
+    pod: &CachedPod,
+    conditions: Vec<PodCondition>,
+) -> Result<(), kube::Error> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": pod.metadata.resource_version},
+        "status": {"conditions": conditions},
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
 impl From<&Pod> for CachedPod {
     /// The cached view of a full Pod (tests and callers holding a Pod).
     fn from(pod: &Pod) -> Self {

@@ -323,7 +323,10 @@ async fn restarting_the_controller_manager_keeps_every_assigned_address() -> Res
         leader_elect: false,
         ..switchyard_controllers::Config::default()
     };
-    let _restarted = switchyard_controllers::ControllerManager::start(client.clone(), config)?;
+    let _restarted = switchyard_controllers::ControllerManager::start(
+        server.controller_manager_client().await?,
+        config,
+    )?;
     // A new Service gets the freed address, not one the others hold, though the restarted
     // controller syncs them all.
     create_lb(&client, "d", &[80], json!({}), json!({})).await?;
@@ -404,7 +407,7 @@ async fn an_overlapping_pool_is_reported_and_left_out() -> Result<()> {
 }
 
 #[tokio::test]
-async fn status_written_by_someone_else_is_replaced_by_the_assignment() -> Result<()> {
+async fn only_the_controller_manager_may_write_load_balancer_status() -> Result<()> {
     // CVE-2020-8554: whoever may write a Service's status could claim any address.
     let (_server, client) = cluster().await?;
     seeds_pool(&client).await?;
@@ -412,8 +415,18 @@ async fn status_written_by_someone_else_is_replaced_by_the_assignment() -> Resul
     expect_ip(&client, "web", "192.168.67.120", "first-pool").await?;
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let hijack = json!({"status": {"loadBalancer": {"ingress": [{"ip": "8.8.8.8"}]}}});
-    services
+    let err = services
         .patch_status("web", &PatchParams::default(), &Patch::Merge(&hijack))
+        .await
+        .expect_err("the admin set a load-balancer address");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403 && s.message.contains("status.loadBalancer")),
+        "{err:?}"
+    );
+    // Other status fields stay writable.
+    let conditions = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Test", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    services
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&conditions))
         .await?;
     expect_ip(&client, "web", "192.168.67.120", "first-pool").await?;
     Ok(())
@@ -427,7 +440,10 @@ async fn status_outside_every_pool_is_replaced_after_a_restart() -> Result<()> {
     expect_ip(&client, "web", "192.168.67.120", "first-pool").await?;
 
     server.controllers = None;
-    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    // A stale or broken instance of the controller manager (the only writer the API accepts)
+    // left an address outside every pool.
+    let services: Api<Service> =
+        Api::namespaced(server.controller_manager_client().await?, "default");
     let hijack = json!({"status": {"loadBalancer": {"ingress": [{"ip": "8.8.8.8"}]}}});
     services
         .patch_status("web", &PatchParams::default(), &Patch::Merge(&hijack))
@@ -436,7 +452,10 @@ async fn status_outside_every_pool_is_replaced_after_a_restart() -> Result<()> {
         leader_elect: false,
         ..switchyard_controllers::Config::default()
     };
-    let _restarted = switchyard_controllers::ControllerManager::start(client.clone(), config)?;
+    let _restarted = switchyard_controllers::ControllerManager::start(
+        server.controller_manager_client().await?,
+        config,
+    )?;
     expect_ip(&client, "web", "192.168.67.120", "first-pool").await?;
     let message = expect_event(&client, "web", "ClearAssignment").await?;
     assert!(message.contains("8.8.8.8"), "{message}");

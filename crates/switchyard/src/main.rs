@@ -188,7 +188,7 @@ async fn server(args: ServerArgs) -> ExitCode {
     let manager = if args.controllers.no_controllers {
         None
     } else {
-        let started = match kube_client(&running.kubeconfig).await {
+        let started = match kube_client(&running.controller_manager_kubeconfig).await {
             Ok(client) => switchyard_controllers::ControllerManager::start(client, controllers),
             Err(e) => Err(e),
         };

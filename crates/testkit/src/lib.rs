@@ -51,7 +51,7 @@ impl InProcessServer {
         let mut this = Self::start_with(store, tweak).await?;
         let mut config = switchyard_controllers::Config::default();
         tweak_controllers(&mut config);
-        let client = this.client().await?;
+        let client = this.controller_manager_client().await?;
         this.controllers = Some(switchyard_controllers::ControllerManager::start(
             client, config,
         )?);
@@ -69,6 +69,11 @@ impl InProcessServer {
 
     pub fn kubeconfig(&self) -> &Path {
         &self.server.kubeconfig
+    }
+
+    /// A kube-rs client authenticated as the controller manager (`system:kube-controller-manager`).
+    pub async fn controller_manager_client(&self) -> Result<kube::Client> {
+        client_from_kubeconfig(&self.server.controller_manager_kubeconfig).await
     }
 
     /// A kube-rs client authenticated as the admin (client certificate).
