@@ -10,6 +10,8 @@
 //! Like Kubernetes, one sync takes one step (scale the new ReplicaSet up, or the old ones down)
 //! and computes the status from the ReplicaSets as they will be after its writes; the next step
 //! happens when the ReplicaSets' statuses change.
+//!
+//! The loop that runs it over the informers and writes through the API is [`controller`].
 
 pub mod controller;
 

@@ -9,6 +9,8 @@
 //! Our caches are per kind and not ordered with each other, so an owner missing from its cache
 //! may simply not have arrived yet: the caller must confirm absence with a live read (as
 //! Kubernetes' `attemptToDeleteItem` does) before acting on [`decide`]'s answer.
+//!
+//! The loop that runs it over the informers and writes through the API is [`controller`].
 
 pub mod controller;
 

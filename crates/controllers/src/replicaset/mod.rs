@@ -5,6 +5,8 @@
 //! [`Expectations`] remembers the creates and deletes in flight so that a controller never acts
 //! twice on a cache that has not yet seen its own writes. Nothing here does IO; the time is passed
 //! in.
+//!
+//! The loop that runs it over the informers and writes through the API is [`controller`].
 
 pub mod controller;
 
