@@ -6,13 +6,17 @@
 
 use std::time::Duration;
 
+pub mod controller_ref;
+pub mod deployment;
 pub mod endpointslice;
+pub mod gc;
 pub mod lbipam;
 pub mod leaderelection;
 pub mod manager;
 pub mod nodelifecycle;
 pub mod podcidr;
 pub mod pods;
+pub mod replicaset;
 pub mod runtime;
 pub mod scheduler;
 

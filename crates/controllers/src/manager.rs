@@ -13,11 +13,14 @@ use anyhow::Result;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::deployment::controller::DeploymentController;
 use crate::endpointslice::controller::EndpointsController;
+use crate::gc::controller::GarbageCollector;
 use crate::lbipam::controller::LoadBalancerController;
 use crate::leaderelection::{ElectionHandle, LeaderElection, LeaderElector};
 use crate::nodelifecycle::controller::NodeLifecycleController;
 use crate::podcidr::controller::NodeIpamController;
+use crate::replicaset::controller::ReplicaSetController;
 use crate::runtime::{run_controller, Context, Controller};
 use crate::scheduler::controller::SchedulerController;
 use crate::{signed, Config};
@@ -57,6 +60,9 @@ fn controllers(ctx: &Context) -> Vec<Box<dyn Registered>> {
         Box::new(SchedulerController::new(ctx)),
         Box::new(NodeLifecycleController::new(ctx)),
         Box::new(NodeIpamController::new(ctx)),
+        Box::new(ReplicaSetController::new(ctx)),
+        Box::new(DeploymentController::new(ctx)),
+        Box::new(GarbageCollector::new(ctx)),
     ]
 }
 
