@@ -14,7 +14,9 @@ use switchyard_api::status::StatusError;
 use switchyard_api::table::{self, IncludeObject};
 
 use crate::codec::{self, Format};
-use crate::registry::{DeleteOpts, FieldValidation, ListParams, PatchType, Registry, WriteCtx};
+use crate::registry::{
+    DeleteOpts, FieldValidation, ListParams, PatchType, Propagation, Registry, WriteCtx,
+};
 use crate::request::ResourceRequest;
 use crate::watch::{self, WatchParams};
 
@@ -553,6 +555,8 @@ async fn scale_update(
 
 fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> Result<DeleteOpts, StatusError> {
     let mut opts = DeleteOpts::default();
+    let mut policy: Option<String> = None;
+    let mut orphan_dependents: Option<bool> = None;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let b = codec::decode_yaml_or_json(body)?;
         opts.grace_period_seconds = b.get("gracePeriodSeconds").and_then(Value::as_i64);
@@ -564,9 +568,52 @@ fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> Result<DeleteOpts, S
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             .map(str::to_string);
+        policy = b
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        orphan_dependents = b.get("orphanDependents").and_then(Value::as_bool);
     }
     if let Some(g) = q.get("gracePeriodSeconds").and_then(|s| s.parse().ok()) {
         opts.grace_period_seconds = Some(g);
     }
+    if let Some(p) = q.get("propagationPolicy") {
+        policy = Some(p.clone());
+    }
+    if let Some(o) = q.get("orphanDependents") {
+        orphan_dependents = Some(o == "true");
+    }
+    let invalid = |field: &str, value: &str, detail: &str| {
+        StatusError::invalid(
+            "",
+            "DeleteOptions",
+            "",
+            &[switchyard_api::status::FieldError::invalid(
+                field, value, detail,
+            )],
+        )
+    };
+    opts.propagation = match (policy.as_deref(), orphan_dependents) {
+        (Some(p), Some(_)) => {
+            return Err(invalid(
+                "propagationPolicy",
+                p,
+                "orphanDependents and deletionPropagation cannot be both set",
+            ))
+        }
+        (Some("Orphan"), None) => Some(Propagation::Orphan),
+        (Some("Background"), None) => Some(Propagation::Background),
+        (Some("Foreground"), None) => Some(Propagation::Foreground),
+        (Some(other), None) => {
+            return Err(invalid(
+                "propagationPolicy",
+                other,
+                "propagationPolicy must be one of: Orphan, Background, Foreground",
+            ))
+        }
+        (None, Some(true)) => Some(Propagation::Orphan),
+        (None, Some(false)) => Some(Propagation::Background),
+        (None, None) => None,
+    };
     Ok(opts)
 }

@@ -63,6 +63,41 @@ pub struct DeleteOpts {
     pub grace_period_seconds: Option<i64>,
     pub precondition_uid: Option<String>,
     pub precondition_resource_version: Option<String>,
+    /// `propagationPolicy` (or the legacy `orphanDependents`); `None` keeps the object's
+    /// garbage-collection finalizers as they are (Background by default).
+    pub propagation: Option<Propagation>,
+}
+
+/// What happens to an object's dependents when it is deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// The owner goes at once; the garbage collector deletes the dependents after.
+    Background,
+    /// The owner waits (finalizer `foregroundDeletion`) until the collector has deleted them.
+    Foreground,
+    /// The owner waits (finalizer `orphan`) until the collector has removed its owner references.
+    Orphan,
+}
+
+const FINALIZER_ORPHAN: &str = "orphan";
+const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
+
+/// The finalizers after applying `propagation` (updateForGracefulDeletionAndFinalizers in
+/// k8s.io/apiserver/pkg/registry/generic/registry/store.go).
+fn gc_finalizers(mut finalizers: Vec<String>, propagation: Option<Propagation>) -> Vec<String> {
+    let (add, remove): (&[&str], &[&str]) = match propagation {
+        None => return finalizers,
+        Some(Propagation::Background) => (&[], &[FINALIZER_ORPHAN, FINALIZER_FOREGROUND]),
+        Some(Propagation::Foreground) => (&[FINALIZER_FOREGROUND], &[FINALIZER_ORPHAN]),
+        Some(Propagation::Orphan) => (&[FINALIZER_ORPHAN], &[FINALIZER_FOREGROUND]),
+    };
+    finalizers.retain(|f| !remove.contains(&f.as_str()));
+    for f in add {
+        if !finalizers.iter().any(|x| x == f) {
+            finalizers.push(f.to_string());
+        }
+    }
+    finalizers
 }
 
 /// The patch formats kube-apiserver accepts.
@@ -1070,7 +1105,9 @@ impl Registry {
                 }
             }
             let grace = graceful_period(r, &obj, opts);
-            let has_finalizers = !object::finalizers(&obj).is_empty();
+            let current_finalizers = object::finalizers(&obj);
+            let finalizers = gc_finalizers(current_finalizers.clone(), opts.propagation);
+            let has_finalizers = !finalizers.is_empty();
             if grace.is_none() && !has_finalizers {
                 if ctx.dry_run {
                     return Ok((obj, true));
@@ -1088,13 +1125,19 @@ impl Registry {
             let current_grace = obj
                 .pointer("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_i64);
-            if already && current_grace.is_some_and(|g| g <= secs) {
+            let shortens = !already || current_grace.is_none_or(|g| secs < g);
+            if !shortens && finalizers == current_finalizers {
                 return Ok((obj, false));
             }
-            let at = ctx.now + jiff::SignedDuration::from_secs(secs);
             let meta = object::metadata_mut(&mut marked);
-            meta.insert("deletionTimestamp".into(), Value::String(rfc3339(at)));
-            meta.insert("deletionGracePeriodSeconds".into(), Value::from(secs));
+            if shortens {
+                let at = ctx.now + jiff::SignedDuration::from_secs(secs);
+                meta.insert("deletionTimestamp".into(), Value::String(rfc3339(at)));
+                meta.insert("deletionGracePeriodSeconds".into(), Value::from(secs));
+            }
+            if finalizers != current_finalizers {
+                meta.insert("finalizers".into(), json!(finalizers));
+            }
             if r.kind == "Namespace" && r.group.is_empty() {
                 marked["status"]["phase"] = Value::String("Terminating".into());
             }

@@ -1172,3 +1172,62 @@ async fn binding_assigns_a_pending_pod_once() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn delete_propagation_policies_set_the_collector_finalizers_and_bad_ones_are_refused() {
+    let (_srv, client) = server().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for name in ["orphaned", "foreground", "bad"] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}})).expect("configmap");
+        api.create(&PostParams::default(), &cm)
+            .await
+            .expect("create");
+    }
+    // Orphan and Foreground keep the object, marked for deletion with the finalizer the
+    // garbage collector acts on; it goes once the finalizer is removed.
+    for (name, params, finalizer) in [
+        ("orphaned", DeleteParams::orphan(), "orphan"),
+        (
+            "foreground",
+            DeleteParams::foreground(),
+            "foregroundDeletion",
+        ),
+    ] {
+        api.delete(name, &params).await.expect("delete");
+        let kept = api.get(name).await.expect("still there");
+        assert!(kept.metadata.deletion_timestamp.is_some(), "{name}");
+        assert_eq!(
+            kept.metadata.finalizers,
+            Some(vec![finalizer.to_string()]),
+            "{name}"
+        );
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("remove the finalizer");
+        assert!(api.get_opt(name).await.expect("get").is_none(), "{name}");
+    }
+    // An unknown policy, or both forms at once, is a 422 and deletes nothing.
+    for body in [
+        json!({"propagationPolicy": "Sideways"}),
+        json!({"propagationPolicy": "Orphan", "orphanDependents": true}),
+    ] {
+        let req = http::Request::delete("/api/v1/namespaces/default/configmaps/bad")
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).expect("body"))
+            .expect("request");
+        let err = client
+            .request_text(req)
+            .await
+            .expect_err("bad propagation accepted");
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("propagationPolicy")),
+            "{err:?}"
+        );
+    }
+    assert!(api.get_opt("bad").await.expect("get").is_some());
+}

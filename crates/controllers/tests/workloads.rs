@@ -682,15 +682,11 @@ async fn a_large_replica_set_creates_exactly_its_replicas() -> Result<()> {
 
 /// Deletes the Deployment after giving it the finalizer `kubectl delete --cascade=...` asks
 /// kube-apiserver to add.
-async fn delete_with_finalizer(client: &kube::Client, name: &str, finalizer: &str) -> Result<()> {
+/// Deletes the Deployment with a propagation policy; the API server turns it into the
+/// `orphan` or `foregroundDeletion` finalizer the garbage collector acts on.
+async fn delete_with(client: &kube::Client, name: &str, params: DeleteParams) -> Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"metadata": {"finalizers": [finalizer]}})),
-    )
-    .await?;
-    api.delete(name, &DeleteParams::default()).await?;
+    api.delete(name, &params).await?;
     Ok(())
 }
 
@@ -700,7 +696,7 @@ async fn orphan_deletion_keeps_the_replica_set_and_pods_without_the_owner() -> R
     let _kubelet = kubelet(&client);
     create_deployment(&client, "web", 2, "nginx:1").await?;
     wait_rolled_out(&client, "web", 2).await?;
-    delete_with_finalizer(&client, "web", "orphan").await?;
+    delete_with(&client, "web", DeleteParams::orphan()).await?;
     let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
     wait_for(WAIT, "the deployment gone", || async {
         api.get_opt("web").await.ok()?.is_none().then_some(())
@@ -731,7 +727,7 @@ async fn foreground_deletion_removes_the_replica_sets_before_the_deployment() ->
     let _kubelet = kubelet(&client);
     create_deployment(&client, "web", 2, "nginx:1").await?;
     wait_rolled_out(&client, "web", 2).await?;
-    delete_with_finalizer(&client, "web", "foregroundDeletion").await?;
+    delete_with(&client, "web", DeleteParams::foreground()).await?;
     let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
     wait_for(WAIT, "the deployment gone", || async {
         api.get_opt("web").await.ok()?.is_none().then_some(())

@@ -397,12 +397,16 @@ impl GarbageCollector {
         }
     }
 
-    /// Deletes one dependent of an owner in foreground deletion (unless already being deleted).
+    /// Deletes one dependent of an owner in foreground deletion (unless already being deleted),
+    /// itself in the foreground when it may own objects (a ReplicaSet its Pods, as Kubernetes
+    /// does all the way down) and in the background otherwise: Pods and EndpointSlices own
+    /// nothing, and a `foregroundDeletion` finalizer on them would wait for nothing forever.
     async fn delete_for_foreground<K>(
         &self,
         informer: &Informer<K>,
         namespace: &str,
         name: &str,
+        propagation: PropagationPolicy,
     ) -> Result<()>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -425,8 +429,7 @@ impl GarbageCollector {
                 uid: obj.meta().uid.clone(),
                 resource_version: None,
             }),
-            // Foreground all the way down, as Kubernetes does for an owner's dependents.
-            propagation_policy: Some(PropagationPolicy::Foreground),
+            propagation_policy: Some(propagation),
             ..DeleteParams::default()
         };
         match api.delete(name, &params).await {
@@ -487,16 +490,31 @@ impl GarbageCollector {
                     remaining += 1;
                     match dependent_kind {
                         DependentKind::ReplicaSet => {
-                            self.delete_for_foreground(&inf.replica_sets, namespace, &dependent)
-                                .await?
+                            self.delete_for_foreground(
+                                &inf.replica_sets,
+                                namespace,
+                                &dependent,
+                                PropagationPolicy::Foreground,
+                            )
+                            .await?
                         }
                         DependentKind::Pod => {
-                            self.delete_for_foreground(&inf.pods, namespace, &dependent)
-                                .await?
+                            self.delete_for_foreground(
+                                &inf.pods,
+                                namespace,
+                                &dependent,
+                                PropagationPolicy::Background,
+                            )
+                            .await?
                         }
                         DependentKind::EndpointSlice => {
-                            self.delete_for_foreground(&inf.endpoint_slices, namespace, &dependent)
-                                .await?
+                            self.delete_for_foreground(
+                                &inf.endpoint_slices,
+                                namespace,
+                                &dependent,
+                                PropagationPolicy::Background,
+                            )
+                            .await?
                         }
                     }
                 }
