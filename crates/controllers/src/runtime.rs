@@ -208,10 +208,18 @@ where
     }
 }
 
-impl<K> Informer<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
+/// What an informer can cache: a Kubernetes kind decoded from JSON and shared across tasks.
+pub trait Cacheable:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static
 {
+}
+
+impl<K> Cacheable for K where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K: Cacheable> Informer<K> {
     /// An informer over `api` (namespaced to one namespace or all), optionally keeping a label
     /// index for [`Informer::select`]. Nothing happens until [`Informer::run`].
     pub fn new(api: Api<K>, label_index: bool) -> Self {
@@ -266,6 +274,16 @@ where
             .get(namespace)
             .map(|names| names.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The keys of every cached object.
+    pub fn keys(&self) -> Vec<ObjectKey> {
+        let cache = self.inner.cache.read().unwrap_or_else(|e| e.into_inner());
+        cache
+            .objects
+            .iter()
+            .flat_map(|(ns, names)| names.keys().map(|n| ObjectKey::new(ns.clone(), n.clone())))
+            .collect()
     }
 
     /// Number of cached objects.
@@ -695,6 +713,9 @@ pub trait Controller: Send + Sync + 'static {
     async fn sync(&self, key: Self::Key) -> anyhow::Result<()>;
 }
 
+/// How long after a write refused for a stale cache the key is synced again at the latest.
+const STALE_WRITE_RETRY: Duration = Duration::from_millis(500);
+
 /// Runs `controller`'s workers on `tasks`, after queueing every key, and re-queues every key
 /// each `resync` period.
 pub(crate) fn run_controller<C: Controller>(
@@ -715,6 +736,13 @@ pub(crate) fn run_controller<C: Controller>(
                 let key = queue.next().await;
                 match controller.sync(key.clone()).await {
                     Ok(()) => queue.forget(&key),
+                    Err(e) if e.downcast_ref::<kube::Error>().is_some_and(is_conflict) => {
+                        // A write refused because the cache was stale (409): the watch event
+                        // that makes it current re-queues the key; this is only a safety net.
+                        tracing::debug!(controller = C::NAME, ?key, error = %e, "stale cache; syncing again when it catches up");
+                        queue.forget(&key);
+                        queue.add_after(key.clone(), STALE_WRITE_RETRY);
+                    }
                     Err(e) => {
                         tracing::warn!(controller = C::NAME, ?key, error = %format!("{e:#}"), "sync failed; retrying");
                         queue.retry(key.clone());

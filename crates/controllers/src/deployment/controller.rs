@@ -20,8 +20,8 @@ use tracing::Instrument;
 use super::{plan, ANNOTATION_REVISION};
 use crate::controller_ref::{controller_of, controller_ref};
 use crate::runtime::{
-    is_conflict, is_not_found, object_reference, Change, Context, Controller, Informer, ObjectKey,
-    WorkQueue, FIELD_MANAGER,
+    is_not_found, object_reference, Change, Context, Controller, Informer, ObjectKey, WorkQueue,
+    FIELD_MANAGER,
 };
 
 /// Rolls Deployments out through their ReplicaSets.
@@ -128,16 +128,6 @@ impl DeploymentController {
     }
 }
 
-/// A write refused because our cache was stale (409: Conflict or AlreadyExists). The watch
-/// event that makes the cache current re-queues the key, so this is not a failure; the delayed
-/// re-queue is a safety net.
-fn stale_write(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<kube::Error>().is_some_and(is_conflict)
-}
-
-/// How long after a stale write the key is synced again at the latest.
-const STALE_WRITE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
-
 #[async_trait::async_trait]
 impl Controller for DeploymentController {
     type Key = ObjectKey;
@@ -148,25 +138,12 @@ impl Controller for DeploymentController {
     }
 
     fn all_keys(&self) -> Vec<ObjectKey> {
-        self.ctx
-            .informers
-            .deployments
-            .list()
-            .iter()
-            .map(|d| ObjectKey::of(d.as_ref()))
-            .collect()
+        self.ctx.informers.deployments.keys()
     }
 
     async fn sync(&self, key: ObjectKey) -> Result<()> {
         let span = tracing::debug_span!("sync", deployment = %key);
-        match self.reconcile(&key).instrument(span).await {
-            Err(e) if stale_write(&e) => {
-                tracing::debug!(%key, error = %e, "stale cache; syncing again when it catches up");
-                self.queue.add_after(key, STALE_WRITE_RETRY);
-                Ok(())
-            }
-            other => other,
-        }
+        self.reconcile(&key).instrument(span).await
     }
 }
 

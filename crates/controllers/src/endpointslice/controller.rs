@@ -334,13 +334,7 @@ impl Controller for EndpointsController {
     }
 
     fn all_keys(&self) -> Vec<ObjectKey> {
-        self.ctx
-            .informers
-            .services
-            .list()
-            .iter()
-            .map(|s| ObjectKey::of(s.as_ref()))
-            .collect()
+        self.ctx.informers.services.keys()
     }
 
     async fn sync(&self, key: ObjectKey) -> Result<()> {

@@ -27,7 +27,7 @@ use super::{
     api_group, decide, finalizers_without, owner_finalizing, GcDecision, OwnerFinalizing,
     OwnerState, FINALIZER_FOREGROUND, FINALIZER_ORPHAN, TRACKED_OWNER_KINDS,
 };
-use crate::runtime::{is_not_found, Context, Controller, Informer, WorkQueue};
+use crate::runtime::{is_not_found, Cacheable, Context, Controller, Informer, WorkQueue};
 
 /// The kinds whose objects the collector deletes when their owners are gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -118,7 +118,7 @@ fn object_key(kind: DependentKind, meta: &ObjectMeta) -> GcKey {
 /// Enqueues a dependent when it appears with owners or its owner references change.
 fn watch_dependents<K>(informer: &Informer<K>, kind: DependentKind, queue: &WorkQueue<GcKey>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Cacheable,
 {
     let q = queue.clone();
     informer.on_change(move |change| {
@@ -149,7 +149,7 @@ where
 /// deleted with a collector finalizer.
 fn watch_owners<K>(informer: &Informer<K>, owner_kind: OwnerKind, queue: &WorkQueue<GcKey>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Cacheable,
 {
     let q = queue.clone();
     let kinds = owner_kind.dependents();
@@ -227,13 +227,7 @@ impl GarbageCollector {
     fn cached_state(&self, namespace: &str, r: &OwnerReference) -> OwnerState {
         fn state<K>(inf: &Informer<K>, ns: &str, r: &OwnerReference) -> OwnerState
         where
-            K: Resource<DynamicType = ()>
-                + Clone
-                + DeserializeOwned
-                + Debug
-                + Send
-                + Sync
-                + 'static,
+            K: Cacheable,
         {
             match inf.get(ns, &r.name) {
                 Some(o) if o.meta().uid.as_deref() == Some(r.uid.as_str()) => OwnerState::Present,
@@ -371,13 +365,7 @@ impl GarbageCollector {
         uid: &str,
     ) -> Result<()>
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Cacheable + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     {
         let Some(obj) = informer.get(namespace, name) else {
             return Ok(());
@@ -409,13 +397,7 @@ impl GarbageCollector {
         propagation: PropagationPolicy,
     ) -> Result<()>
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Cacheable + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     {
         let Some(obj) = informer.get(namespace, name) else {
             return Ok(());
@@ -448,13 +430,7 @@ impl GarbageCollector {
         name: &str,
     ) -> Result<()>
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Cacheable + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     {
         let Some(owner) = informer.get(namespace, name) else {
             return Ok(());
@@ -569,13 +545,7 @@ impl GarbageCollector {
     fn dependents_of(&self, kind: DependentKind, namespace: &str, uid: &str) -> Vec<String> {
         fn names<K>(inf: &Informer<K>, ns: &str, uid: &str) -> Vec<String>
         where
-            K: Resource<DynamicType = ()>
-                + Clone
-                + DeserializeOwned
-                + Debug
-                + Send
-                + Sync
-                + 'static,
+            K: Cacheable,
         {
             inf.list_namespace(ns)
                 .iter()
@@ -610,13 +580,7 @@ impl Controller for GarbageCollector {
     fn all_keys(&self) -> Vec<GcKey> {
         fn keys<K>(inf: &Informer<K>, kind: DependentKind, out: &mut Vec<GcKey>)
         where
-            K: Resource<DynamicType = ()>
-                + Clone
-                + DeserializeOwned
-                + Debug
-                + Send
-                + Sync
-                + 'static,
+            K: Cacheable,
         {
             for o in inf.list() {
                 let meta = o.meta();
@@ -630,13 +594,7 @@ impl Controller for GarbageCollector {
         }
         fn finalizing<K>(inf: &Informer<K>, kind: OwnerKind, out: &mut Vec<GcKey>)
         where
-            K: Resource<DynamicType = ()>
-                + Clone
-                + DeserializeOwned
-                + Debug
-                + Send
-                + Sync
-                + 'static,
+            K: Cacheable,
         {
             for o in inf.list() {
                 let meta = o.meta();

@@ -458,13 +458,7 @@ impl Controller for LoadBalancerController {
         // Called when leadership starts (another leader may have assigned meanwhile) and at each
         // resync: start again from what the Services show.
         self.state().stale = true;
-        self.ctx
-            .informers
-            .services
-            .list()
-            .iter()
-            .map(|s| ObjectKey::of(s.as_ref()))
-            .collect()
+        self.ctx.informers.services.keys()
     }
 
     async fn sync(&self, key: ObjectKey) -> Result<()> {

@@ -181,9 +181,9 @@ impl Controller for NodeIpamController {
         self.ctx
             .informers
             .nodes
-            .list()
-            .iter()
-            .filter_map(|n| n.metadata.name.clone())
+            .keys()
+            .into_iter()
+            .map(|k| k.name)
             .collect()
     }
 
