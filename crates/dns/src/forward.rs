@@ -1,0 +1,1 @@
+//! Forwarding of names outside the cluster zone (being written).

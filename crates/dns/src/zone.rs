@@ -1,0 +1,1 @@
+//! The cluster zone (being written).
