@@ -372,12 +372,19 @@ fn get_lists_deployments_endpoints_endpointslices_namespaces_and_all_namespaces(
     let Some(c) = cluster(&[]) else { return };
     apply_myapp(&c);
 
+    // The server's deployment controller creates the pods (none runs: there is no node yet).
+    c.ok(&[
+        "wait",
+        "deploy/myapp",
+        "--for=jsonpath={.status.updatedReplicas}=3",
+        "--timeout=60s",
+    ]);
     let deploy = c.ok(&["get", "deploy"]);
     assert_eq!(
         header(&deploy),
         ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
     );
-    assert_eq!(row(&deploy, "myapp")[..4], ["myapp", "0/3", "0", "0"]);
+    assert_eq!(row(&deploy, "myapp")[..4], ["myapp", "0/3", "3", "0"]);
 
     let endpoints = c.ok(&["get", "endpoints"]);
     assert_eq!(header(&endpoints), ["NAME", "ENDPOINTS", "AGE"]);
