@@ -995,3 +995,637 @@ fn service_name_relative(k: &str) -> String {
     let (namespace, name) = k.split_once('/').unwrap_or(("", k));
     format!("{name}.{namespace}.svc")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn service(namespace: &str, name: &str, spec: Value) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": namespace, "name": name},
+            "spec": spec,
+        }))
+        .expect("test Service is valid")
+    }
+
+    /// `endpoints`: `(ip, hostname, ready)`; `ready` `None` leaves the condition unset.
+    fn slice(
+        namespace: &str,
+        name: &str,
+        service: &str,
+        address_type: &str,
+        ports: Value,
+        endpoints: &[(&str, Option<&str>, Option<bool>)],
+    ) -> EndpointSlice {
+        let endpoints: Vec<Value> = endpoints
+            .iter()
+            .map(|(ip, hostname, ready)| {
+                let mut ep = json!({"addresses": [ip]});
+                if let Some(h) = hostname {
+                    ep["hostname"] = json!(h);
+                }
+                if let Some(r) = ready {
+                    ep["conditions"] = json!({"ready": r});
+                }
+                ep
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {
+                "namespace": namespace,
+                "name": name,
+                "labels": {LABEL_SERVICE_NAME: service},
+            },
+            "addressType": address_type,
+            "endpoints": endpoints,
+            "ports": ports,
+        }))
+        .expect("test EndpointSlice is valid")
+    }
+
+    fn pod(namespace: &str, name: &str, ips: &[&str]) -> Pod {
+        let pod_ips: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+        serde_json::from_value(json!({
+            "metadata": {"namespace": namespace, "name": name},
+            "status": {"phase": "Running", "podIP": ips.first(), "podIPs": pod_ips},
+        }))
+        .expect("test Pod is valid")
+    }
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).expect("test name is valid")
+    }
+
+    /// The fixture cluster every table row is asked against.
+    fn cluster() -> Zone {
+        let mut zone = Zone::new(ZoneConfig::default());
+        zone.upsert_service(&service(
+            "default",
+            "web",
+            json!({
+                "clusterIP": "10.96.0.10",
+                "clusterIPs": ["10.96.0.10", "fd00::10"],
+                "ipFamilies": ["IPv4", "IPv6"],
+                "ports": [
+                    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"port": 9000, "protocol": "TCP"},
+                ],
+            }),
+        ));
+        zone.upsert_service(&service(
+            "default",
+            "db",
+            json!({"clusterIP": "None", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP", "targetPort": 15432}]}),
+        ));
+        let pg = json!([{"name": "pg", "port": 15432, "protocol": "TCP"}]);
+        zone.upsert_slice(&slice(
+            "default",
+            "db-v4",
+            "db",
+            "IPv4",
+            pg.clone(),
+            &[
+                ("10.1.0.1", Some("db-0"), Some(true)),
+                ("10.1.0.2", Some("db-1"), Some(false)),
+                ("10.1.0.3", None, None),
+            ],
+        ));
+        zone.upsert_slice(&slice(
+            "default",
+            "db-v6",
+            "db",
+            "IPv6",
+            pg,
+            &[("fd00:1::5", None, Some(true))],
+        ));
+        zone.upsert_service(&service(
+            "default",
+            "pub",
+            json!({"clusterIP": "None", "publishNotReadyAddresses": true}),
+        ));
+        zone.upsert_slice(&slice(
+            "default",
+            "pub-1",
+            "pub",
+            "IPv4",
+            json!([]),
+            &[
+                ("10.2.0.1", None, Some(true)),
+                ("10.2.0.2", None, Some(false)),
+            ],
+        ));
+        zone.upsert_service(&service("default", "empty", json!({"clusterIP": "None"})));
+        zone.upsert_slice(&slice(
+            "default",
+            "empty-1",
+            "empty",
+            "IPv4",
+            json!([]),
+            &[("10.3.0.1", None, Some(false))],
+        ));
+        zone.upsert_service(&service(
+            "default",
+            "ext",
+            json!({"type": "ExternalName", "externalName": "www.example.com"}),
+        ));
+        zone.upsert_service(&service(
+            "other",
+            "alias",
+            json!({"type": "ExternalName", "externalName": "web.default.svc.cluster.local."}),
+        ));
+        zone.upsert_service(&service(
+            "other",
+            "dangling",
+            json!({"type": "ExternalName", "externalName": "gone.default.svc.cluster.local"}),
+        ));
+        zone.upsert_service(&service(
+            "other",
+            "loop-a",
+            json!({"type": "ExternalName", "externalName": "loop-b.other.svc.cluster.local"}),
+        ));
+        zone.upsert_service(&service(
+            "other",
+            "loop-b",
+            json!({"type": "ExternalName", "externalName": "loop-a.other.svc.cluster.local"}),
+        ));
+        zone
+    }
+
+    /// How an answer reads: rcode and AA bit, then each section in `dig` order, records sorted
+    /// (their order carries no meaning), the SOA shown without its serial.
+    fn render(answer: &Answer) -> Vec<String> {
+        let section = |title: &str, records: &[Record]| {
+            let mut lines: Vec<String> = records
+                .iter()
+                .map(|r| match &r.data {
+                    RData::SOA(soa) => {
+                        format!("{} {} SOA {} {}", r.name, r.ttl, soa.mname, soa.rname)
+                    }
+                    _ => r.to_string().replace(" IN ", " "),
+                })
+                .map(|l| format!("{title} {l}"))
+                .collect();
+            lines.sort();
+            lines
+        };
+        let mut out = vec![format!(
+            "{:?}{}",
+            answer.rcode,
+            if answer.authoritative { " aa" } else { "" }
+        )];
+        out.extend(section("an", &answer.answers));
+        out.extend(section("ad", &answer.additionals));
+        out.extend(section("au", &answer.authority));
+        out
+    }
+
+    /// The SOA of a negative answer in the default zone.
+    const NEGATIVE: &str =
+        "au cluster.local. 5 SOA ns.dns.cluster.local. hostmaster.cluster.local.";
+
+    /// Specification 1.1.0, section by section, against [`cluster`].
+    #[test]
+    fn the_specification_table_answers_as_written() {
+        use RecordType::*;
+        let zone = cluster();
+        let table: &[(&str, RecordType, &[&str])] = &[
+            // 2.2 schema version.
+            ("dns-version.cluster.local.", TXT, &["NoError aa", "an dns-version.cluster.local. 5 TXT 1.1.0"]),
+            // 2.3.1 ClusterIP A/AAAA, every family.
+            ("web.default.svc.cluster.local.", A, &["NoError aa", "an web.default.svc.cluster.local. 5 A 10.96.0.10"]),
+            ("web.default.svc.cluster.local.", AAAA, &["NoError aa", "an web.default.svc.cluster.local. 5 AAAA fd00::10"]),
+            (
+                "web.default.svc.cluster.local.",
+                ANY,
+                &[
+                    "NoError aa",
+                    "an web.default.svc.cluster.local. 5 A 10.96.0.10",
+                    "an web.default.svc.cluster.local. 5 AAAA fd00::10",
+                ],
+            ),
+            // Case-insensitive; the answer keeps the question's spelling.
+            ("WeB.DeFault.SVC.Cluster.LOCAL.", A, &["NoError aa", "an WeB.DeFault.SVC.Cluster.LOCAL. 5 A 10.96.0.10"]),
+            // An existing name asked for another type is NODATA with the SOA.
+            ("web.default.svc.cluster.local.", TXT, &["NoError aa", NEGATIVE]),
+            // 2.3.2 SRV for named ports only, with the service port; addresses in additional.
+            (
+                "_http._tcp.web.default.svc.cluster.local.",
+                SRV,
+                &[
+                    "NoError aa",
+                    "an _http._tcp.web.default.svc.cluster.local. 5 SRV 0 100 80 web.default.svc.cluster.local.",
+                    "ad web.default.svc.cluster.local. 5 A 10.96.0.10",
+                    "ad web.default.svc.cluster.local. 5 AAAA fd00::10",
+                ],
+            ),
+            (
+                "_DNS._UDP.web.default.svc.cluster.local.",
+                SRV,
+                &[
+                    "NoError aa",
+                    "an _DNS._UDP.web.default.svc.cluster.local. 5 SRV 0 100 53 web.default.svc.cluster.local.",
+                    "ad web.default.svc.cluster.local. 5 A 10.96.0.10",
+                    "ad web.default.svc.cluster.local. 5 AAAA fd00::10",
+                ],
+            ),
+            ("_http._udp.web.default.svc.cluster.local.", SRV, &["NXDomain aa", NEGATIVE]),
+            ("_9000._tcp.web.default.svc.cluster.local.", SRV, &["NXDomain aa", NEGATIVE]),
+            ("_http._tcp.web.default.svc.cluster.local.", A, &["NoError aa", NEGATIVE]),
+            // `_tcp.<svc>` has SRV names below it: an empty non-terminal.
+            ("_tcp.web.default.svc.cluster.local.", SRV, &["NoError aa", NEGATIVE]),
+            ("_sctp.web.default.svc.cluster.local.", SRV, &["NXDomain aa", NEGATIVE]),
+            // 2.3.3 PTR for ClusterIPs, v4 and v6.
+            ("10.0.96.10.in-addr.arpa.", PTR, &["NoError aa", "an 10.0.96.10.in-addr.arpa. 5 PTR web.default.svc.cluster.local."]),
+            (
+                "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.",
+                PTR,
+                &[
+                    "NoError aa",
+                    "an 0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa. 5 PTR web.default.svc.cluster.local.",
+                ],
+            ),
+            (
+                "10.0.96.10.in-addr.arpa.",
+                A,
+                &["NoError aa", "au in-addr.arpa. 5 SOA ns.dns.cluster.local. hostmaster.cluster.local."],
+            ),
+            // 2.4.1 headless: one record per ready endpoint, per family; unready left out.
+            (
+                "db.default.svc.cluster.local.",
+                A,
+                &["NoError aa", "an db.default.svc.cluster.local. 5 A 10.1.0.1", "an db.default.svc.cluster.local. 5 A 10.1.0.3"],
+            ),
+            ("db.default.svc.cluster.local.", AAAA, &["NoError aa", "an db.default.svc.cluster.local. 5 AAAA fd00:1::5"]),
+            ("db-0.db.default.svc.cluster.local.", A, &["NoError aa", "an db-0.db.default.svc.cluster.local. 5 A 10.1.0.1"]),
+            ("db-0.db.default.svc.cluster.local.", AAAA, &["NoError aa", NEGATIVE]),
+            ("db-1.db.default.svc.cluster.local.", A, &["NXDomain aa", NEGATIVE]),
+            // Endpoints without a hostname are named by their dashed IP.
+            ("10-1-0-3.db.default.svc.cluster.local.", A, &["NoError aa", "an 10-1-0-3.db.default.svc.cluster.local. 5 A 10.1.0.3"]),
+            ("fd00-1--5.db.default.svc.cluster.local.", AAAA, &["NoError aa", "an fd00-1--5.db.default.svc.cluster.local. 5 AAAA fd00:1::5"]),
+            // Endpoint names exist only under headless Services.
+            ("db-0.web.default.svc.cluster.local.", A, &["NXDomain aa", NEGATIVE]),
+            // publishNotReadyAddresses: every endpoint counts.
+            (
+                "pub.default.svc.cluster.local.",
+                A,
+                &["NoError aa", "an pub.default.svc.cluster.local. 5 A 10.2.0.1", "an pub.default.svc.cluster.local. 5 A 10.2.0.2"],
+            ),
+            // No ready endpoint: NXDOMAIN (2.4.1).
+            ("empty.default.svc.cluster.local.", A, &["NXDomain aa", NEGATIVE]),
+            // 2.4.2 headless SRV: one per ready endpoint, endpoint port, targets' addresses added.
+            (
+                "_pg._tcp.db.default.svc.cluster.local.",
+                SRV,
+                &[
+                    "NoError aa",
+                    "an _pg._tcp.db.default.svc.cluster.local. 5 SRV 0 33 15432 10-1-0-3.db.default.svc.cluster.local.",
+                    "an _pg._tcp.db.default.svc.cluster.local. 5 SRV 0 33 15432 db-0.db.default.svc.cluster.local.",
+                    "an _pg._tcp.db.default.svc.cluster.local. 5 SRV 0 33 15432 fd00-1--5.db.default.svc.cluster.local.",
+                    "ad 10-1-0-3.db.default.svc.cluster.local. 5 A 10.1.0.3",
+                    "ad db-0.db.default.svc.cluster.local. 5 A 10.1.0.1",
+                    "ad fd00-1--5.db.default.svc.cluster.local. 5 AAAA fd00:1::5",
+                ],
+            ),
+            // 2.4.3 PTR for ready headless endpoints.
+            ("1.0.1.10.in-addr.arpa.", PTR, &["NoError aa", "an 1.0.1.10.in-addr.arpa. 5 PTR db-0.db.default.svc.cluster.local."]),
+            ("3.0.1.10.in-addr.arpa.", PTR, &["NoError aa", "an 3.0.1.10.in-addr.arpa. 5 PTR 10-1-0-3.db.default.svc.cluster.local."]),
+            (
+                "5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa.",
+                PTR,
+                &[
+                    "NoError aa",
+                    "an 5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa. 5 PTR fd00-1--5.db.default.svc.cluster.local.",
+                ],
+            ),
+            // An unready endpoint's IP has no PTR here: the forwarder's.
+            ("2.0.1.10.in-addr.arpa.", PTR, &["Refused"]),
+            // 2.5 ExternalName: a CNAME; out of the zone it is not chased.
+            ("ext.default.svc.cluster.local.", A, &["NoError aa", "an ext.default.svc.cluster.local. 5 CNAME www.example.com."]),
+            ("ext.default.svc.cluster.local.", CNAME, &["NoError aa", "an ext.default.svc.cluster.local. 5 CNAME www.example.com."]),
+            // In the zone it is chased.
+            (
+                "alias.other.svc.cluster.local.",
+                A,
+                &[
+                    "NoError aa",
+                    "an alias.other.svc.cluster.local. 5 CNAME web.default.svc.cluster.local.",
+                    "an web.default.svc.cluster.local. 5 A 10.96.0.10",
+                ],
+            ),
+            (
+                "alias.other.svc.cluster.local.",
+                AAAA,
+                &[
+                    "NoError aa",
+                    "an alias.other.svc.cluster.local. 5 CNAME web.default.svc.cluster.local.",
+                    "an web.default.svc.cluster.local. 5 AAAA fd00::10",
+                ],
+            ),
+            (
+                "alias.other.svc.cluster.local.",
+                CNAME,
+                &["NoError aa", "an alias.other.svc.cluster.local. 5 CNAME web.default.svc.cluster.local."],
+            ),
+            // A chain's rcode is its last name's (RFC 6604).
+            (
+                "dangling.other.svc.cluster.local.",
+                A,
+                &["NXDomain aa", "an dangling.other.svc.cluster.local. 5 CNAME gone.default.svc.cluster.local.", NEGATIVE],
+            ),
+            // 2.6 pod records (insecure by default), v4 and v6.
+            ("10-244-1-5.default.pod.cluster.local.", A, &["NoError aa", "an 10-244-1-5.default.pod.cluster.local. 5 A 10.244.1.5"]),
+            ("fd00--5.default.pod.cluster.local.", AAAA, &["NoError aa", "an fd00--5.default.pod.cluster.local. 5 AAAA fd00::5"]),
+            ("fd00--5.default.pod.cluster.local.", A, &["NoError aa", NEGATIVE]),
+            ("not-an-ip.default.pod.cluster.local.", A, &["NXDomain aa", NEGATIVE]),
+            // The apex and the names above services.
+            ("cluster.local.", SOA, &["NoError aa", "an cluster.local. 5 SOA ns.dns.cluster.local. hostmaster.cluster.local."]),
+            ("cluster.local.", NS, &["NoError aa", "an cluster.local. 5 NS ns.dns.cluster.local."]),
+            ("cluster.local.", A, &["NoError aa", NEGATIVE]),
+            ("svc.cluster.local.", A, &["NoError aa", NEGATIVE]),
+            ("default.svc.cluster.local.", A, &["NoError aa", NEGATIVE]),
+            ("nope.svc.cluster.local.", A, &["NXDomain aa", NEGATIVE]),
+            ("gone.default.svc.cluster.local.", A, &["NXDomain aa", NEGATIVE]),
+            ("www.cluster.local.", A, &["NXDomain aa", NEGATIVE]),
+            ("a.b.db-0.db.default.svc.cluster.local.", A, &["NXDomain aa", NEGATIVE]),
+            // Not ours.
+            ("www.example.com.", A, &["Refused"]),
+        ];
+        let mut failures = Vec::new();
+        for (question, qtype, expected) in table {
+            let got = render(&zone.answer(&name(question), *qtype));
+            if got != *expected {
+                failures.push(format!(
+                    "{question} {qtype}:\n  want {expected:#?}\n  got  {got:#?}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn external_name_loops_stop_after_a_bounded_chase() {
+        let zone = cluster();
+        let answer = zone.answer(&name("loop-a.other.svc.cluster.local."), RecordType::A);
+        assert_eq!(answer.answers.len(), MAX_CNAME_CHASE + 1);
+        assert!(answer
+            .answers
+            .iter()
+            .all(|r| r.record_type() == RecordType::CNAME));
+    }
+
+    #[test]
+    fn names_of_the_cluster_domain_and_known_reverse_ips_are_in_the_zone() {
+        let zone = cluster();
+        assert!(zone.is_in_zone(&name("cluster.local.")));
+        assert!(zone.is_in_zone(&name("anything.Cluster.Local.")));
+        assert!(zone.is_in_zone(&name("10.0.96.10.in-addr.arpa.")));
+        assert!(zone.is_in_zone(&name("1.0.1.10.IN-ADDR.ARPA.")));
+        assert!(!zone.is_in_zone(&name("8.8.8.8.in-addr.arpa.")));
+        assert!(!zone.is_in_zone(&name("96.10.in-addr.arpa.")));
+        assert!(!zone.is_in_zone(&name("www.example.com.")));
+        assert!(!zone.is_in_zone(&name("local.")));
+    }
+
+    #[test]
+    fn pod_records_follow_the_pod_mode() {
+        let question = name("10-244-1-5.default.pod.cluster.local.");
+        let mut disabled = Zone::new(ZoneConfig {
+            pod_mode: PodMode::Disabled,
+            ..ZoneConfig::default()
+        });
+        disabled.upsert_pod(&pod("default", "p", &["10.244.1.5"]));
+        assert_eq!(
+            disabled.answer(&question, RecordType::A).rcode,
+            ResponseCode::NXDomain
+        );
+
+        let mut verified = Zone::new(ZoneConfig {
+            pod_mode: PodMode::Verified,
+            ..ZoneConfig::default()
+        });
+        assert_eq!(
+            verified.answer(&question, RecordType::A).rcode,
+            ResponseCode::NXDomain
+        );
+        verified.upsert_pod(&pod("default", "p", &["10.244.1.5", "fd00::5"]));
+        let answer = verified.answer(&question, RecordType::A);
+        assert_eq!(
+            render(&answer),
+            [
+                "NoError aa",
+                "an 10-244-1-5.default.pod.cluster.local. 5 A 10.244.1.5"
+            ]
+        );
+        let v6 = verified.answer(
+            &name("fd00--5.default.pod.cluster.local."),
+            RecordType::AAAA,
+        );
+        assert_eq!(v6.answers.len(), 1);
+        // The same IP in another namespace is not that pod.
+        let other = verified.answer(&name("10-244-1-5.other.pod.cluster.local."), RecordType::A);
+        assert_eq!(other.rcode, ResponseCode::NXDomain);
+        // Two hostNetwork pods share an IP: removing one keeps the record.
+        verified.upsert_pod(&pod("default", "q", &["10.244.1.5"]));
+        verified.remove_pod("default", "p");
+        assert_eq!(
+            verified.answer(&question, RecordType::A).rcode,
+            ResponseCode::NoError
+        );
+        verified.remove_pod("default", "q");
+        assert_eq!(
+            verified.answer(&question, RecordType::A).rcode,
+            ResponseCode::NXDomain
+        );
+        // A finished pod no longer owns its IP.
+        let mut done = pod("default", "p", &["10.244.1.5"]);
+        verified.upsert_pod(&done);
+        assert_eq!(
+            verified.answer(&question, RecordType::A).rcode,
+            ResponseCode::NoError
+        );
+        done.status.as_mut().expect("test pod has a status").phase = Some("Succeeded".to_owned());
+        verified.upsert_pod(&done);
+        assert_eq!(
+            verified.answer(&question, RecordType::A).rcode,
+            ResponseCode::NXDomain
+        );
+    }
+
+    #[test]
+    fn deleting_a_service_makes_its_names_nxdomain_and_changes_the_serial() {
+        let mut zone = cluster();
+        let before = zone.serial();
+        zone.remove_service("default", "web");
+        assert_ne!(zone.serial(), before);
+        for (question, qtype) in [
+            ("web.default.svc.cluster.local.", RecordType::A),
+            ("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV),
+        ] {
+            let answer = zone.answer(&name(question), qtype);
+            assert_eq!(answer.rcode, ResponseCode::NXDomain, "{question}");
+            match &answer.authority[..] {
+                [soa] => match &soa.data {
+                    RData::SOA(soa) => assert_eq!(soa.serial, zone.serial()),
+                    other => panic!("authority holds {other}"),
+                },
+                other => panic!("authority is {other:?}"),
+            }
+        }
+        assert!(!zone.is_in_zone(&name("10.0.96.10.in-addr.arpa.")));
+        // The chased alias now ends in NXDOMAIN.
+        let alias = zone.answer(&name("alias.other.svc.cluster.local."), RecordType::A);
+        assert_eq!(alias.rcode, ResponseCode::NXDomain);
+        // The namespace still holds services; a namespace emptied of them disappears.
+        assert_eq!(
+            zone.answer(&name("default.svc.cluster.local."), RecordType::A)
+                .rcode,
+            ResponseCode::NoError
+        );
+        for svc in ["alias", "dangling", "loop-a", "loop-b"] {
+            zone.remove_service("other", svc);
+        }
+        assert_eq!(
+            zone.answer(&name("other.svc.cluster.local."), RecordType::A)
+                .rcode,
+            ResponseCode::NXDomain
+        );
+    }
+
+    #[test]
+    fn an_updated_slice_replaces_the_addresses_of_its_service() {
+        let mut zone = cluster();
+        let pg = json!([{"name": "pg", "port": 15432, "protocol": "TCP"}]);
+        zone.upsert_slice(&slice(
+            "default",
+            "db-v4",
+            "db",
+            "IPv4",
+            pg,
+            &[
+                ("10.1.0.9", Some("db-0"), Some(true)),
+                ("10.1.0.2", Some("db-1"), Some(true)),
+            ],
+        ));
+        let answer = zone.answer(&name("db.default.svc.cluster.local."), RecordType::A);
+        assert_eq!(
+            render(&answer),
+            [
+                "NoError aa",
+                "an db.default.svc.cluster.local. 5 A 10.1.0.2",
+                "an db.default.svc.cluster.local. 5 A 10.1.0.9"
+            ]
+        );
+        let pet = zone.answer(&name("db-0.db.default.svc.cluster.local."), RecordType::A);
+        assert_eq!(
+            render(&pet),
+            [
+                "NoError aa",
+                "an db-0.db.default.svc.cluster.local. 5 A 10.1.0.9"
+            ]
+        );
+        // The old IPs lost their PTR; the new ones have it.
+        assert!(!zone.is_in_zone(&name("1.0.1.10.in-addr.arpa.")));
+        assert!(!zone.is_in_zone(&name("3.0.1.10.in-addr.arpa.")));
+        let ptr = zone.answer(&name("9.0.1.10.in-addr.arpa."), RecordType::PTR);
+        assert_eq!(
+            render(&ptr),
+            [
+                "NoError aa",
+                "an 9.0.1.10.in-addr.arpa. 5 PTR db-0.db.default.svc.cluster.local."
+            ]
+        );
+        // Removing every slice leaves a headless service without ready endpoints: NXDOMAIN.
+        zone.remove_slice("default", "db-v4");
+        zone.remove_slice("default", "db-v6");
+        assert_eq!(
+            zone.answer(&name("db.default.svc.cluster.local."), RecordType::A)
+                .rcode,
+            ResponseCode::NXDomain
+        );
+    }
+
+    #[test]
+    fn slices_seen_before_their_service_serve_once_it_arrives() {
+        let mut zone = Zone::new(ZoneConfig::default());
+        zone.upsert_slice(&slice(
+            "ns",
+            "late-1",
+            "late",
+            "IPv4",
+            json!([]),
+            &[("10.5.0.1", None, Some(true))],
+        ));
+        let question = name("late.ns.svc.cluster.local.");
+        assert_eq!(
+            zone.answer(&question, RecordType::A).rcode,
+            ResponseCode::NXDomain
+        );
+        zone.upsert_service(&service("ns", "late", json!({"clusterIP": "None"})));
+        assert_eq!(
+            render(&zone.answer(&question, RecordType::A)),
+            ["NoError aa", "an late.ns.svc.cluster.local. 5 A 10.5.0.1"]
+        );
+    }
+
+    #[test]
+    fn an_unchanged_object_does_not_change_the_serial() {
+        let mut zone = cluster();
+        let serial = zone.serial();
+        zone.upsert_service(&service(
+            "default",
+            "db",
+            json!({"clusterIP": "None", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP", "targetPort": 15432}]}),
+        ));
+        zone.upsert_slice(&slice(
+            "default",
+            "empty-1",
+            "empty",
+            "IPv4",
+            json!([]),
+            &[("10.3.0.1", None, Some(false))],
+        ));
+        zone.remove_service("default", "never-existed");
+        assert_eq!(zone.serial(), serial);
+    }
+
+    #[test]
+    fn a_custom_domain_and_ttl_are_used_everywhere() {
+        let mut zone = Zone::new(ZoneConfig {
+            domain: name("Corp.Example."),
+            ttl: 30,
+            ..ZoneConfig::default()
+        });
+        zone.upsert_service(&service(
+            "default",
+            "web",
+            json!({"clusterIP": "10.96.0.10"}),
+        ));
+        let answer = zone.answer(&name("web.default.svc.corp.example."), RecordType::A);
+        assert_eq!(
+            render(&answer),
+            [
+                "NoError aa",
+                "an web.default.svc.corp.example. 30 A 10.96.0.10"
+            ]
+        );
+        let ptr = zone.answer(&name("10.0.96.10.in-addr.arpa."), RecordType::PTR);
+        assert_eq!(
+            render(&ptr),
+            [
+                "NoError aa",
+                "an 10.0.96.10.in-addr.arpa. 30 PTR web.default.svc.corp.example."
+            ]
+        );
+        let miss = zone.answer(&name("x.corp.example."), RecordType::A);
+        assert_eq!(
+            render(&miss),
+            [
+                "NXDomain aa",
+                "au corp.example. 30 SOA ns.dns.corp.example. hostmaster.corp.example."
+            ]
+        );
+        assert!(!zone.is_in_zone(&name("web.default.svc.cluster.local.")));
+    }
+}
