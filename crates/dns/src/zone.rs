@@ -100,9 +100,36 @@ impl Answer {
 struct NamedPort {
     /// Lowercase port name (an IANA_SVC_NAME).
     name: Box<str>,
-    /// Lowercase protocol: `tcp`, `udp` or `sctp`.
-    protocol: Box<str>,
+    protocol: Protocol,
     port: u16,
+}
+
+/// The protocols a Service port may use; the SRV label is the lowercase name (`_tcp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// `spec.ports[].protocol`, TCP when unset (the API default); `None` for anything else.
+    fn parse(protocol: Option<&String>) -> Option<Self> {
+        match protocol.map(String::as_str) {
+            None | Some("TCP") => Some(Self::Tcp),
+            Some("UDP") => Some(Self::Udp),
+            Some("SCTP") => Some(Self::Sctp),
+            Some(_) => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,9 +220,7 @@ fn parse_port(
     let port = u16::try_from(port?).ok()?;
     Some(NamedPort {
         name: name.to_ascii_lowercase().into(),
-        protocol: protocol
-            .map_or("tcp".to_owned(), |p| p.to_ascii_lowercase())
-            .into(),
+        protocol: Protocol::parse(protocol)?,
         port,
     })
 }
@@ -858,7 +883,8 @@ impl Zone {
         let Some(service) = self.services.get(k) else {
             return Node::Missing;
         };
-        let wanted = |p: &NamedPort| &*p.protocol == protocol && port.is_none_or(|n| &*p.name == n);
+        let wanted =
+            |p: &NamedPort| p.protocol.label() == protocol && port.is_none_or(|n| &*p.name == n);
         let Some(service_name) = self.service_name(k) else {
             return Node::Missing;
         };
@@ -1627,5 +1653,59 @@ mod tests {
             ]
         );
         assert!(!zone.is_in_zone(&name("web.default.svc.cluster.local.")));
+    }
+
+    #[test]
+    fn a_slice_relabelled_to_another_service_moves_its_endpoints() {
+        let mut zone = Zone::new(ZoneConfig::default());
+        for svc in ["a", "b"] {
+            zone.upsert_service(&service("ns", svc, json!({"clusterIP": "None"})));
+        }
+        let endpoints = [("10.6.0.1", None, Some(true))];
+        zone.upsert_slice(&slice("ns", "s", "a", "IPv4", json!([]), &endpoints));
+        let a = name("a.ns.svc.cluster.local.");
+        let b = name("b.ns.svc.cluster.local.");
+        assert_eq!(zone.answer(&a, RecordType::A).answers.len(), 1);
+        zone.upsert_slice(&slice("ns", "s", "b", "IPv4", json!([]), &endpoints));
+        assert_eq!(zone.answer(&a, RecordType::A).rcode, ResponseCode::NXDomain);
+        assert_eq!(zone.answer(&b, RecordType::A).answers.len(), 1);
+        let ptr = zone.answer(&name("1.0.6.10.in-addr.arpa."), RecordType::PTR);
+        assert_eq!(
+            render(&ptr),
+            [
+                "NoError aa",
+                "an 1.0.6.10.in-addr.arpa. 5 PTR 10-6-0-1.b.ns.svc.cluster.local."
+            ]
+        );
+        // Without the service-name label a slice belongs to no Service.
+        let mut unlabelled = slice("ns", "s", "b", "IPv4", json!([]), &endpoints);
+        unlabelled.metadata.labels = None;
+        zone.upsert_slice(&unlabelled);
+        assert_eq!(zone.answer(&b, RecordType::A).rcode, ResponseCode::NXDomain);
+        assert!(!zone.is_in_zone(&name("1.0.6.10.in-addr.arpa.")));
+    }
+
+    #[test]
+    fn a_service_turned_external_name_loses_its_cluster_ip_records() {
+        let mut zone = cluster();
+        zone.upsert_service(&service(
+            "default",
+            "web",
+            json!({"type": "ExternalName", "externalName": "web.example.com"}),
+        ));
+        let answer = zone.answer(&name("web.default.svc.cluster.local."), RecordType::A);
+        assert_eq!(
+            render(&answer),
+            [
+                "NoError aa",
+                "an web.default.svc.cluster.local. 5 CNAME web.example.com."
+            ]
+        );
+        assert!(!zone.is_in_zone(&name("10.0.96.10.in-addr.arpa.")));
+        let srv = zone.answer(
+            &name("_http._tcp.web.default.svc.cluster.local."),
+            RecordType::SRV,
+        );
+        assert_eq!(srv.rcode, ResponseCode::NXDomain);
     }
 }
