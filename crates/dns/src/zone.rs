@@ -568,7 +568,7 @@ impl Zone {
         let mut seen = HashSet::new();
         ips.retain(|ip| seen.insert(*ip));
         let k = key(namespace, name);
-        if self.pods.get(&k) == Some(&ips) {
+        if self.pods.get(&k).map_or(&[][..], Vec::as_slice) == ips.as_slice() {
             return;
         }
         self.drop_pod(&k);
@@ -687,10 +687,12 @@ impl Zone {
                 ));
                 // RFC 1034 4.3.2: restart at the target when it is ours; the rcode and authority
                 // of a chain are those of its last name (RFC 6604).
-                if qtype != RecordType::CNAME
-                    && depth < MAX_CNAME_CHASE
-                    && self.config.domain.zone_of(&target)
-                {
+                if qtype != RecordType::CNAME && self.config.domain.zone_of(&target) {
+                    if depth >= MAX_CNAME_CHASE {
+                        // A loop of ExternalName services: no answer exists.
+                        answer.rcode = ResponseCode::ServFail;
+                        return answer;
+                    }
                     let chased = self.answer_chased(&target, qtype, depth + 1);
                     answer.rcode = chased.rcode;
                     answer.answers.extend(chased.answers);
@@ -906,6 +908,7 @@ impl Zone {
             ServiceKind::Headless => {
                 // The endpoint's own port: clients of a headless Service connect to the Pod.
                 let mut seen = HashSet::new();
+                let mut named = HashSet::new();
                 for (slice, ep) in self.ready_endpoints(k, service) {
                     let Some(target) = self.in_zone(&format!(
                         "{}.{}",
@@ -916,7 +919,9 @@ impl Zone {
                     };
                     for p in slice.ports.iter().filter(|p| wanted(p)) {
                         if seen.insert((p.port, ep.ip)) {
-                            if !targets.iter().any(|(n, t)| *n == p.port && *t == target) {
+                            // One SRV per (port, name); a dual-stack pod has one name, two
+                            // addresses.
+                            if named.insert((p.port, target.clone())) {
                                 targets.push((p.port, target.clone()));
                             }
                             additionals.push(Record::from_rdata(
@@ -1391,9 +1396,10 @@ mod tests {
     }
 
     #[test]
-    fn external_name_loops_stop_after_a_bounded_chase() {
+    fn external_name_loops_stop_after_a_bounded_chase_with_servfail() {
         let zone = cluster();
         let answer = zone.answer(&name("loop-a.other.svc.cluster.local."), RecordType::A);
+        assert_eq!(answer.rcode, ResponseCode::ServFail);
         assert_eq!(answer.answers.len(), MAX_CNAME_CHASE + 1);
         assert!(answer
             .answers
@@ -1707,5 +1713,57 @@ mod tests {
             RecordType::SRV,
         );
         assert_eq!(srv.rcode, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn a_dual_stack_pet_has_one_srv_target_with_both_addresses() {
+        let mut zone = Zone::new(ZoneConfig::default());
+        zone.upsert_service(&service("ns", "set", json!({"clusterIP": "None"})));
+        let ports = json!([{"name": "peer", "port": 7000, "protocol": "TCP"}]);
+        zone.upsert_slice(&slice(
+            "ns",
+            "set-v4",
+            "set",
+            "IPv4",
+            ports.clone(),
+            &[("10.7.0.1", Some("set-0"), Some(true))],
+        ));
+        zone.upsert_slice(&slice(
+            "ns",
+            "set-v6",
+            "set",
+            "IPv6",
+            ports,
+            &[("fd00:7::1", Some("set-0"), Some(true))],
+        ));
+        let srv = zone.answer(
+            &name("_peer._tcp.set.ns.svc.cluster.local."),
+            RecordType::SRV,
+        );
+        assert_eq!(
+            render(&srv),
+            [
+                "NoError aa",
+                "an _peer._tcp.set.ns.svc.cluster.local. 5 SRV 0 100 7000 set-0.set.ns.svc.cluster.local.",
+                "ad set-0.set.ns.svc.cluster.local. 5 A 10.7.0.1",
+                "ad set-0.set.ns.svc.cluster.local. 5 AAAA fd00:7::1",
+            ]
+        );
+        let pet = zone.answer(&name("set-0.set.ns.svc.cluster.local."), RecordType::ANY);
+        assert_eq!(pet.answers.len(), 2);
+    }
+
+    #[test]
+    fn pods_without_ips_do_not_change_a_verified_zone() {
+        let mut zone = Zone::new(ZoneConfig {
+            pod_mode: PodMode::Verified,
+            ..ZoneConfig::default()
+        });
+        let serial = zone.serial();
+        zone.upsert_pod(&pod("ns", "pending", &[]));
+        zone.remove_pod("ns", "pending");
+        assert_eq!(zone.serial(), serial);
+        zone.upsert_pod(&pod("ns", "running", &["10.8.0.1"]));
+        assert_ne!(zone.serial(), serial);
     }
 }
