@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use switchyard_api::k8s::api::core::v1::{Pod, Service};
+use switchyard_api::k8s::api::core::v1::{Pod, Service, ServiceSpec};
 use switchyard_api::k8s::api::discovery::v1::EndpointSlice;
 
 /// The version of the specification this zone implements, served at `dns-version.<zone>`.
@@ -226,7 +226,8 @@ fn parse_port(
 }
 
 fn service_entry(service: &Service) -> ServiceEntry {
-    let spec = service.spec.clone().unwrap_or_default();
+    let unset = ServiceSpec::default();
+    let spec = service.spec.as_ref().unwrap_or(&unset);
     let ports = spec
         .ports
         .iter()
@@ -322,10 +323,8 @@ fn undashed(label: &str) -> Option<IpAddr> {
 fn reverse_ip(labels: &[String]) -> Option<IpAddr> {
     match labels {
         [d, c, b, a, in_addr, arpa] if in_addr == "in-addr" && arpa == "arpa" => {
-            let octet = |s: &String| -> Option<u8> {
-                // Only canonical decimal: `01` is not the label of 1.
-                (s == &s.parse::<u8>().ok()?.to_string()).then(|| s.parse().ok())?
-            };
+            // Only canonical decimal: `01` is not the label of 1.
+            let octet = |s: &String| s.parse::<u8>().ok().filter(|n| n.to_string() == *s);
             Some(IpAddr::V4(Ipv4Addr::new(
                 octet(a)?,
                 octet(b)?,
@@ -1416,6 +1415,7 @@ mod tests {
         assert!(zone.is_in_zone(&name("1.0.1.10.IN-ADDR.ARPA.")));
         assert!(!zone.is_in_zone(&name("8.8.8.8.in-addr.arpa.")));
         assert!(!zone.is_in_zone(&name("96.10.in-addr.arpa.")));
+        assert!(!zone.is_in_zone(&name("010.0.96.10.in-addr.arpa.")));
         assert!(!zone.is_in_zone(&name("www.example.com.")));
         assert!(!zone.is_in_zone(&name("local.")));
     }
