@@ -386,10 +386,10 @@ impl Node {
 }
 
 impl Zone {
-    /// An empty zone.
+    /// An empty zone. The domain is kept lowercase and fully qualified (`cluster.local` and
+    /// `Cluster.Local.` configure the same zone).
     pub fn new(config: ZoneConfig) -> Self {
-        let domain = config.domain.to_lowercase();
-        let mut domain = domain;
+        let mut domain = config.domain.to_lowercase();
         domain.set_fqdn(true);
         Self {
             config: ZoneConfig { domain, ..config },
