@@ -196,7 +196,10 @@ impl CacheKey {
             name: question.name().to_lowercase(),
             record_type: question.query_type(),
             class: question.query_class(),
-            dnssec_ok: query.edns.as_ref().is_some_and(|edns| edns.flags().dnssec_ok),
+            dnssec_ok: query
+                .edns
+                .as_ref()
+                .is_some_and(|edns| edns.flags().dnssec_ok),
             checking_disabled: query.checking_disabled,
         }
     }
@@ -224,7 +227,12 @@ struct CacheEntry {
 impl Cache {
     /// An empty cache holding at most `capacity` answers (0: caches nothing).
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, entries: HashMap::new(), by_expiry: BTreeMap::new(), next_seq: 0 }
+        Self {
+            capacity,
+            entries: HashMap::new(),
+            by_expiry: BTreeMap::new(),
+            next_seq: 0,
+        }
     }
 
     /// How many answers are held, expired ones not yet evicted included.
@@ -245,8 +253,10 @@ impl Cache {
             self.remove(key);
             return None;
         }
+        // Whole seconds spent, but what is left rounded up: an answer with 0.4 s left is served
+        // with TTL 1, not 0 (clients would not cache it while we do).
         let elapsed = whole_secs(now - entry.stored_at);
-        let remaining = whole_secs(entry.expires_at - now);
+        let remaining = whole_secs((entry.expires_at - now).saturating_add(SUBSECOND));
         Some(count_down(&entry.reply, elapsed, remaining))
     }
 
@@ -258,14 +268,24 @@ impl Cache {
         }
         self.remove(&key);
         while self.entries.len() >= self.capacity {
-            let Some((_, evicted)) = self.by_expiry.pop_first() else { break };
+            let Some((_, evicted)) = self.by_expiry.pop_first() else {
+                break;
+            };
             self.entries.remove(&evicted);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         let expires_at = now + lifetime;
         self.by_expiry.insert((expires_at, seq), key.clone());
-        self.entries.insert(key, CacheEntry { reply, stored_at: now, expires_at, seq });
+        self.entries.insert(
+            key,
+            CacheEntry {
+                reply,
+                stored_at: now,
+                expires_at,
+                seq,
+            },
+        );
     }
 
     fn remove(&mut self, key: &CacheKey) {
@@ -274,6 +294,8 @@ impl Cache {
         }
     }
 }
+
+const SUBSECOND: Duration = Duration::from_nanos(999_999_999);
 
 fn whole_secs(duration: Duration) -> u32 {
     u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
@@ -430,10 +452,14 @@ impl Forwarder {
     /// the other upstreams), not as errors.
     pub async fn resolve(&self, query: &Message) -> Result<Message, ForwardError> {
         if query.message_type != MessageType::Query || query.op_code != OpCode::Query {
-            return Err(ForwardError::Unsupported("only standard queries are forwarded"));
+            return Err(ForwardError::Unsupported(
+                "only standard queries are forwarded",
+            ));
         }
         let [question] = query.queries.as_slice() else {
-            return Err(ForwardError::Unsupported("a query must hold exactly one question"));
+            return Err(ForwardError::Unsupported(
+                "a query must hold exactly one question",
+            ));
         };
         let key = CacheKey::of(query, question);
         let counters = &self.inner.counters;
@@ -474,7 +500,10 @@ impl Forwarder {
         in_flight.insert(key.clone(), receiver.clone());
         drop(in_flight);
 
-        let guard = InFlightGuard { inner: Arc::clone(&self.inner), key };
+        let guard = InFlightGuard {
+            inner: Arc::clone(&self.inner),
+            key,
+        };
         tokio::spawn(async move {
             let inner = &guard.inner;
             let result = inner.exchange(&guard.key).await.map(|reply| {
@@ -533,7 +562,11 @@ impl Inner {
             return Ok(reply);
         }
         let (upstream, last) = last_error.expect("at least one attempt ran and failed");
-        Err(ForwardError::Exhausted { attempts, upstream, last: Arc::new(last) })
+        Err(ForwardError::Exhausted {
+            attempts,
+            upstream,
+            last: Arc::new(last),
+        })
     }
 
     /// One exchange over UDP from a fresh socket, retried over TCP when the reply is truncated.
@@ -543,7 +576,9 @@ impl Inner {
         key: &CacheKey,
     ) -> Result<Message, AttemptError> {
         let id: u16 = rand::random();
-        let request = upstream_query(key, id).to_vec().map_err(AttemptError::Encode)?;
+        let request = upstream_query(key, id)
+            .to_vec()
+            .map_err(AttemptError::Encode)?;
         // A fresh socket per exchange: the kernel picks a random ephemeral source port, which
         // with the random id makes a blind spoof guess 2^32 hard (RFC 5452 §9.2). Connecting it
         // makes the kernel drop datagrams from any other address.
@@ -567,7 +602,9 @@ impl Inner {
                 Ok(Err(error)) => return Err(AttemptError::Io(error)),
                 Ok(Ok(len)) => len,
             };
-            let Some(reply) = Message::from_vec(&buffer[..len]).ok().filter(|r| answers(r, id, key))
+            let Some(reply) = Message::from_vec(&buffer[..len])
+                .ok()
+                .filter(|r| answers(r, id, key))
             else {
                 bump(&self.counters.mismatched_replies);
                 warn!(%upstream, name = %key.name, "dropped a reply that does not match the question");
@@ -589,7 +626,9 @@ impl Inner {
         key: &CacheKey,
     ) -> Result<Message, AttemptError> {
         let id: u16 = rand::random();
-        let request = upstream_query(key, id).to_vec().map_err(AttemptError::Encode)?;
+        let request = upstream_query(key, id)
+            .to_vec()
+            .map_err(AttemptError::Encode)?;
         let len = u16::try_from(request.len()).map_err(|_| {
             AttemptError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -635,7 +674,8 @@ fn upstream_query(key: &CacheKey, id: u16) -> Message {
     question.set_query_class(key.class);
     query.add_query(question);
     let mut edns = Edns::new();
-    edns.set_max_payload(EDNS_UDP_PAYLOAD).set_dnssec_ok(key.dnssec_ok);
+    edns.set_max_payload(EDNS_UDP_PAYLOAD)
+        .set_dnssec_ok(key.dnssec_ok);
     query.set_edns(edns);
     query
 }
@@ -669,8 +709,644 @@ fn reply_for_caller(query: &Message, question: &Query, key: &CacheKey, reply: Me
     reply.signature = None;
     reply.edns = query.edns.as_ref().map(|_| {
         let mut edns = Edns::new();
-        edns.set_max_payload(EDNS_UDP_PAYLOAD).set_dnssec_ok(key.dnssec_ok);
+        edns.set_max_payload(EDNS_UDP_PAYLOAD)
+            .set_dnssec_ok(key.dnssec_ok);
         edns
     });
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::net::Ipv4Addr;
+
+    use hickory_proto::rr::rdata::{A, SOA};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// What the fake upstream does with every question.
+    #[derive(Clone, Copy, Debug)]
+    enum Behaviour {
+        /// Answers A 192.0.2.1 with this TTL.
+        Answer { ttl: u32 },
+        /// NXDOMAIN with an SOA in the authority section.
+        NxDomain { soa_ttl: u32, minimum: u32 },
+        /// Never answers.
+        Silent,
+        /// Over UDP an empty reply with TC set; over TCP three A records.
+        TruncateUdp,
+        /// First a reply with the wrong id, then one with the wrong question, both carrying
+        /// 203.0.113.66, then the real answer.
+        SpoofFirst,
+    }
+
+    const REAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const SPOOFED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+
+    /// What the fake upstream saw of one request.
+    #[derive(Clone, Debug)]
+    struct Seen {
+        id: u16,
+        source: SocketAddr,
+        edns_payload: Option<u16>,
+    }
+
+    #[derive(Debug)]
+    struct FakeState {
+        behaviour: Behaviour,
+        delay: Duration,
+        udp_requests: AtomicUsize,
+        tcp_requests: AtomicUsize,
+        seen: Mutex<Vec<Seen>>,
+    }
+
+    /// A scripted upstream nameserver on 127.0.0.1, UDP and TCP on the same port.
+    struct FakeUpstream {
+        addr: SocketAddr,
+        state: Arc<FakeState>,
+    }
+
+    impl FakeUpstream {
+        async fn start(behaviour: Behaviour) -> Self {
+            Self::start_with_delay(behaviour, Duration::ZERO).await
+        }
+
+        async fn start_with_delay(behaviour: Behaviour, delay: Duration) -> Self {
+            let state = Arc::new(FakeState {
+                behaviour,
+                delay,
+                udp_requests: AtomicUsize::new(0),
+                tcp_requests: AtomicUsize::new(0),
+                seen: Mutex::new(Vec::new()),
+            });
+            let (udp, tcp) = bind_same_port().await;
+            let addr = udp.local_addr().expect("bound");
+            tokio::spawn(serve_udp(Arc::new(udp), Arc::clone(&state)));
+            tokio::spawn(serve_tcp(tcp, Arc::clone(&state)));
+            Self { addr, state }
+        }
+
+        fn udp_requests(&self) -> usize {
+            self.state.udp_requests.load(Ordering::SeqCst)
+        }
+
+        fn tcp_requests(&self) -> usize {
+            self.state.tcp_requests.load(Ordering::SeqCst)
+        }
+
+        fn seen(&self) -> Vec<Seen> {
+            lock(&self.state.seen).clone()
+        }
+    }
+
+    async fn bind_same_port() -> (UdpSocket, TcpListener) {
+        for _ in 0..50 {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP");
+            let addr = udp.local_addr().expect("bound");
+            if let Ok(tcp) = TcpListener::bind(addr).await {
+                return (udp, tcp);
+            }
+        }
+        panic!("no port free for both UDP and TCP on 127.0.0.1");
+    }
+
+    async fn serve_udp(socket: Arc<UdpSocket>, state: Arc<FakeState>) {
+        let mut buffer = vec![0; 65_535];
+        loop {
+            let Ok((len, source)) = socket.recv_from(&mut buffer).await else {
+                return;
+            };
+            let request = Message::from_vec(&buffer[..len]).expect("the forwarder sends valid DNS");
+            state.udp_requests.fetch_add(1, Ordering::SeqCst);
+            lock(&state.seen).push(Seen {
+                id: request.id,
+                source,
+                edns_payload: request.edns.as_ref().map(Edns::max_payload),
+            });
+            let (socket, state) = (Arc::clone(&socket), Arc::clone(&state));
+            tokio::spawn(async move {
+                if !state.delay.is_zero() {
+                    tokio::time::sleep(state.delay).await;
+                }
+                for reply in replies(&request, state.behaviour, false) {
+                    let bytes = reply.to_vec().expect("encodable");
+                    socket.send_to(&bytes, source).await.expect("send");
+                }
+            });
+        }
+    }
+
+    async fn serve_tcp(listener: TcpListener, state: Arc<FakeState>) {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                let mut len = [0; 2];
+                stream.read_exact(&mut len).await.expect("length");
+                let mut bytes = vec![0; usize::from(u16::from_be_bytes(len))];
+                stream.read_exact(&mut bytes).await.expect("query");
+                let request = Message::from_vec(&bytes).expect("valid DNS");
+                state.tcp_requests.fetch_add(1, Ordering::SeqCst);
+                for reply in replies(&request, state.behaviour, true) {
+                    let bytes = reply.to_vec().expect("encodable");
+                    let len = u16::try_from(bytes.len()).expect("small");
+                    stream.write_all(&len.to_be_bytes()).await.expect("write");
+                    stream.write_all(&bytes).await.expect("write");
+                }
+            });
+        }
+    }
+
+    fn reply_to(request: &Message) -> Message {
+        let mut reply = Message::response(request.id, OpCode::Query);
+        reply.metadata.recursion_desired = request.recursion_desired;
+        reply.metadata.recursion_available = true;
+        reply.add_queries(request.queries.iter().cloned());
+        if let Some(edns) = &request.edns {
+            let mut ours = Edns::new();
+            ours.set_max_payload(EDNS_UDP_PAYLOAD)
+                .set_dnssec_ok(edns.flags().dnssec_ok);
+            reply.set_edns(ours);
+        }
+        reply
+    }
+
+    fn a_record(name: &Name, ttl: u32, ip: Ipv4Addr) -> Record {
+        Record::from_rdata(name.clone(), ttl, RData::A(A(ip)))
+    }
+
+    fn replies(request: &Message, behaviour: Behaviour, over_tcp: bool) -> Vec<Message> {
+        let name = request.queries[0].name().clone();
+        let mut reply = reply_to(request);
+        match behaviour {
+            Behaviour::Answer { ttl } => {
+                reply.add_answer(a_record(&name, ttl, REAL));
+            }
+            Behaviour::NxDomain { soa_ttl, minimum } => {
+                reply.metadata.response_code = ResponseCode::NXDomain;
+                let zone = Name::from_ascii("example.").expect("valid");
+                let soa = SOA::new(zone.clone(), zone.clone(), 1, 7200, 900, 1_209_600, minimum);
+                reply.add_authority(Record::from_rdata(zone, soa_ttl, RData::SOA(soa)));
+            }
+            Behaviour::Silent => return Vec::new(),
+            Behaviour::TruncateUdp if !over_tcp => reply.metadata.truncation = true,
+            Behaviour::TruncateUdp => {
+                for last in 1..=3 {
+                    reply.add_answer(a_record(&name, 300, Ipv4Addr::new(192, 0, 2, last)));
+                }
+            }
+            Behaviour::SpoofFirst => {
+                let mut wrong_id = reply.clone();
+                wrong_id.metadata.id = request.id.wrapping_add(1);
+                wrong_id.add_answer(a_record(&name, 300, SPOOFED));
+                let evil = Name::from_ascii("evil.example.").expect("valid");
+                let mut wrong_question = Message::response(request.id, OpCode::Query);
+                wrong_question.add_query(Query::query(evil.clone(), RecordType::A));
+                wrong_question.add_answer(a_record(&evil, 300, SPOOFED));
+                reply.add_answer(a_record(&name, 300, REAL));
+                return vec![wrong_id, wrong_question, reply];
+            }
+        }
+        vec![reply]
+    }
+
+    fn forwarder(upstreams: &[&FakeUpstream]) -> Forwarder {
+        Forwarder::new(ForwarderConfig {
+            upstreams: upstreams.iter().map(|upstream| upstream.addr).collect(),
+            ..ForwarderConfig::default()
+        })
+    }
+
+    fn query(id: u16, name: &str, record_type: RecordType) -> Message {
+        let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(
+            Name::from_ascii(name).expect("valid name"),
+            record_type,
+        ));
+        query
+    }
+
+    fn with_edns(mut query: Message) -> Message {
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        query.set_edns(edns);
+        query
+    }
+
+    fn addresses(reply: &Message) -> Vec<Ipv4Addr> {
+        reply
+            .answers
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::A(A(ip)) => Some(*ip),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn answer_is_forwarded_then_served_from_cache_with_ttl_counted_down() {
+        let upstream = FakeUpstream::start(Behaviour::Answer { ttl: 300 }).await;
+        let forwarder = forwarder(&[&upstream]);
+
+        let first = forwarder
+            .resolve(&query(1, "www.example.", RecordType::A))
+            .await
+            .expect("answer");
+        assert_eq!(addresses(&first), [REAL]);
+        assert_eq!(first.answers[0].ttl, 300);
+        assert_eq!(upstream.udp_requests(), 1);
+
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let second = forwarder
+            .resolve(&query(2, "www.example.", RecordType::A))
+            .await
+            .expect("answer");
+        assert_eq!(addresses(&second), [REAL]);
+        assert_eq!(second.answers[0].ttl, 290);
+        assert_eq!(
+            upstream.udp_requests(),
+            1,
+            "the second answer comes from the cache"
+        );
+
+        let metrics = forwarder.metrics();
+        assert_eq!(
+            (
+                metrics.cache_hits,
+                metrics.cache_misses,
+                metrics.upstream_requests
+            ),
+            (1, 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn cached_answer_expires_after_its_ttl() {
+        let upstream = FakeUpstream::start(Behaviour::Answer { ttl: 60 }).await;
+        let forwarder = forwarder(&[&upstream]);
+        forwarder
+            .resolve(&query(1, "www.example.", RecordType::A))
+            .await
+            .expect("answer");
+
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        let cached = forwarder
+            .resolve(&query(2, "www.example.", RecordType::A))
+            .await
+            .expect("answer");
+        assert_eq!(cached.answers[0].ttl, 1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        tokio::time::resume();
+
+        let fresh = forwarder
+            .resolve(&query(3, "www.example.", RecordType::A))
+            .await
+            .expect("answer");
+        assert_eq!(fresh.answers[0].ttl, 60);
+        assert_eq!(
+            upstream.udp_requests(),
+            2,
+            "an expired answer is asked again"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_identical_queries_share_one_upstream_exchange() {
+        let upstream = FakeUpstream::start_with_delay(
+            Behaviour::Answer { ttl: 300 },
+            Duration::from_millis(300),
+        )
+        .await;
+        let forwarder = forwarder(&[&upstream]);
+        let askers: Vec<_> = (0..100u16)
+            .map(|id| {
+                let forwarder = forwarder.clone();
+                tokio::spawn(async move {
+                    forwarder
+                        .resolve(&query(id, "www.example.", RecordType::A))
+                        .await
+                })
+            })
+            .collect();
+        for (id, asker) in (0..100u16).zip(askers) {
+            let reply = asker.await.expect("no panic").expect("answer");
+            assert_eq!(reply.id, id);
+            assert_eq!(addresses(&reply), [REAL]);
+        }
+        assert_eq!(upstream.udp_requests(), 1);
+        assert_eq!(forwarder.metrics().upstream_requests, 1);
+    }
+
+    #[tokio::test]
+    async fn ids_and_source_ports_vary_across_queries() {
+        let upstream = FakeUpstream::start(Behaviour::Answer { ttl: 300 }).await;
+        let forwarder = forwarder(&[&upstream]);
+        for n in 0..20 {
+            let name = format!("host{n}.example.");
+            forwarder
+                .resolve(&query(7, &name, RecordType::A))
+                .await
+                .expect("answer");
+        }
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 20);
+        let ids: HashSet<u16> = seen.iter().map(|s| s.id).collect();
+        let ports: HashSet<u16> = seen.iter().map(|s| s.source.port()).collect();
+        // 20 draws from 2^16 ids and from the ephemeral range: collisions are rare, not
+        // impossible, hence bounds rather than exact counts.
+        assert!(ids.len() >= 15, "ids barely vary: {ids:?}");
+        assert!(ports.len() >= 10, "source ports barely vary: {ports:?}");
+        assert!(
+            !ids.contains(&7) || ids.len() > 1,
+            "the caller's id is not reused upstream"
+        );
+        assert!(seen
+            .iter()
+            .all(|s| s.edns_payload == Some(EDNS_UDP_PAYLOAD)));
+    }
+
+    #[tokio::test]
+    async fn spoofed_replies_are_ignored_until_the_real_one() {
+        let upstream = FakeUpstream::start(Behaviour::SpoofFirst).await;
+        let forwarder = forwarder(&[&upstream]);
+        let reply = forwarder
+            .resolve(&query(1, "www.example.", RecordType::A))
+            .await
+            .expect("answer");
+        assert_eq!(addresses(&reply), [REAL]);
+        assert_eq!(forwarder.metrics().mismatched_replies, 2);
+        assert_eq!(upstream.udp_requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn truncated_reply_is_retried_over_tcp_for_the_full_answer() {
+        let upstream = FakeUpstream::start(Behaviour::TruncateUdp).await;
+        let forwarder = forwarder(&[&upstream]);
+        let reply = forwarder
+            .resolve(&query(1, "big.example.", RecordType::A))
+            .await
+            .expect("answer");
+        assert!(!reply.truncation);
+        assert_eq!(addresses(&reply).len(), 3);
+        assert_eq!((upstream.udp_requests(), upstream.tcp_requests()), (1, 1));
+        assert_eq!(forwarder.metrics().upstream_requests, 2);
+    }
+
+    #[tokio::test]
+    async fn dead_first_upstream_times_out_and_the_second_answers_from_then_on() {
+        let dead = FakeUpstream::start(Behaviour::Silent).await;
+        let alive = FakeUpstream::start(Behaviour::Answer { ttl: 300 }).await;
+        let forwarder = Forwarder::new(ForwarderConfig {
+            upstreams: vec![dead.addr, alive.addr],
+            timeout: Duration::from_millis(200),
+            ..ForwarderConfig::default()
+        });
+        let started = Instant::now();
+        let reply = forwarder
+            .resolve(&query(1, "a.example.", RecordType::A))
+            .await
+            .expect("answer");
+        assert_eq!(addresses(&reply), [REAL]);
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "waited for the timeout"
+        );
+        assert_eq!((dead.udp_requests(), alive.udp_requests()), (1, 1));
+
+        forwarder
+            .resolve(&query(2, "b.example.", RecordType::A))
+            .await
+            .expect("answer");
+        assert_eq!(
+            (dead.udp_requests(), alive.udp_requests()),
+            (1, 2),
+            "the live one is asked first"
+        );
+        assert_eq!(forwarder.metrics().upstream_errors, 1);
+    }
+
+    #[tokio::test]
+    async fn every_upstream_silent_is_an_error_after_all_attempts() {
+        let dead = FakeUpstream::start(Behaviour::Silent).await;
+        let forwarder = Forwarder::new(ForwarderConfig {
+            upstreams: vec![dead.addr],
+            timeout: Duration::from_millis(50),
+            attempts: 2,
+            ..ForwarderConfig::default()
+        });
+        let error = forwarder
+            .resolve(&query(1, "a.example.", RecordType::A))
+            .await
+            .expect_err("nothing answers");
+        assert!(
+            matches!(error, ForwardError::Exhausted { attempts: 2, .. }),
+            "{error:?}"
+        );
+        assert_eq!(dead.udp_requests(), 2);
+        assert_eq!(forwarder.cache_len(), 0, "errors are not cached");
+    }
+
+    #[tokio::test]
+    async fn nxdomain_is_cached_for_the_soa_minimum() {
+        let upstream = FakeUpstream::start(Behaviour::NxDomain {
+            soa_ttl: 3600,
+            minimum: 30,
+        })
+        .await;
+        let forwarder = forwarder(&[&upstream]);
+        let first = forwarder
+            .resolve(&query(1, "nope.example.", RecordType::A))
+            .await
+            .expect("reply");
+        assert_eq!(first.response_code, ResponseCode::NXDomain);
+        assert_eq!(
+            first.authorities[0].ttl, 30,
+            "the SOA carries the negative TTL"
+        );
+
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let cached = forwarder
+            .resolve(&query(2, "nope.example.", RecordType::A))
+            .await
+            .expect("reply");
+        assert_eq!(cached.response_code, ResponseCode::NXDomain);
+        assert_eq!(cached.authorities[0].ttl, 20);
+        assert_eq!(upstream.udp_requests(), 1);
+
+        tokio::time::advance(Duration::from_secs(20)).await;
+        tokio::time::resume();
+        forwarder
+            .resolve(&query(3, "nope.example.", RecordType::A))
+            .await
+            .expect("reply");
+        assert_eq!(
+            upstream.udp_requests(),
+            2,
+            "the denial expired with the SOA minimum"
+        );
+    }
+
+    #[tokio::test]
+    async fn reply_carries_the_callers_id_question_spelling_and_edns_choice() {
+        let upstream = FakeUpstream::start(Behaviour::Answer { ttl: 300 }).await;
+        let forwarder = forwarder(&[&upstream]);
+        let asked = query(0xBEEF, "WwW.ExAmple.", RecordType::A);
+        let reply = forwarder.resolve(&asked).await.expect("answer");
+        assert_eq!(reply.id, 0xBEEF);
+        assert_eq!(reply.message_type, MessageType::Response);
+        assert!(reply.queries[0].name().eq_case(asked.queries[0].name()));
+        assert!(reply.answers[0].name.eq_case(asked.queries[0].name()));
+        assert!(
+            reply.edns.is_none(),
+            "no EDNS in the reply to a query without it"
+        );
+
+        let asked = with_edns(query(0xF00D, "www.example.", RecordType::A));
+        let reply = forwarder.resolve(&asked).await.expect("answer");
+        assert_eq!(reply.id, 0xF00D);
+        assert!(reply.queries[0].name().eq_case(asked.queries[0].name()));
+        assert_eq!(
+            reply.edns.as_ref().map(Edns::max_payload),
+            Some(EDNS_UDP_PAYLOAD)
+        );
+        assert_eq!(upstream.udp_requests(), 1, "case does not split the cache");
+    }
+
+    #[tokio::test]
+    async fn dnssec_ok_queries_are_cached_apart() {
+        let upstream = FakeUpstream::start(Behaviour::Answer { ttl: 300 }).await;
+        let forwarder = forwarder(&[&upstream]);
+        forwarder
+            .resolve(&query(1, "www.example.", RecordType::A))
+            .await
+            .expect("answer");
+        let mut with_do = with_edns(query(2, "www.example.", RecordType::A));
+        with_do.edns.as_mut().expect("set").set_dnssec_ok(true);
+        forwarder.resolve(&with_do).await.expect("answer");
+        assert_eq!(upstream.udp_requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn queries_without_exactly_one_question_are_refused() {
+        let forwarder = Forwarder::new(ForwarderConfig::default());
+        let empty = Message::new(1, MessageType::Query, OpCode::Query);
+        assert!(matches!(
+            forwarder.resolve(&empty).await,
+            Err(ForwardError::Unsupported(_))
+        ));
+        let no_upstream = forwarder
+            .resolve(&query(1, "a.example.", RecordType::A))
+            .await;
+        assert!(matches!(no_upstream, Err(ForwardError::NoUpstreams)));
+    }
+
+    fn key(name: &str) -> CacheKey {
+        let asked = query(1, name, RecordType::A);
+        CacheKey::of(&asked, &asked.queries[0])
+    }
+
+    fn answer_with_ttl(name: &str, ttl: u32) -> Message {
+        let asked = query(1, name, RecordType::A);
+        let mut reply = reply_to(&asked);
+        reply.add_answer(a_record(asked.queries[0].name(), ttl, REAL));
+        reply
+    }
+
+    #[test]
+    fn full_cache_evicts_the_entry_closest_to_expiry() {
+        let now = Instant::now();
+        let mut cache = Cache::new(2);
+        cache.insert(
+            key("long."),
+            answer_with_ttl("long.", 300),
+            Duration::from_secs(300),
+            now,
+        );
+        cache.insert(
+            key("short."),
+            answer_with_ttl("short.", 10),
+            Duration::from_secs(10),
+            now,
+        );
+        cache.insert(
+            key("new."),
+            answer_with_ttl("new.", 60),
+            Duration::from_secs(60),
+            now,
+        );
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(&key("short."), now).is_none());
+        assert!(cache.get(&key("long."), now).is_some());
+        assert!(cache.get(&key("new."), now).is_some());
+    }
+
+    #[test]
+    fn replacing_an_entry_does_not_leak_its_expiry_slot() {
+        let now = Instant::now();
+        let mut cache = Cache::new(10);
+        for ttl in 1..=5 {
+            cache.insert(
+                key("a."),
+                answer_with_ttl("a.", ttl),
+                Duration::from_secs(ttl.into()),
+                now,
+            );
+        }
+        assert_eq!((cache.len(), cache.by_expiry.len()), (1, 1));
+    }
+
+    #[test]
+    fn cache_lifetime_is_bounded_like_coredns() {
+        let config = ForwarderConfig::default();
+        let lifetime = |reply: &Message| cache_lifetime(reply, &config).as_secs();
+        assert_eq!(
+            lifetime(&answer_with_ttl("a.", 86_400)),
+            3600,
+            "success max"
+        );
+        assert_eq!(lifetime(&answer_with_ttl("a.", 0)), 5, "success min");
+        assert_eq!(lifetime(&answer_with_ttl("a.", 120)), 120);
+
+        let mut servfail = reply_to(&query(1, "a.", RecordType::A));
+        servfail.metadata.response_code = ResponseCode::ServFail;
+        assert_eq!(lifetime(&servfail), 5, "failures are kept briefly");
+
+        let nodata_without_soa = reply_to(&query(1, "a.", RecordType::A));
+        assert_eq!(
+            lifetime(&nodata_without_soa),
+            5,
+            "denial min without an SOA"
+        );
+        let asked = query(1, "a.", RecordType::A);
+        let denial = &replies(
+            &asked,
+            Behaviour::NxDomain {
+                soa_ttl: 86_400,
+                minimum: 86_400,
+            },
+            false,
+        )[0];
+        assert_eq!(lifetime(denial), 1800, "denial max");
+    }
+
+    #[test]
+    fn resolv_conf_nameservers_are_read_in_order_on_port_53() {
+        let text = "# generated\nsearch default.svc.cluster.local svc.cluster.local\n\
+                    nameserver 10.0.0.10\n; nameserver 10.9.9.9\nnameserver 127.0.0.53 # stub\n\
+                    nameserver 2001:db8::1\nnameserver fe80::1%eth0\noptions ndots:5\n";
+        let expected: Vec<SocketAddr> = ["10.0.0.10:53", "127.0.0.53:53", "[2001:db8::1]:53"]
+            .iter()
+            .map(|addr| addr.parse().expect("valid"))
+            .collect();
+        assert_eq!(upstreams_from_resolv_conf(text), expected);
+    }
 }
