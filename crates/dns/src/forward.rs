@@ -24,7 +24,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::ProtoError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -59,6 +59,10 @@ pub struct ForwarderConfig {
     pub denial_min_ttl: Duration,
     /// How long a SERVFAIL, REFUSED or other failure reply is kept.
     pub failure_ttl: Duration,
+    /// The most upstream exchanges in flight at once (each holds a socket for up to
+    /// `timeout`); a question that would start one more fails with
+    /// [`ForwardError::Overloaded`]. At least 1 is used.
+    pub max_concurrent_exchanges: usize,
 }
 
 impl Default for ForwarderConfig {
@@ -78,6 +82,11 @@ impl Default for ForwarderConfig {
             denial_min_ttl: Duration::from_secs(5),
             // CoreDNS `cache`: `servfail 5s` by default (at most 5 minutes).
             failure_ttl: Duration::from_secs(5),
+            // CoreDNS `forward` has `max_concurrent` (unlimited unless set; its docs suggest
+            // sizing it as upstream rate x latency). A bound keeps a random-subdomain flood from
+            // using up file descriptors: 1000 exchanges of at most 2 s is 500 questions/s of
+            // distinct uncached names.
+            max_concurrent_exchanges: 1000,
         }
     }
 }
@@ -122,6 +131,10 @@ pub enum ForwardError {
         #[source]
         last: Arc<AttemptError>,
     },
+    /// Too many upstream exchanges are in flight ([`ForwarderConfig::max_concurrent_exchanges`]).
+    /// Retryable; the server answers REFUSED, as CoreDNS does.
+    #[error("too many upstream exchanges in flight")]
+    Overloaded,
     /// The shared upstream exchange ended without a result: its task panicked or the runtime is
     /// shutting down. Retryable.
     #[error("the shared upstream exchange was abandoned")]
@@ -155,6 +168,8 @@ pub struct ForwarderMetrics {
     pub cache_misses: u64,
     /// Misses that joined an exchange already in flight instead of starting one.
     pub deduplicated: u64,
+    /// Misses refused because too many exchanges were in flight.
+    pub overloaded: u64,
     /// Exchanges started with an upstream (a TCP retry counts again).
     pub upstream_requests: u64,
     /// Exchanges that failed (timeout, I/O, malformed TCP reply) or got SERVFAIL/REFUSED.
@@ -169,6 +184,7 @@ struct Counters {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     deduplicated: AtomicU64,
+    overloaded: AtomicU64,
     upstream_requests: AtomicU64,
     upstream_errors: AtomicU64,
     mismatched_replies: AtomicU64,
@@ -366,6 +382,8 @@ struct Inner {
     in_flight: Mutex<HashMap<CacheKey, watch::Receiver<SharedResult>>>,
     /// Index into `config.upstreams` of the upstream that last answered: asked first.
     preferred_upstream: AtomicUsize,
+    /// One permit per upstream exchange in flight.
+    exchange_permits: Arc<Semaphore>,
     counters: Counters,
 }
 
@@ -378,6 +396,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Lookup {
     Cached(Message),
     Pending(watch::Receiver<SharedResult>),
+    Overloaded,
 }
 
 /// Removes the in-flight entry when the exchange task ends, however it ends (also on panic or
@@ -406,12 +425,16 @@ impl Forwarder {
     /// A forwarder with an empty cache.
     pub fn new(config: ForwarderConfig) -> Self {
         let cache = Mutex::new(Cache::new(config.cache_capacity));
+        let permits = config
+            .max_concurrent_exchanges
+            .clamp(1, Semaphore::MAX_PERMITS);
         Self {
             inner: Arc::new(Inner {
                 config,
                 cache,
                 in_flight: Mutex::new(HashMap::new()),
                 preferred_upstream: AtomicUsize::new(0),
+                exchange_permits: Arc::new(Semaphore::new(permits)),
                 counters: Counters::default(),
             }),
         }
@@ -430,6 +453,7 @@ impl Forwarder {
             cache_hits: read(&c.cache_hits),
             cache_misses: read(&c.cache_misses),
             deduplicated: read(&c.deduplicated),
+            overloaded: read(&c.overloaded),
             upstream_requests: read(&c.upstream_requests),
             upstream_errors: read(&c.upstream_errors),
             mismatched_replies: read(&c.mismatched_replies),
@@ -466,6 +490,7 @@ impl Forwarder {
         let mut pending = match self.lookup_or_start(key.clone()) {
             Lookup::Cached(reply) => return Ok(reply_for_caller(query, question, &key, reply)),
             Lookup::Pending(pending) => pending,
+            Lookup::Overloaded => return Err(ForwardError::Overloaded),
         };
         let result = match pending.wait_for(Option::is_some).await {
             Ok(shared) => shared.clone(),
@@ -491,6 +516,10 @@ impl Forwarder {
         if let Some(reply) = lock(&self.inner.cache).get(&key, Instant::now()) {
             return Lookup::Cached(reply);
         }
+        let Ok(permit) = Arc::clone(&self.inner.exchange_permits).try_acquire_owned() else {
+            bump(&self.inner.counters.overloaded);
+            return Lookup::Overloaded;
+        };
         let (sender, receiver) = watch::channel(None);
         in_flight.insert(key.clone(), receiver.clone());
         drop(in_flight);
@@ -508,6 +537,8 @@ impl Forwarder {
                 served
             });
             // Fails only when every asker has gone away; the cache still has the answer.
+            // The exchange is over: its permit goes back before anyone hears the result.
+            drop(permit);
             let _ = sender.send(Some(result));
             drop(guard);
         });
@@ -1205,6 +1236,47 @@ mod tests {
         assert_eq!(reply.id, 2);
         assert_eq!(addresses(&reply), [REAL]);
         assert_eq!(upstream.udp_requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn exchanges_beyond_the_bound_are_refused_but_identical_questions_still_join() {
+        let upstream = FakeUpstream::start_with_delay(
+            Behaviour::Answer { ttl: 300 },
+            Duration::from_millis(200),
+        )
+        .await;
+        let forwarder = Forwarder::new(ForwarderConfig {
+            upstreams: vec![upstream.addr],
+            max_concurrent_exchanges: 1,
+            ..ForwarderConfig::default()
+        });
+        let first = {
+            let forwarder = forwarder.clone();
+            tokio::spawn(async move {
+                forwarder
+                    .resolve(&query(1, "a.example.", RecordType::A))
+                    .await
+            })
+        };
+        while forwarder.metrics().cache_misses == 0 {
+            tokio::task::yield_now().await;
+        }
+        let other = forwarder
+            .resolve(&query(2, "b.example.", RecordType::A))
+            .await;
+        assert!(matches!(other, Err(ForwardError::Overloaded)), "{other:?}");
+        let same = forwarder
+            .resolve(&query(3, "a.example.", RecordType::A))
+            .await;
+        assert_eq!(addresses(&same.expect("joined")), [REAL]);
+        first.await.expect("no panic").expect("answer");
+
+        forwarder
+            .resolve(&query(4, "b.example.", RecordType::A))
+            .await
+            .expect("the permit came back");
+        assert_eq!(forwarder.metrics().overloaded, 1);
+        assert_eq!(upstream.udp_requests(), 2);
     }
 
     #[tokio::test]
