@@ -536,9 +536,9 @@ impl Forwarder {
                 lock(&inner.cache).insert(guard.key.clone(), reply, lifetime, Instant::now());
                 served
             });
-            // Fails only when every asker has gone away; the cache still has the answer.
             // The exchange is over: its permit goes back before anyone hears the result.
             drop(permit);
+            // Fails only when every asker has gone away; the cache still has the answer.
             let _ = sender.send(Some(result));
             drop(guard);
         });
