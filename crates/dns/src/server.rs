@@ -79,7 +79,12 @@ impl Dns {
     /// The reply to one query from `client`, encoded, or `None` when nothing should be sent (the
     /// bytes are not a DNS query at all, or are a response: answering those invites loops).
     /// Over UDP (`udp`), a reply larger than the client accepts is sent truncated (TC set).
-    pub async fn handle(&self, query_bytes: &[u8], client: SocketAddr, udp: bool) -> Option<Vec<u8>> {
+    pub async fn handle(
+        &self,
+        query_bytes: &[u8],
+        client: SocketAddr,
+        udp: bool,
+    ) -> Option<Vec<u8>> {
         let query = match Message::from_vec(query_bytes) {
             Ok(query) => query,
             Err(error) => {
@@ -244,12 +249,18 @@ impl Dns {
         }
     }
 
-    async fn serve_connection(&self, mut stream: TcpStream, client: SocketAddr) -> std::io::Result<()> {
+    async fn serve_connection(
+        &self,
+        mut stream: TcpStream,
+        client: SocketAddr,
+    ) -> std::io::Result<()> {
         loop {
             let mut len = [0; 2];
             match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut len)).await {
                 Err(_idle) => return Ok(()),
-                Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(())
+                }
                 Ok(result) => result?,
             };
             let mut query = vec![0; usize::from(u16::from_be_bytes(len))];

@@ -131,7 +131,9 @@ async fn ask_udp(server: SocketAddr, query: &Message) -> Result<Message> {
 
 async fn ask_tcp_on(stream: &mut TcpStream, query: &Message) -> Result<Message> {
     let bytes = query.to_vec()?;
-    stream.write_all(&u16::try_from(bytes.len())?.to_be_bytes()).await?;
+    stream
+        .write_all(&u16::try_from(bytes.len())?.to_be_bytes())
+        .await?;
     stream.write_all(&bytes).await?;
     let mut len = [0; 2];
     stream.read_exact(&mut len).await?;
@@ -183,7 +185,9 @@ async fn create_service(client: &kube::Client, name: &str, headless: bool) -> Re
 /// Resolves `name` A over UDP until it has an answer.
 async fn resolved(running: &Running, name: &str) -> Result<Message> {
     wait_for(WAIT, name, || async {
-        let reply = ask_udp(running.udp, &query(name, RecordType::A)).await.ok()?;
+        let reply = ask_udp(running.udp, &query(name, RecordType::A))
+            .await
+            .ok()?;
         (reply.metadata.response_code == ResponseCode::NoError && !reply.answers.is_empty())
             .then_some(reply)
     })
@@ -210,7 +214,10 @@ async fn a_cluster_ip_service_resolves_over_udp_and_tcp_with_aa_and_its_deletion
     let api = InProcessServer::start().await?;
     let client = api.client().await?;
     let running = start_dns(Some(client.clone())).await?;
-    wait_for(WAIT, "sync", || async { running.dns.is_synced().then_some(()) }).await?;
+    wait_for(WAIT, "sync", || async {
+        running.dns.is_synced().then_some(())
+    })
+    .await?;
 
     // The API server's own Service takes the first address of the service range.
     let kubernetes = resolved(&running, "kubernetes.default.svc.cluster.local.").await?;
@@ -233,7 +240,9 @@ async fn a_cluster_ip_service_resolves_over_udp_and_tcp_with_aa_and_its_deletion
         Api::namespaced(client.clone(), "default");
     services.delete("web", &DeleteParams::default()).await?;
     wait_for(WAIT, "NXDOMAIN after deletion", || async {
-        let reply = ask_udp(running.udp, &query(name, RecordType::A)).await.ok()?;
+        let reply = ask_udp(running.udp, &query(name, RecordType::A))
+            .await
+            .ok()?;
         (reply.metadata.response_code == ResponseCode::NXDomain).then_some(())
     })
     .await?;
@@ -246,7 +255,7 @@ async fn a_large_headless_answer_is_truncated_over_udp_and_whole_over_tcp() -> R
     let client = api.client().await?;
     let running = start_dns(Some(client.clone())).await?;
     create_service(&client, "many", true).await?;
-    let endpoints: Vec<_> = (1..=80)
+    let endpoints: Vec<_> = (1..=60)
         .map(|i| serde_json::json!({"addresses": [format!("10.244.1.{i}")], "conditions": {"ready": true}}))
         .collect();
     let slice = serde_json::from_value(serde_json::json!({
@@ -262,22 +271,24 @@ async fn a_large_headless_answer_is_truncated_over_udp_and_whole_over_tcp() -> R
     slices.create(&PostParams::default(), &slice).await?;
 
     let name = "many.default.svc.cluster.local.";
-    wait_for(WAIT, "80 addresses", || async {
-        let reply = ask_tcp(running.tcp, &query(name, RecordType::A)).await.ok()?;
-        (reply.answers.len() == 80).then_some(())
+    wait_for(WAIT, "60 addresses", || async {
+        let reply = ask_tcp(running.tcp, &query(name, RecordType::A))
+            .await
+            .ok()?;
+        (reply.answers.len() == 60).then_some(())
     })
     .await?;
     // Several queries on one connection.
     let mut stream = TcpStream::connect(running.tcp).await?;
     let _first = ask_tcp_on(&mut stream, &query(name, RecordType::A)).await?;
     let whole = ask_tcp_on(&mut stream, &query(name, RecordType::A)).await?;
-    assert_eq!(whole.answers.len(), 80);
+    assert_eq!(whole.answers.len(), 60);
     assert!(!whole.metadata.truncation);
     assert!(whole.metadata.authoritative);
 
     let small = ask_udp(running.udp, &query(name, RecordType::A)).await?;
     assert!(small.metadata.truncation);
-    assert!(small.answers.len() < 80);
+    assert!(!small.answers.is_empty() && small.answers.len() < 60);
     assert!(small.to_vec()?.len() <= 512);
 
     // With EDNS(0) the client's larger payload holds everything; our OPT says 1232.
@@ -287,7 +298,7 @@ async fn a_large_headless_answer_is_truncated_over_udp_and_whole_over_tcp() -> R
     with_edns.set_edns(edns);
     let big = ask_udp(running.udp, &with_edns).await?;
     assert!(!big.metadata.truncation);
-    assert_eq!(big.answers.len(), 80);
+    assert_eq!(big.answers.len(), 60);
     assert_eq!(big.edns.as_ref().map(Edns::max_payload), Some(1232));
     Ok(())
 }
@@ -333,22 +344,46 @@ async fn malformed_and_unsupported_queries_get_formerr_notimp_or_nothing() -> Re
     // A valid header announcing a question that is not there.
     let mut truncated = query("example.org.", RecordType::A).to_vec()?;
     truncated.truncate(14);
-    let formerr = Message::from_vec(&running.dns.handle(&truncated, client, true).await.context("reply")?)?;
+    let formerr = Message::from_vec(
+        &running
+            .dns
+            .handle(&truncated, client, true)
+            .await
+            .context("reply")?,
+    )?;
     assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
 
     let mut two = query("a.example.org.", RecordType::A);
-    two.add_query(Query::query(Name::from_ascii("b.example.org.")?, RecordType::A));
-    let reply = Message::from_vec(&running.dns.handle(&two.to_vec()?, client, true).await.context("reply")?)?;
+    two.add_query(Query::query(
+        Name::from_ascii("b.example.org.")?,
+        RecordType::A,
+    ));
+    let reply = Message::from_vec(
+        &running
+            .dns
+            .handle(&two.to_vec()?, client, true)
+            .await
+            .context("reply")?,
+    )?;
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
 
     let mut status = query("example.org.", RecordType::A);
     status.metadata.op_code = OpCode::Status;
-    let reply = Message::from_vec(&running.dns.handle(&status.to_vec()?, client, true).await.context("reply")?)?;
+    let reply = Message::from_vec(
+        &running
+            .dns
+            .handle(&status.to_vec()?, client, true)
+            .await
+            .context("reply")?,
+    )?;
     assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
 
     // Responses are never answered.
     let mut response = query("example.org.", RecordType::A);
     response.metadata.message_type = MessageType::Response;
-    assert_eq!(running.dns.handle(&response.to_vec()?, client, true).await, None);
+    assert_eq!(
+        running.dns.handle(&response.to_vec()?, client, true).await,
+        None
+    );
     Ok(())
 }
