@@ -108,18 +108,51 @@ where
 {
     let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
     let mut events = watcher(api, config).default_backoff().boxed();
-    // What this watch has put in the zone, to know what a relist no longer has.
-    let mut known: HashSet<(String, String)> = HashSet::new();
-    let mut listing: Vec<K> = Vec::new();
-    let mut listed_once = false;
+    let name = kind.name;
+    let mut state = KindState::new(kind);
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitApply(object)) => listing.push(object),
-            Ok(watcher::Event::InitDone) => {
+            Ok(event) => {
+                if state.apply(event, &dns) {
+                    first_sync.done(name);
+                }
+            }
+            Err(error) => warn!(kind = name, %error, "watch failed; retrying"),
+        }
+    }
+}
+
+/// One kind's side of the zone: what it has put there, and the list being received.
+struct KindState<K> {
+    kind: Kind<K>,
+    /// What this watch has put in the zone, to know what a relist no longer has.
+    known: HashSet<(String, String)>,
+    /// The objects of the (re)list in progress, applied together at `InitDone`.
+    listing: Vec<K>,
+    listed_once: bool,
+}
+
+impl<K: Resource> KindState<K> {
+    fn new(kind: Kind<K>) -> Self {
+        Self {
+            kind,
+            known: HashSet::new(),
+            listing: Vec::new(),
+            listed_once: false,
+        }
+    }
+
+    /// Applies one watch event to `dns`'s zone; true when it completed this kind's first list.
+    fn apply(&mut self, event: watcher::Event<K>, dns: &Dns) -> bool {
+        let kind = &self.kind;
+        match event {
+            watcher::Event::Init => self.listing.clear(),
+            watcher::Event::InitApply(object) => self.listing.push(object),
+            watcher::Event::InitDone => {
+                let listing = std::mem::take(&mut self.listing);
                 let listed: HashSet<_> = listing.iter().map(key_of).collect();
                 dns.update_zone(|zone| {
-                    for (namespace, name) in known.difference(&listed) {
+                    for (namespace, name) in self.known.difference(&listed) {
                         (kind.remove)(zone, namespace, name);
                     }
                     for object in &listing {
@@ -127,23 +160,113 @@ where
                     }
                 });
                 info!(kind = kind.name, objects = listed.len(), "list applied");
-                known = listed;
-                listing.clear();
-                if !listed_once {
-                    listed_once = true;
-                    first_sync.done(kind.name);
-                }
+                self.known = listed;
+                let first = !self.listed_once;
+                self.listed_once = true;
+                return first;
             }
-            Ok(watcher::Event::Apply(object)) => {
+            watcher::Event::Apply(object) => {
                 dns.update_zone(|zone| (kind.upsert)(zone, &object));
-                known.insert(key_of(&object));
+                self.known.insert(key_of(&object));
             }
-            Ok(watcher::Event::Delete(object)) => {
+            watcher::Event::Delete(object) => {
                 let (namespace, name) = key_of(&object);
                 dns.update_zone(|zone| (kind.remove)(zone, &namespace, &name));
-                known.remove(&(namespace, name));
+                self.known.remove(&(namespace, name));
             }
-            Err(error) => warn!(kind = kind.name, %error, "watch failed; retrying"),
         }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::{Name, RecordType};
+    use serde_json::json;
+
+    use super::*;
+    use crate::forward::{Forwarder, ForwarderConfig};
+    use crate::zone::ZoneConfig;
+
+    fn dns() -> Arc<Dns> {
+        Arc::new(Dns::new(
+            Zone::new(ZoneConfig::default()),
+            Forwarder::new(ForwarderConfig::default()),
+            Vec::new(),
+        ))
+    }
+
+    fn service(name: &str, ip: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": name},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 80}]},
+        }))
+        .expect("test Service is valid")
+    }
+
+    fn services() -> KindState<Service> {
+        KindState::new(Kind {
+            name: "Service",
+            upsert: Zone::upsert_service,
+            remove: Zone::remove_service,
+        })
+    }
+
+    fn rcode(dns: &Dns, service: &str) -> ResponseCode {
+        let name =
+            Name::from_ascii(format!("{service}.default.svc.cluster.local.")).expect("valid name");
+        dns.update_zone(|zone| zone.answer(&name, RecordType::A).rcode)
+    }
+
+    #[test]
+    fn a_list_reaches_the_zone_only_when_it_is_complete() {
+        let dns = dns();
+        let mut state = services();
+        assert!(!state.apply(watcher::Event::Init, &dns));
+        assert!(!state.apply(watcher::Event::InitApply(service("a", "10.96.0.10")), &dns));
+        assert_eq!(rcode(&dns, "a"), ResponseCode::NXDomain);
+        assert!(state.apply(watcher::Event::InitDone, &dns));
+        assert_eq!(rcode(&dns, "a"), ResponseCode::NoError);
+    }
+
+    #[test]
+    fn a_relist_removes_what_was_not_listed_again_and_is_not_a_first_sync() {
+        let dns = dns();
+        let mut state = services();
+        state.apply(watcher::Event::Init, &dns);
+        state.apply(watcher::Event::InitApply(service("a", "10.96.0.10")), &dns);
+        state.apply(watcher::Event::InitDone, &dns);
+        state.apply(watcher::Event::Apply(service("b", "10.96.0.11")), &dns);
+        assert_eq!(rcode(&dns, "b"), ResponseCode::NoError);
+
+        // The watch expired while `a` was deleted: the relist no longer has it.
+        state.apply(watcher::Event::Init, &dns);
+        state.apply(watcher::Event::InitApply(service("b", "10.96.0.11")), &dns);
+        assert_eq!(
+            rcode(&dns, "a"),
+            ResponseCode::NoError,
+            "not before InitDone"
+        );
+        assert!(!state.apply(watcher::Event::InitDone, &dns));
+        assert_eq!(rcode(&dns, "a"), ResponseCode::NXDomain);
+        assert_eq!(rcode(&dns, "b"), ResponseCode::NoError);
+
+        state.apply(watcher::Event::Delete(service("b", "10.96.0.11")), &dns);
+        assert_eq!(rcode(&dns, "b"), ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn the_server_is_synced_only_after_every_kind_has_listed_once() {
+        let dns = dns();
+        let first_sync = FirstSync {
+            remaining: AtomicUsize::new(3),
+            dns: Arc::clone(&dns),
+        };
+        first_sync.done("Service");
+        first_sync.done("EndpointSlice");
+        assert!(!dns.is_synced());
+        first_sync.done("Pod");
+        assert!(dns.is_synced());
     }
 }
