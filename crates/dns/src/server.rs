@@ -139,6 +139,10 @@ impl Dns {
         if op_code != OpCode::Query {
             return refuse(ResponseCode::NotImp);
         }
+        // RFC 6891 section 6.1.3: we speak EDNS version 0 only; the reply's OPT says so.
+        if query.edns.as_ref().is_some_and(|edns| edns.version() > 0) {
+            return refuse(ResponseCode::BADVERS);
+        }
         let [question] = query.queries.as_slice() else {
             return refuse(ResponseCode::FormErr);
         };

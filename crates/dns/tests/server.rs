@@ -378,6 +378,24 @@ async fn malformed_and_unsupported_queries_get_formerr_notimp_or_nothing() -> Re
     )?;
     assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
 
+    // EDNS version 1 is not ours: BADVERS, with our version-0 OPT.
+    let mut with_opt = query("example.org.", RecordType::A);
+    with_opt.set_edns(Edns::new());
+    let mut edns_v1 = with_opt.to_vec()?;
+    // The OPT record ends the message: TYPE(2) CLASS(2) TTL(4: ext-rcode, version, flags) RDLEN(2).
+    let version_at = edns_v1.len() - 5;
+    edns_v1[version_at] = 1;
+    let reply = Message::from_vec(
+        &running
+            .dns
+            .handle(&edns_v1, client, true)
+            .await
+            .context("reply")?,
+    )?;
+    // 16 is BADVERS in an OPT reply (RFC 6891); hickory decodes 16 as BADSIG, its TSIG twin.
+    assert_eq!(u16::from(reply.metadata.response_code), 16);
+    assert_eq!(reply.edns.as_ref().map(Edns::version), Some(0));
+
     // Responses are never answered.
     let mut response = query("example.org.", RecordType::A);
     response.metadata.message_type = MessageType::Response;
