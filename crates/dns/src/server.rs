@@ -118,7 +118,6 @@ impl Dns {
         reply.metadata.op_code = query.metadata.op_code;
         reply.metadata.recursion_desired = query.metadata.recursion_desired;
         reply.metadata.recursion_available = true;
-        reply.metadata.truncation = false;
         reply.queries = query.queries.clone();
         reply.signature = None;
         // RFC 6891 section 7: an OPT in the reply only if the query had one; ours advertises

@@ -335,6 +335,28 @@ async fn other_names_are_forwarded_only_for_clients_in_the_recursion_networks() 
 }
 
 #[tokio::test]
+async fn forwarding_without_an_upstream_is_servfail() -> Result<()> {
+    let dns = Dns::new(
+        Zone::new(ZoneConfig::default()),
+        Forwarder::new(ForwarderConfig::default()),
+        vec!["127.0.0.0/8".parse()?],
+    );
+    let client: SocketAddr = "127.0.0.1:5353".parse()?;
+    let bytes = dns
+        .handle(
+            &query("example.org.", RecordType::A).to_vec()?,
+            client,
+            false,
+        )
+        .await
+        .context("a reply")?;
+    let reply = Message::from_vec(&bytes)?;
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert!(reply.metadata.recursion_available);
+    Ok(())
+}
+
+#[tokio::test]
 async fn malformed_and_unsupported_queries_get_formerr_notimp_or_nothing() -> Result<()> {
     let running = start_dns(None).await?;
     let client: SocketAddr = "127.0.0.1:5353".parse()?;
