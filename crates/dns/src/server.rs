@@ -45,6 +45,7 @@ pub struct Dns {
     synced: AtomicBool,
     forwarder: Forwarder,
     recursion_networks: Vec<IpNet>,
+    tcp_idle_timeout: Duration,
 }
 
 impl Dns {
@@ -56,7 +57,14 @@ impl Dns {
             synced: AtomicBool::new(false),
             forwarder,
             recursion_networks,
+            tcp_idle_timeout: TCP_IDLE_TIMEOUT,
         }
+    }
+
+    /// Closes TCP connections idle for `timeout` instead of [`TCP_IDLE_TIMEOUT`].
+    pub fn with_tcp_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.tcp_idle_timeout = timeout;
+        self
     }
 
     /// Changes the zone under its write lock; queries see all of `change` or none of it.
@@ -225,7 +233,8 @@ impl Dns {
     }
 
     /// Serves connections from `listener`: 2-byte length framed queries, several per connection
-    /// (answered in order), closed after [`TCP_IDLE_TIMEOUT`] without a query.
+    /// (answered in order), closed after the idle timeout ([`TCP_IDLE_TIMEOUT`] by default)
+    /// without a query.
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
         let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
         loop {
@@ -259,7 +268,7 @@ impl Dns {
     ) -> std::io::Result<()> {
         loop {
             let mut len = [0; 2];
-            match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut len)).await {
+            match tokio::time::timeout(self.tcp_idle_timeout, stream.read_exact(&mut len)).await {
                 Err(_idle) => return Ok(()),
                 Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Ok(())
@@ -267,7 +276,7 @@ impl Dns {
                 Ok(result) => result?,
             };
             let mut query = vec![0; usize::from(u16::from_be_bytes(len))];
-            tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut query))
+            tokio::time::timeout(self.tcp_idle_timeout, stream.read_exact(&mut query))
                 .await
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             let Some(reply) = self.handle(&query, client, false).await else {

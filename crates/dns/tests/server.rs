@@ -335,6 +335,34 @@ async fn other_names_are_forwarded_only_for_clients_in_the_recursion_networks() 
 }
 
 #[tokio::test]
+async fn an_idle_tcp_connection_is_closed() -> Result<()> {
+    let dns = Arc::new(
+        Dns::new(
+            Zone::new(ZoneConfig::default()),
+            Forwarder::new(ForwarderConfig::default()),
+            Vec::new(),
+        )
+        .with_tcp_idle_timeout(Duration::from_millis(200)),
+    );
+    dns.mark_synced();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(Arc::clone(&dns).serve_tcp(listener));
+    let mut stream = TcpStream::connect(addr).await?;
+    let reply = ask_tcp_on(
+        &mut stream,
+        &query("nothing.default.svc.cluster.local.", RecordType::A),
+    )
+    .await?;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    let mut byte = [0; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await?;
+    assert_eq!(read?, 0, "the server closes the idle connection");
+    server.abort();
+    Ok(())
+}
+
+#[tokio::test]
 async fn forwarding_without_an_upstream_is_servfail() -> Result<()> {
     let dns = Dns::new(
         Zone::new(ZoneConfig::default()),
