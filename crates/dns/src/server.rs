@@ -13,7 +13,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -161,8 +161,11 @@ impl Dns {
         }
         let zone_answer = {
             let zone = self.zone.read().unwrap_or_else(PoisonError::into_inner);
-            if zone.is_in_zone(name) {
-                Some(self.is_synced().then(|| zone.answer(name, qtype)))
+            let synced = self.is_synced();
+            // A reverse name is ours only if it has a PTR record here, which an unsynced zone
+            // cannot know yet: those wait for the sync too rather than be forwarded.
+            if zone.is_in_zone(name) || (!synced && is_reverse_name(name)) {
+                Some(synced.then(|| zone.answer(name, qtype)))
             } else {
                 None
             }
@@ -289,6 +292,15 @@ impl Dns {
             stream.write_all(&framed).await?;
         }
     }
+}
+
+/// Whether `name` is under `in-addr.arpa.` or `ip6.arpa.` (RFC 1035 3.5, RFC 3596 2.5).
+fn is_reverse_name(name: &Name) -> bool {
+    ["in-addr.arpa.", "ip6.arpa."].iter().any(|apex| {
+        Name::from_ascii(apex)
+            .expect("reverse apexes are valid names")
+            .zone_of(name)
+    })
 }
 
 /// The largest reply `query`'s sender accepts: over UDP 512 bytes without EDNS(0), else its

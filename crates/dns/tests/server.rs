@@ -205,6 +205,14 @@ async fn zone_names_answer_servfail_until_the_watches_have_synced() -> Result<()
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert!(reply.answers.is_empty());
     assert!(!running.dns.is_synced());
+
+    // Reverse names too: the PTR of a Service IP is not known before the sync either.
+    let reverse = ask_udp(
+        running.udp,
+        &query("1.0.96.10.in-addr.arpa.", RecordType::PTR),
+    )
+    .await?;
+    assert_eq!(reverse.metadata.response_code, ResponseCode::ServFail);
     Ok(())
 }
 
@@ -222,6 +230,21 @@ async fn a_cluster_ip_service_resolves_over_udp_and_tcp_with_aa_and_its_deletion
     // The API server's own Service takes the first address of the service range.
     let kubernetes = resolved(&running, "kubernetes.default.svc.cluster.local.").await?;
     assert_eq!(addresses(&kubernetes), vec![IpAddr::from([10, 96, 0, 1])]);
+    let reverse = ask_udp(
+        running.udp,
+        &query("1.0.96.10.in-addr.arpa.", RecordType::PTR),
+    )
+    .await?;
+    assert!(reverse.metadata.authoritative);
+    let targets: Vec<String> = reverse
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::PTR(target) => Some(target.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(targets, ["kubernetes.default.svc.cluster.local."]);
 
     let cluster_ip: IpAddr = create_service(&client, "web", false).await?.parse()?;
     let name = "web.default.svc.cluster.local.";
