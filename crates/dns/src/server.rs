@@ -1,0 +1,355 @@
+//! The DNS server (issue 6): turns one query's bytes into one reply's bytes ([`Dns::handle`]) and
+//! drives that over UDP and TCP sockets it is handed ([`Dns::serve_udp`], [`Dns::serve_tcp`]).
+//!
+//! Names of the cluster zone are answered from the in-memory [`Zone`] with AA set, but only once
+//! the watches have listed everything ([`Dns::mark_synced`]): before that the answer is SERVFAIL,
+//! never an NXDOMAIN that a client would cache for a Service that exists. Every other name goes to
+//! the [`Forwarder`], and only for clients inside `recursion_networks`: the server must never be
+//! an open resolver (RFC 5358). It never serves zone transfers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::forward::{ForwardError, Forwarder, EDNS_UDP_PAYLOAD};
+use crate::zone::Zone;
+
+/// The largest UDP reply to a client without EDNS(0) (RFC 1035 section 4.2.1).
+pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
+/// How long a TCP connection may sit idle between queries; CoreDNS's default TCP read timeout
+/// (RFC 7766 section 6.2.3 asks servers to time idle connections out).
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// UDP queries being answered at once; past this, datagrams are dropped and clients retry. Bounds
+/// the tasks a flood can spawn.
+const MAX_UDP_IN_FLIGHT: usize = 1024;
+/// TCP connections served at once; past this, new connections are closed at once.
+const MAX_TCP_CONNECTIONS: usize = 256;
+/// A DNS message over TCP is at most this long (its 2-byte length prefix, RFC 1035 4.2.2).
+const TCP_MAX_MESSAGE: usize = u16::MAX as usize;
+
+/// The cluster DNS server: the zone, whether the watches have synced it, the forwarder for other
+/// names and who may use it.
+#[derive(Debug)]
+pub struct Dns {
+    zone: RwLock<Zone>,
+    synced: AtomicBool,
+    forwarder: Forwarder,
+    recursion_networks: Vec<IpNet>,
+    tcp_idle_timeout: Duration,
+}
+
+impl Dns {
+    /// A server answering from `zone` (not yet synced) and forwarding other names for clients in
+    /// `recursion_networks` through `forwarder`.
+    pub fn new(zone: Zone, forwarder: Forwarder, recursion_networks: Vec<IpNet>) -> Self {
+        Self {
+            zone: RwLock::new(zone),
+            synced: AtomicBool::new(false),
+            forwarder,
+            recursion_networks,
+            tcp_idle_timeout: TCP_IDLE_TIMEOUT,
+        }
+    }
+
+    /// Closes TCP connections idle for `timeout` instead of [`TCP_IDLE_TIMEOUT`].
+    pub fn with_tcp_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.tcp_idle_timeout = timeout;
+        self
+    }
+
+    /// Changes the zone under its write lock; queries see all of `change` or none of it.
+    pub fn update_zone<R>(&self, change: impl FnOnce(&mut Zone) -> R) -> R {
+        let mut zone = self.zone.write().unwrap_or_else(PoisonError::into_inner);
+        change(&mut zone)
+    }
+
+    /// Declares the zone complete: every watched kind has been listed once. From now on names of
+    /// the zone are answered from it instead of SERVFAIL.
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Dns::mark_synced`] has been called.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// The reply to one query from `client`, encoded, or `None` when nothing should be sent (the
+    /// bytes are not a DNS query at all, or are a response: answering those invites loops).
+    /// Over UDP (`udp`), a reply larger than the client accepts is sent truncated (TC set).
+    pub async fn handle(
+        &self,
+        query_bytes: &[u8],
+        client: SocketAddr,
+        udp: bool,
+    ) -> Option<Vec<u8>> {
+        let query = match Message::from_vec(query_bytes) {
+            Ok(query) => query,
+            Err(error) => {
+                let header = Header::read(&mut BinDecoder::new(query_bytes)).ok()?;
+                if header.metadata.message_type != MessageType::Query {
+                    return None;
+                }
+                debug!(%client, %error, "undecodable query");
+                let mut reply = Message::error_msg(
+                    header.metadata.id,
+                    header.metadata.op_code,
+                    ResponseCode::FormErr,
+                );
+                reply.metadata.recursion_desired = header.metadata.recursion_desired;
+                reply.metadata.recursion_available = true;
+                return reply.to_vec().ok();
+            }
+        };
+        if query.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let reply = self.reply(&query, client).await;
+        encode(reply, reply_limit(&query, udp))
+    }
+
+    /// The reply to a decoded query, header and EDNS(0) set for the asker.
+    async fn reply(&self, query: &Message, client: SocketAddr) -> Message {
+        let mut reply = self.answer(query, client).await;
+        reply.metadata.id = query.metadata.id;
+        reply.metadata.message_type = MessageType::Response;
+        reply.metadata.op_code = query.metadata.op_code;
+        reply.metadata.recursion_desired = query.metadata.recursion_desired;
+        reply.metadata.recursion_available = true;
+        reply.queries = query.queries.clone();
+        reply.signature = None;
+        // RFC 6891 section 7: an OPT in the reply only if the query had one; ours advertises
+        // the payload we accept, 1232 (the DNS flag day 2020 value).
+        reply.edns = query.edns.as_ref().map(|theirs| {
+            let mut ours = Edns::new();
+            ours.set_max_payload(EDNS_UDP_PAYLOAD)
+                .set_dnssec_ok(theirs.flags().dnssec_ok);
+            ours
+        });
+        reply
+    }
+
+    /// The rcode and sections of the reply to `query`.
+    async fn answer(&self, query: &Message, client: SocketAddr) -> Message {
+        let op_code = query.metadata.op_code;
+        let refuse = |rcode| Message::error_msg(query.metadata.id, op_code, rcode);
+        if op_code != OpCode::Query {
+            return refuse(ResponseCode::NotImp);
+        }
+        // RFC 6891 section 6.1.3: we speak EDNS version 0 only; the reply's OPT says so.
+        if query.edns.as_ref().is_some_and(|edns| edns.version() > 0) {
+            return refuse(ResponseCode::BADVERS);
+        }
+        let [question] = query.queries.as_slice() else {
+            return refuse(ResponseCode::FormErr);
+        };
+        let (name, qtype) = (question.name(), question.query_type());
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            // Zone transfers would hand out every Service of the cluster at once.
+            debug!(%client, %name, "zone transfer refused");
+            return refuse(ResponseCode::Refused);
+        }
+        let zone_answer = {
+            let zone = self.zone.read().unwrap_or_else(PoisonError::into_inner);
+            let synced = self.is_synced();
+            // A reverse name is ours only if it has a PTR record here, which an unsynced zone
+            // cannot know yet: those wait for the sync too rather than be forwarded.
+            if zone.is_in_zone(name) || (!synced && is_reverse_name(name)) {
+                Some(synced.then(|| zone.answer(name, qtype)))
+            } else {
+                None
+            }
+        };
+        match zone_answer {
+            // Not yet listed: a client may retry SERVFAIL, but would cache a wrong NXDOMAIN.
+            Some(None) => refuse(ResponseCode::ServFail),
+            Some(Some(answer)) => {
+                let mut reply = Message::response(query.metadata.id, op_code);
+                reply.metadata.response_code = answer.rcode;
+                reply.metadata.authoritative = answer.authoritative;
+                reply.answers = answer.answers;
+                reply.authorities = answer.authority;
+                reply.additionals = answer.additionals;
+                reply
+            }
+            None if !self.may_recurse(client) => {
+                debug!(%client, %name, "recursion refused to a client outside recursion networks");
+                refuse(ResponseCode::Refused)
+            }
+            None => match self.forwarder.resolve(query).await {
+                Ok(reply) => reply,
+                Err(ForwardError::Overloaded) => refuse(ResponseCode::Refused),
+                Err(ForwardError::Unsupported(_)) => refuse(ResponseCode::FormErr),
+                Err(error) => {
+                    debug!(%client, %name, %error, "forwarding failed");
+                    refuse(ResponseCode::ServFail)
+                }
+            },
+        }
+    }
+
+    fn may_recurse(&self, client: SocketAddr) -> bool {
+        let ip = client.ip().to_canonical();
+        self.recursion_networks.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Answers datagrams on `socket` until the socket fails for good; each query on its own task.
+    pub async fn serve_udp(self: Arc<Self>, socket: UdpSocket) {
+        let socket = Arc::new(socket);
+        let permits = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
+        let mut buffer = vec![0; TCP_MAX_MESSAGE];
+        loop {
+            let (len, client) = match socket.recv_from(&mut buffer).await {
+                Ok(received) => received,
+                Err(error) => {
+                    // Linux reports ICMP errors of earlier sends here; they are not fatal.
+                    debug!(%error, "udp receive failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                debug!(%client, "udp query dropped: too many in flight");
+                continue;
+            };
+            let query = buffer[..len].to_vec();
+            let (dns, socket) = (Arc::clone(&self), Arc::clone(&socket));
+            tokio::spawn(async move {
+                if let Some(reply) = dns.handle(&query, client, true).await {
+                    if let Err(error) = socket.send_to(&reply, client).await {
+                        debug!(%client, %error, "udp send failed");
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// Serves connections from `listener`: 2-byte length framed queries, several per connection
+    /// (answered in order), closed after the idle timeout ([`TCP_IDLE_TIMEOUT`] by default)
+    /// without a query.
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+        loop {
+            let (stream, client) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before accept: wait, retry.
+                    warn!(%error, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                debug!(%client, "tcp connection closed: too many connections");
+                continue;
+            };
+            let dns = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Err(error) = dns.serve_connection(stream, client).await {
+                    debug!(%client, %error, "tcp connection ended");
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    async fn serve_connection(
+        &self,
+        mut stream: TcpStream,
+        client: SocketAddr,
+    ) -> std::io::Result<()> {
+        loop {
+            let mut len = [0; 2];
+            match tokio::time::timeout(self.tcp_idle_timeout, stream.read_exact(&mut len)).await {
+                Err(_idle) => return Ok(()),
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(())
+                }
+                Ok(result) => result?,
+            };
+            let mut query = vec![0; usize::from(u16::from_be_bytes(len))];
+            tokio::time::timeout(self.tcp_idle_timeout, stream.read_exact(&mut query))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            let Some(reply) = self.handle(&query, client, false).await else {
+                return Ok(());
+            };
+            let len = u16::try_from(reply.len()).expect("encode caps replies at 65535 bytes");
+            let mut framed = Vec::with_capacity(reply.len() + 2);
+            framed.extend_from_slice(&len.to_be_bytes());
+            framed.extend_from_slice(&reply);
+            stream.write_all(&framed).await?;
+        }
+    }
+}
+
+/// Whether `name` is under `in-addr.arpa.` or `ip6.arpa.` (RFC 1035 3.5, RFC 3596 2.5).
+fn is_reverse_name(name: &Name) -> bool {
+    ["in-addr.arpa.", "ip6.arpa."].iter().any(|apex| {
+        Name::from_ascii(apex)
+            .expect("reverse apexes are valid names")
+            .zone_of(name)
+    })
+}
+
+/// The largest reply `query`'s sender accepts: over UDP 512 bytes without EDNS(0), else its
+/// advertised payload (at least 512, RFC 6891 6.2.3) capped at ours; over TCP what the length
+/// prefix can say.
+fn reply_limit(query: &Message, udp: bool) -> usize {
+    if !udp {
+        return TCP_MAX_MESSAGE;
+    }
+    let payload = match &query.edns {
+        None => CLASSIC_UDP_PAYLOAD,
+        Some(edns) => edns
+            .max_payload()
+            .clamp(CLASSIC_UDP_PAYLOAD, EDNS_UDP_PAYLOAD),
+    };
+    usize::from(payload)
+}
+
+/// `reply` encoded in at most `limit` bytes: whole if it fits, else with TC set, the authority
+/// and additional sections dropped and as many answers as fit (RFC 2181 section 9).
+fn encode(mut reply: Message, limit: usize) -> Option<Vec<u8>> {
+    let encode_one = |message: &Message| match message.to_vec() {
+        Ok(bytes) => Some(bytes),
+        Err(error) => {
+            warn!(%error, "reply could not be encoded");
+            None
+        }
+    };
+    let whole = encode_one(&reply)?;
+    if whole.len() <= limit {
+        return Some(whole);
+    }
+    reply.metadata.truncation = true;
+    reply.authorities.clear();
+    reply.additionals.clear();
+    let answers = std::mem::take(&mut reply.answers);
+    // Binary search for the most answers that fit: a few encodes, not one per record.
+    let (mut fits, mut too_many) = (0, answers.len() + 1);
+    let mut best = encode_one(&reply)?;
+    while fits + 1 < too_many {
+        let middle = (fits + too_many) / 2;
+        reply.answers = answers[..middle].to_vec();
+        let bytes = encode_one(&reply)?;
+        if bytes.len() <= limit {
+            fits = middle;
+            best = bytes;
+        } else {
+            too_many = middle;
+        }
+    }
+    Some(best)
+}

@@ -1,0 +1,480 @@
+//! The DNS server end to end: an in-process API server, the watches, and real UDP/TCP sockets on
+//! 127.0.0.1, with a tiny fake upstream for forwarded names.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use kube::api::{Api, DeleteParams, PostParams};
+use switchyard_dns::forward::{Forwarder, ForwarderConfig};
+use switchyard_dns::server::Dns;
+use switchyard_dns::sources::run_watches;
+use switchyard_dns::zone::{Zone, ZoneConfig};
+use switchyard_testkit::{wait_for, InProcessServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+/// What the fake upstream answers for every name.
+const UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A DNS server on 127.0.0.1 (UDP and TCP on their own ports), its tasks aborted on drop.
+struct Running {
+    dns: Arc<Dns>,
+    udp: SocketAddr,
+    tcp: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+/// A fake upstream on 127.0.0.1 answering A [`UPSTREAM_ANSWER`] to everything over UDP.
+async fn fake_upstream() -> Result<(SocketAddr, JoinHandle<()>)> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let addr = socket.local_addr()?;
+    let task = tokio::spawn(async move {
+        let mut buffer = vec![0; 65_535];
+        while let Ok((len, source)) = socket.recv_from(&mut buffer).await {
+            let Ok(request) = Message::from_vec(&buffer[..len]) else {
+                continue;
+            };
+            let mut reply = Message::response(request.metadata.id, OpCode::Query);
+            reply.metadata.recursion_desired = request.metadata.recursion_desired;
+            reply.metadata.recursion_available = true;
+            reply.queries = request.queries.clone();
+            if let Some(question) = request.queries.first() {
+                reply.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    60,
+                    RData::A(A(UPSTREAM_ANSWER)),
+                ));
+            }
+            if request.edns.is_some() {
+                let mut edns = Edns::new();
+                edns.set_max_payload(1232);
+                reply.set_edns(edns);
+            }
+            let bytes = reply.to_vec().expect("encodable");
+            let _ = socket.send_to(&bytes, source).await;
+        }
+    });
+    Ok((addr, task))
+}
+
+/// Starts the DNS server; with `client`, also the watches feeding it.
+async fn start_dns(client: Option<kube::Client>) -> Result<Running> {
+    let (upstream, upstream_task) = fake_upstream().await?;
+    let forwarder = Forwarder::new(ForwarderConfig {
+        upstreams: vec![upstream],
+        ..ForwarderConfig::default()
+    });
+    let dns = Arc::new(Dns::new(
+        Zone::new(ZoneConfig::default()),
+        forwarder,
+        vec!["127.0.0.0/8".parse()?],
+    ));
+    let udp_socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let (udp, tcp) = (udp_socket.local_addr()?, listener.local_addr()?);
+    let mut tasks = vec![
+        upstream_task,
+        tokio::spawn(Arc::clone(&dns).serve_udp(udp_socket)),
+        tokio::spawn(Arc::clone(&dns).serve_tcp(listener)),
+    ];
+    if let Some(client) = client {
+        tasks.push(tokio::spawn(run_watches(client, Arc::clone(&dns))));
+    }
+    Ok(Running {
+        dns,
+        udp,
+        tcp,
+        tasks,
+    })
+}
+
+fn query(name: &str, record_type: RecordType) -> Message {
+    let mut query = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(
+        Name::from_ascii(name).expect("valid name"),
+        record_type,
+    ));
+    query
+}
+
+fn rand_id() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(4242);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn ask_udp(server: SocketAddr, query: &Message) -> Result<Message> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    socket.send_to(&query.to_vec()?, server).await?;
+    let mut buffer = vec![0; 65_535];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
+        .await
+        .context("no UDP reply")??;
+    let reply = Message::from_vec(&buffer[..len])?;
+    anyhow::ensure!(reply.metadata.id == query.metadata.id, "reply id differs");
+    Ok(reply)
+}
+
+async fn ask_tcp_on(stream: &mut TcpStream, query: &Message) -> Result<Message> {
+    let bytes = query.to_vec()?;
+    stream
+        .write_all(&u16::try_from(bytes.len())?.to_be_bytes())
+        .await?;
+    stream.write_all(&bytes).await?;
+    let mut len = [0; 2];
+    stream.read_exact(&mut len).await?;
+    let mut reply = vec![0; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut reply).await?;
+    let reply = Message::from_vec(&reply)?;
+    anyhow::ensure!(reply.metadata.id == query.metadata.id, "reply id differs");
+    Ok(reply)
+}
+
+async fn ask_tcp(server: SocketAddr, query: &Message) -> Result<Message> {
+    let mut stream = TcpStream::connect(server).await?;
+    ask_tcp_on(&mut stream, query).await
+}
+
+fn addresses(reply: &Message) -> Vec<IpAddr> {
+    reply
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(A(ip)) => Some(IpAddr::V4(*ip)),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn create_service(client: &kube::Client, name: &str, headless: bool) -> Result<String> {
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "default");
+    let mut spec = serde_json::json!({
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+        "selector": {"app": name},
+    });
+    if headless {
+        spec["clusterIP"] = "None".into();
+    }
+    let service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }))?;
+    let created = services.create(&PostParams::default(), &service).await?;
+    Ok(created
+        .spec
+        .and_then(|spec| spec.cluster_ip)
+        .unwrap_or_default())
+}
+
+/// Resolves `name` A over UDP until it has an answer.
+async fn resolved(running: &Running, name: &str) -> Result<Message> {
+    wait_for(WAIT, name, || async {
+        let reply = ask_udp(running.udp, &query(name, RecordType::A))
+            .await
+            .ok()?;
+        (reply.metadata.response_code == ResponseCode::NoError && !reply.answers.is_empty())
+            .then_some(reply)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn zone_names_answer_servfail_until_the_watches_have_synced() -> Result<()> {
+    let running = start_dns(None).await?;
+    let reply = ask_udp(
+        running.udp,
+        &query("kubernetes.default.svc.cluster.local.", RecordType::A),
+    )
+    .await?;
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert!(reply.answers.is_empty());
+    assert!(!running.dns.is_synced());
+
+    // Reverse names too: the PTR of a Service IP is not known before the sync either.
+    let reverse = ask_udp(
+        running.udp,
+        &query("1.0.96.10.in-addr.arpa.", RecordType::PTR),
+    )
+    .await?;
+    assert_eq!(reverse.metadata.response_code, ResponseCode::ServFail);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cluster_ip_service_resolves_over_udp_and_tcp_with_aa_and_its_deletion_is_nxdomain(
+) -> Result<()> {
+    let api = InProcessServer::start().await?;
+    let client = api.client().await?;
+    let running = start_dns(Some(client.clone())).await?;
+    wait_for(WAIT, "sync", || async {
+        running.dns.is_synced().then_some(())
+    })
+    .await?;
+
+    // The API server's own Service takes the first address of the service range.
+    let kubernetes = resolved(&running, "kubernetes.default.svc.cluster.local.").await?;
+    assert_eq!(addresses(&kubernetes), vec![IpAddr::from([10, 96, 0, 1])]);
+    let reverse = ask_udp(
+        running.udp,
+        &query("1.0.96.10.in-addr.arpa.", RecordType::PTR),
+    )
+    .await?;
+    assert!(reverse.metadata.authoritative);
+    let targets: Vec<String> = reverse
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::PTR(target) => Some(target.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(targets, ["kubernetes.default.svc.cluster.local."]);
+
+    let cluster_ip: IpAddr = create_service(&client, "web", false).await?.parse()?;
+    let name = "web.default.svc.cluster.local.";
+    let over_udp = resolved(&running, name).await?;
+    assert_eq!(addresses(&over_udp), vec![cluster_ip]);
+    assert!(over_udp.metadata.authoritative);
+    assert!(over_udp.metadata.recursion_available);
+    assert!(over_udp.metadata.recursion_desired);
+    assert_eq!(over_udp.queries, query(name, RecordType::A).queries);
+
+    let over_tcp = ask_tcp(running.tcp, &query(name, RecordType::A)).await?;
+    assert_eq!(addresses(&over_tcp), vec![cluster_ip]);
+    assert!(over_tcp.metadata.authoritative);
+
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "default");
+    services.delete("web", &DeleteParams::default()).await?;
+    wait_for(WAIT, "NXDOMAIN after deletion", || async {
+        let reply = ask_udp(running.udp, &query(name, RecordType::A))
+            .await
+            .ok()?;
+        (reply.metadata.response_code == ResponseCode::NXDomain).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_large_headless_answer_is_truncated_over_udp_and_whole_over_tcp() -> Result<()> {
+    let api = InProcessServer::start().await?;
+    let client = api.client().await?;
+    let running = start_dns(Some(client.clone())).await?;
+    create_service(&client, "many", true).await?;
+    let endpoints: Vec<_> = (1..=60)
+        .map(|i| serde_json::json!({"addresses": [format!("10.244.1.{i}")], "conditions": {"ready": true}}))
+        .collect();
+    let slice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "many-abc", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "many"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }))?;
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "default");
+    slices.create(&PostParams::default(), &slice).await?;
+
+    let name = "many.default.svc.cluster.local.";
+    wait_for(WAIT, "60 addresses", || async {
+        let reply = ask_tcp(running.tcp, &query(name, RecordType::A))
+            .await
+            .ok()?;
+        (reply.answers.len() == 60).then_some(())
+    })
+    .await?;
+    // Several queries on one connection.
+    let mut stream = TcpStream::connect(running.tcp).await?;
+    let _first = ask_tcp_on(&mut stream, &query(name, RecordType::A)).await?;
+    let whole = ask_tcp_on(&mut stream, &query(name, RecordType::A)).await?;
+    assert_eq!(whole.answers.len(), 60);
+    assert!(!whole.metadata.truncation);
+    assert!(whole.metadata.authoritative);
+
+    let small = ask_udp(running.udp, &query(name, RecordType::A)).await?;
+    assert!(small.metadata.truncation);
+    assert!(!small.answers.is_empty() && small.answers.len() < 60);
+    assert!(small.to_vec()?.len() <= 512);
+
+    // With EDNS(0) the client's larger payload holds everything; our OPT says 1232.
+    let mut with_edns = query(name, RecordType::A);
+    let mut edns = Edns::new();
+    edns.set_max_payload(4096);
+    with_edns.set_edns(edns);
+    let big = ask_udp(running.udp, &with_edns).await?;
+    assert!(!big.metadata.truncation);
+    assert_eq!(big.answers.len(), 60);
+    assert_eq!(big.edns.as_ref().map(Edns::max_payload), Some(1232));
+    Ok(())
+}
+
+#[tokio::test]
+async fn zone_transfers_are_refused() -> Result<()> {
+    let running = start_dns(None).await?;
+    running.dns.mark_synced();
+    let reply = ask_tcp(running.tcp, &query("cluster.local.", RecordType::AXFR)).await?;
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    assert!(reply.answers.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn other_names_are_forwarded_only_for_clients_in_the_recursion_networks() -> Result<()> {
+    let running = start_dns(None).await?;
+    let name = "example.org.";
+    let forwarded = ask_udp(running.udp, &query(name, RecordType::A)).await?;
+    assert_eq!(forwarded.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&forwarded), vec![IpAddr::V4(UPSTREAM_ANSWER)]);
+    assert!(!forwarded.metadata.authoritative);
+
+    let outsider: SocketAddr = "192.0.2.1:5353".parse()?;
+    let bytes = running
+        .dns
+        .handle(&query(name, RecordType::A).to_vec()?, outsider, true)
+        .await
+        .context("a reply")?;
+    let refused = Message::from_vec(&bytes)?;
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+    assert!(refused.answers.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idle_tcp_connection_is_closed() -> Result<()> {
+    let dns = Arc::new(
+        Dns::new(
+            Zone::new(ZoneConfig::default()),
+            Forwarder::new(ForwarderConfig::default()),
+            Vec::new(),
+        )
+        .with_tcp_idle_timeout(Duration::from_millis(200)),
+    );
+    dns.mark_synced();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(Arc::clone(&dns).serve_tcp(listener));
+    let mut stream = TcpStream::connect(addr).await?;
+    let reply = ask_tcp_on(
+        &mut stream,
+        &query("nothing.default.svc.cluster.local.", RecordType::A),
+    )
+    .await?;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    let mut byte = [0; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await?;
+    assert_eq!(read?, 0, "the server closes the idle connection");
+    server.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn forwarding_without_an_upstream_is_servfail() -> Result<()> {
+    let dns = Dns::new(
+        Zone::new(ZoneConfig::default()),
+        Forwarder::new(ForwarderConfig::default()),
+        vec!["127.0.0.0/8".parse()?],
+    );
+    let client: SocketAddr = "127.0.0.1:5353".parse()?;
+    let bytes = dns
+        .handle(
+            &query("example.org.", RecordType::A).to_vec()?,
+            client,
+            false,
+        )
+        .await
+        .context("a reply")?;
+    let reply = Message::from_vec(&bytes)?;
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert!(reply.metadata.recursion_available);
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_and_unsupported_queries_get_formerr_notimp_or_nothing() -> Result<()> {
+    let running = start_dns(None).await?;
+    let client: SocketAddr = "127.0.0.1:5353".parse()?;
+
+    assert_eq!(running.dns.handle(&[1, 2, 3], client, true).await, None);
+
+    // A valid header announcing a question that is not there.
+    let mut truncated = query("example.org.", RecordType::A).to_vec()?;
+    truncated.truncate(14);
+    let formerr = Message::from_vec(
+        &running
+            .dns
+            .handle(&truncated, client, true)
+            .await
+            .context("reply")?,
+    )?;
+    assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
+
+    let mut two = query("a.example.org.", RecordType::A);
+    two.add_query(Query::query(
+        Name::from_ascii("b.example.org.")?,
+        RecordType::A,
+    ));
+    let reply = Message::from_vec(
+        &running
+            .dns
+            .handle(&two.to_vec()?, client, true)
+            .await
+            .context("reply")?,
+    )?;
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+
+    let mut status = query("example.org.", RecordType::A);
+    status.metadata.op_code = OpCode::Status;
+    let reply = Message::from_vec(
+        &running
+            .dns
+            .handle(&status.to_vec()?, client, true)
+            .await
+            .context("reply")?,
+    )?;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+
+    // EDNS version 1 is not ours: BADVERS, with our version-0 OPT.
+    let mut with_opt = query("example.org.", RecordType::A);
+    with_opt.set_edns(Edns::new());
+    let mut edns_v1 = with_opt.to_vec()?;
+    // The OPT record ends the message: TYPE(2) CLASS(2) TTL(4: ext-rcode, version, flags) RDLEN(2).
+    let version_at = edns_v1.len() - 5;
+    edns_v1[version_at] = 1;
+    let reply = Message::from_vec(
+        &running
+            .dns
+            .handle(&edns_v1, client, true)
+            .await
+            .context("reply")?,
+    )?;
+    // 16 is BADVERS in an OPT reply (RFC 6891); hickory decodes 16 as BADSIG, its TSIG twin.
+    assert_eq!(u16::from(reply.metadata.response_code), 16);
+    assert_eq!(reply.edns.as_ref().map(Edns::version), Some(0));
+
+    // Responses are never answered.
+    let mut response = query("example.org.", RecordType::A);
+    response.metadata.message_type = MessageType::Response;
+    assert_eq!(
+        running.dns.handle(&response.to_vec()?, client, true).await,
+        None
+    );
+    Ok(())
+}
