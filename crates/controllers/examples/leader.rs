@@ -20,9 +20,7 @@ async fn main() -> Result<()> {
     let kubeconfig = args.next().context("usage: leader KUBECONFIG IDENTITY")?;
     let identity = args.next().context("usage: leader KUBECONFIG IDENTITY")?;
 
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    let client = switchyard_controllers::client_from_kubeconfig(kubeconfig.as_ref()).await?;
 
     // Kubernetes' defaults: 15 s lease, 10 s renew deadline, 2 s retry period.
     let elector = LeaderElector::new(identity.clone())?;

@@ -117,6 +117,18 @@ pub(crate) fn signed(d: Duration) -> jiff::SignedDuration {
     jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
 }
 
+/// A client for the API server a kubeconfig file points at (its current context), as every
+/// Switchyard component outside the API server connects.
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+    use anyhow::Context as _;
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .with_context(|| format!("invalid kubeconfig {}", path.display()))?;
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// `<hostname>_<random>`, as client-go's leader election identities are unique per process.
 pub fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

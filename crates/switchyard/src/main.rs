@@ -220,7 +220,11 @@ async fn server(args: ServerArgs) -> ExitCode {
     let manager = if args.controllers.no_controllers {
         None
     } else {
-        let started = match kube_client(&running.controller_manager_kubeconfig).await {
+        let started = match switchyard_controllers::client_from_kubeconfig(
+            &running.controller_manager_kubeconfig,
+        )
+        .await
+        {
             Ok(client) => switchyard_controllers::ControllerManager::start(client, controllers),
             Err(e) => Err(e),
         };
@@ -249,7 +253,7 @@ async fn controller_manager(args: ControllerManagerArgs) -> ExitCode {
         eprintln!("switchyard: {e}");
         return ExitCode::from(64);
     }
-    let client = match kube_client(&args.kubeconfig).await {
+    let client = match switchyard_controllers::client_from_kubeconfig(&args.kubeconfig).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchyard: {e:#}");
@@ -311,7 +315,7 @@ async fn dns(args: DnsArgs) -> ExitCode {
     } else {
         args.upstreams.clone()
     };
-    let client = match kube_client(&args.kubeconfig).await {
+    let client = match switchyard_controllers::client_from_kubeconfig(&args.kubeconfig).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchyard: {e:#}");
@@ -351,17 +355,6 @@ async fn dns(args: DnsArgs) -> ExitCode {
         t.abort();
     }
     ExitCode::SUCCESS
-}
-
-/// A client from a kubeconfig file.
-async fn kube_client(path: &std::path::Path) -> anyhow::Result<kube::Client> {
-    use anyhow::Context as _;
-    let kc = kube::config::Kubeconfig::read_from(path)
-        .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .with_context(|| format!("invalid kubeconfig {}", path.display()))?;
-    Ok(kube::Client::try_from(config)?)
 }
 
 async fn wait_for_signal() {

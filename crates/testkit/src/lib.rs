@@ -82,12 +82,7 @@ impl InProcessServer {
     }
 }
 
-/// A kube-rs client from a kubeconfig file.
-pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(path)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
+pub use switchyard_controllers::client_from_kubeconfig;
 
 /// A `switchyard server` child process. Killed (SIGKILL, by PID) when dropped.
 pub struct ServerProcess {
