@@ -1,0 +1,1 @@
+//! Switchyard's service proxy (the kube-proxy role, issue 5). Being built.
