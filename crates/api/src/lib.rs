@@ -13,6 +13,7 @@ pub mod allocator;
 pub mod defaults;
 pub mod discovery;
 pub mod metallb;
+pub mod node;
 pub mod object;
 pub mod openapi;
 pub mod patch;

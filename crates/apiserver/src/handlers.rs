@@ -34,6 +34,8 @@ pub enum Reply {
         body: Vec<u8>,
     },
     Stream(tokio::sync::mpsc::Receiver<Bytes>),
+    /// A node's answer passed through (`pods/log`).
+    Proxied(crate::kubelet::KubeletResponse),
 }
 
 impl Reply {
@@ -244,6 +246,7 @@ fn subresource(r: &ResourceInfo, sub: Option<&str>) -> Result<Option<Subresource
 /// Handle one resource request.
 pub async fn handle(
     registry: &Arc<Registry>,
+    kubelet: &crate::kubelet::KubeletClient,
     rr: &ResourceRequest,
     req: RequestParts<'_>,
     bookmark_interval: Duration,
@@ -263,6 +266,9 @@ pub async fn handle(
     }
     if rr.subresource.as_deref() == Some("binding") && r.kind == "Pod" && r.group.is_empty() {
         return bind(registry, ns, rr.name.as_deref(), req, format).await;
+    }
+    if rr.subresource.as_deref() == Some("log") && r.kind == "Pod" && r.group.is_empty() {
+        return pod_log(registry, kubelet, ns, rr.name.as_deref(), &req).await;
     }
     let sub = subresource(r, rr.subresource.as_deref())?;
     let watching = rr.watch_path || truthy(q, "watch");
@@ -507,6 +513,47 @@ async fn bind(
         format: plain(format),
         warnings: Vec::new(),
     })
+}
+
+/// `GET /api/v1/namespaces/NS/pods/NAME/log`: checked against the pod, then streamed from its
+/// node's kubelet endpoint.
+async fn pod_log(
+    registry: &Arc<Registry>,
+    kubelet: &crate::kubelet::KubeletClient,
+    ns: Option<&str>,
+    name: Option<&str>,
+    req: &RequestParts<'_>,
+) -> Result<Reply, StatusError> {
+    let (Some(ns), Some(name)) = (ns, name) else {
+        return Err(StatusError::no_route("pods/log"));
+    };
+    if req.method != Method::GET {
+        return Err(StatusError::method_not_allowed(req.method.as_str()));
+    }
+    let pods = switchyard_api::resources::find("", "v1", "pods")
+        .ok_or_else(|| StatusError::internal("pods are not served"))?;
+    let nodes = switchyard_api::resources::find("", "v1", "nodes")
+        .ok_or_else(|| StatusError::internal("nodes are not served"))?;
+    let pod = registry.get(pods, Some(ns), name).await?;
+    let container =
+        crate::kubelet::log_container(&pod, req.query.get("container").map(String::as_str))?;
+    let query = crate::kubelet::log_query(req.query)?;
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let node = registry.get(nodes, None, node_name).await?;
+    let node: switchyard_api::k8s::api::core::v1::Node = serde_json::from_value(node)
+        .map_err(|e| StatusError::internal(format!("node {node_name}: {e}")))?;
+    let addr = switchyard_api::node::kubelet_endpoint(&node).ok_or_else(|| {
+        StatusError::bad_request(format!("node {node_name} has no address for its kubelet"))
+    })?;
+    let mut path = format!("/containerLogs/{ns}/{name}/{container}");
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query);
+    }
+    Ok(Reply::Proxied(kubelet.get(addr, &path).await?))
 }
 
 #[allow(clippy::too_many_arguments)]

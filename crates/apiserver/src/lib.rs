@@ -25,6 +25,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod codec;
 pub mod handlers;
+pub mod kubelet;
 pub mod namespaces;
 pub mod pki;
 pub mod registry;
@@ -215,6 +216,10 @@ pub async fn start(config: Config, store: SharedStore) -> Result<RunningServer> 
         tokens,
         server_address: format!("{advertise}:{}", addr.port()),
         bookmark_interval: config.bookmark_interval,
+        kubelet: kubelet::KubeletClient::new(
+            &pki.kubelet_client_cert_pem,
+            &pki.kubelet_client_key_pem,
+        )?,
     });
     let acceptor = server::tls_acceptor(&pki)?;
     let mut tasks = vec![tokio::spawn(server::accept_loop(listener, acceptor, front))];

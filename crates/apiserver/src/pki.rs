@@ -28,6 +28,10 @@ pub struct Pki {
     /// The controller manager's client certificate ([`CONTROLLER_MANAGER_USER`]).
     pub controller_manager_cert_pem: String,
     pub controller_manager_key_pem: String,
+    /// The client certificate the API server presents to kubelet endpoints
+    /// ([`switchyard_api::node::KUBELET_CLIENT_USER`]).
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
 }
 
 /// The user the controller manager authenticates as (kube-controller-manager's name). Some
@@ -159,6 +163,13 @@ pub fn load_or_create(dir: &Path, extra_names: &[String]) -> Result<Pki> {
         CONTROLLER_MANAGER_USER,
         &[],
     )?;
+    let (kubelet_client_cert_pem, kubelet_client_key_pem) = client_pair(
+        dir,
+        "apiserver-kubelet-client",
+        &issuer,
+        switchyard_api::node::KUBELET_CLIENT_USER,
+        &[],
+    )?;
     Ok(Pki {
         ca_cert_pem,
         serving_cert_pem,
@@ -167,6 +178,8 @@ pub fn load_or_create(dir: &Path, extra_names: &[String]) -> Result<Pki> {
         admin_key_pem,
         controller_manager_cert_pem,
         controller_manager_key_pem,
+        kubelet_client_cert_pem,
+        kubelet_client_key_pem,
     })
 }
 

@@ -32,6 +32,7 @@ pub struct Front {
     pub tokens: TokenFile,
     pub server_address: String,
     pub bookmark_interval: Duration,
+    pub kubelet: crate::kubelet::KubeletClient,
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -209,7 +210,15 @@ impl Front {
                     user: &user.name,
                     body: &body,
                 };
-                match handlers::handle(&self.registry, &rr, parts, self.bookmark_interval).await {
+                match handlers::handle(
+                    &self.registry,
+                    &self.kubelet,
+                    &rr,
+                    parts,
+                    self.bookmark_interval,
+                )
+                .await
+                {
                     Ok(reply) => reply_response(reply),
                     Err(e) => error_response(&e),
                 }
@@ -262,6 +271,16 @@ fn reply_response(reply: Reply) -> Response<Body> {
             resp
         }
         Reply::Raw { code, body } => respond(code, body, "application/json"),
+        Reply::Proxied(p) => {
+            let stream = tokio_stream::wrappers::ReceiverStream::new(p.body)
+                .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            *resp.status_mut() = p.status;
+            if let Ok(v) = HeaderValue::from_str(&p.content_type) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            resp
+        }
         Reply::Stream(rx) => {
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
                 .map(|b| Ok::<_, Infallible>(Frame::data(b)));
