@@ -583,14 +583,9 @@ async fn udp_replies(
     flows: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>>,
 ) {
     let mut buf = vec![0u8; UDP_BUFFER];
-    loop {
-        match tokio::time::timeout(UDP_IDLE_TIMEOUT, upstream.recv(&mut buf)).await {
-            Ok(Ok(n)) => {
-                let _ = frontend.send_to(&buf[..n], client).await;
-            }
-            // A refused datagram (ICMP) or silence ends the flow; the next datagram picks again.
-            Ok(Err(_)) | Err(_) => break,
-        }
+    // A refused datagram (ICMP) or silence ends the flow; the next datagram picks again.
+    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE_TIMEOUT, upstream.recv(&mut buf)).await {
+        let _ = frontend.send_to(&buf[..n], client).await;
     }
     if let Ok(mut f) = flows.lock() {
         if f.get(&client).is_some_and(|u| Arc::ptr_eq(u, &upstream)) {
