@@ -14,6 +14,7 @@
 //!   status, graceful termination.
 
 pub mod agent;
+pub mod announce;
 pub mod catalog;
 pub mod dnsconfig;
 pub mod echo;
