@@ -146,6 +146,40 @@ impl NetNs {
         })
     }
 
+    /// A long-lived OS thread inside the namespace running `f` (packet sockets, blocking
+    /// loops). Returns once the thread has entered the namespace.
+    pub fn spawn_thread(
+        &self,
+        name: &str,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<()>> {
+        let named = self.inner.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
+        let handle = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                if let Some(named) = named {
+                    let entered =
+                        nix::sched::setns(&named.file, nix::sched::CloneFlags::CLONE_NEWNET)
+                            .map_err(|source| Error::Enter {
+                                name: named.name.clone(),
+                                source,
+                            });
+                    let failed = entered.is_err();
+                    let _ = tx.send(entered);
+                    if failed {
+                        return;
+                    }
+                } else {
+                    let _ = tx.send(Ok(()));
+                }
+                f();
+            })?;
+        rx.recv()
+            .map_err(|_| Error::Io(io::Error::other("a thread entering a namespace died")))??;
+        Ok(handle)
+    }
+
     /// A multi-threaded tokio runtime whose worker threads live inside the namespace: every
     /// socket its tasks create is the namespace's, with no per-socket cost. (Threads inherit the
     /// namespace of the thread that starts them; the runtime is built on a thread that entered.)

@@ -21,6 +21,7 @@ pub mod echo;
 pub mod envvars;
 pub mod heartbeat;
 pub mod ipam;
+pub mod l2;
 pub mod logs;
 pub mod probes;
 pub mod runtime;
