@@ -324,6 +324,59 @@ fn command_error(command: &tokio::process::Command, message: String) -> Error {
     }
 }
 
+/// An L2 segment: a bridge in a namespace of its own, to which other namespaces are attached
+/// by veth pairs (the "LAN" of a test or of `switchyard up`).
+#[derive(Clone, Debug)]
+pub struct Segment {
+    ns: NetNs,
+    bridge: String,
+}
+
+impl Segment {
+    /// The segment's bridge `br0` in the (created or existing) namespace `name`.
+    pub async fn create(name: &str) -> Result<Segment> {
+        let ns = NetNs::create(name).await?;
+        let bridge = "br0".to_string();
+        if ns.ip(&["link", "show", &bridge]).await.is_err() {
+            ns.ip(&["link", "add", &bridge, "type", "bridge"]).await?;
+        }
+        ns.ip(&["link", "set", &bridge, "up"]).await?;
+        Ok(Segment { ns, bridge })
+    }
+
+    pub fn netns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// Attach `host` as interface `iface` with address `cidr` (e.g. `192.168.67.11/24`); the
+    /// bridge side is named `port` (≤15 characters). Idempotent: an existing `iface` is kept.
+    pub async fn attach(&self, host: &NetNs, port: &str, iface: &str, cidr: &str) -> Result<()> {
+        let Some(host_name) = host.name() else {
+            return Err(Error::Io(io::Error::other(
+                "a segment attaches named namespaces only",
+            )));
+        };
+        if host.ip(&["link", "show", iface]).await.is_err() {
+            // A port left over from an earlier attempt would block the name.
+            let _ = self.ns.ip(&["link", "del", port]).await;
+            self.ns
+                .ip(&[
+                    "link", "add", port, "type", "veth", "peer", "name", iface, "netns", host_name,
+                ])
+                .await?;
+        }
+        self.ns
+            .ip(&["link", "set", port, "master", &self.bridge, "up"])
+            .await?;
+        let present = host.ip(&["-o", "addr", "show", "dev", iface]).await?;
+        if !present.contains(&format!(" {cidr} ")) {
+            host.ip(&["addr", "add", cidr, "dev", iface]).await?;
+        }
+        host.ip(&["link", "set", iface, "up"]).await?;
+        Ok(())
+    }
+}
+
 /// Deletes the named namespaces when dropped (tests and demos: cleanup also on failure).
 #[derive(Debug, Default)]
 pub struct NsGuard {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use switchyard_netns::{can_create_namespaces, unique_name, NetNs, NsGuard};
+use switchyard_netns::{can_create_namespaces, unique_name, NetNs, NsGuard, Segment};
 use switchyard_node::announce::Announcement;
 use switchyard_node::l2::Speaker;
 use switchyard_testkit::wait_for;
@@ -43,13 +43,9 @@ async fn only_the_announcer_answers_and_a_takeover_moves_the_neighbour() {
         return;
     }
     let mut guard = NsGuard::new();
-    let lan = guard.create(&unique_name("lan")).await.expect("lan");
-    lan.ip(&["link", "add", "br0", "type", "bridge"])
-        .await
-        .expect("bridge");
-    lan.ip(&["link", "set", "br0", "up"])
-        .await
-        .expect("bridge up");
+    let lan_name = unique_name("lan");
+    guard.adopt(&lan_name);
+    let lan = Segment::create(&lan_name).await.expect("lan");
     let mut hosts = Vec::new();
     for (tag, addr) in [
         ("a", "192.168.67.11/24"),
@@ -57,20 +53,9 @@ async fn only_the_announcer_answers_and_a_takeover_moves_the_neighbour() {
         ("c", "192.168.67.2/24"),
     ] {
         let ns = guard.create(&unique_name(tag)).await.expect("host");
-        let port = format!("p-{tag}");
-        let name = ns.name().expect("named").to_string();
-        lan.ip(&[
-            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &name,
-        ])
-        .await
-        .expect("veth");
-        lan.ip(&["link", "set", &port, "master", "br0", "up"])
+        lan.attach(&ns, &format!("p-{tag}"), "eth0", addr)
             .await
-            .expect("port");
-        ns.ip(&["addr", "add", addr, "dev", "eth0"])
-            .await
-            .expect("addr");
-        ns.ip(&["link", "set", "eth0", "up"]).await.expect("up");
+            .expect("attach");
         hosts.push(ns);
     }
     let (a, b, client) = (&hosts[0], &hosts[1], &hosts[2]);
