@@ -26,6 +26,7 @@ pub mod logs;
 pub mod probes;
 pub mod runtime;
 pub mod sandbox;
+pub mod server;
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -118,9 +118,11 @@ fn tls_acceptor(
     for ca in CertificateDer::pem_slice_iter(client_ca_pem) {
         roots.add(ca?)?;
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
     let key = PrivateKeyDer::from_pem_slice(cert.signing_key.serialize_pem().as_bytes())?;
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -172,7 +174,9 @@ async fn serve(root: &Path, allowed: bool, req: Request<Incoming>) -> Response<B
     };
     let stream = read_logs(&file, opts).map(|chunk| match chunk {
         Ok(b) => Ok::<_, Infallible>(Frame::data(b)),
-        Err(e) => Ok(Frame::data(Bytes::from(format!("\nerror reading logs: {e}\n")))),
+        Err(e) => Ok(Frame::data(Bytes::from(format!(
+            "\nerror reading logs: {e}\n"
+        )))),
     });
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     resp.headers_mut().insert(
@@ -225,7 +229,12 @@ fn percent_decode(s: &str) -> String {
 
 /// kubelet's log options from the query; `previous` separately (it picks the file).
 fn log_options(query: &[(String, String)]) -> Result<(LogOptions, bool), String> {
-    let get = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     let flag = |k: &str| get(k).is_some_and(|v| v == "true" || v == "1");
     let number = |k: &str| -> Result<Option<u64>, String> {
         match get(k) {
@@ -238,9 +247,7 @@ fn log_options(query: &[(String, String)]) -> Result<(LogOptions, bool), String>
     };
     let mut since_seconds = number("sinceSeconds")?;
     if let Some(t) = get("sinceTime") {
-        let ts: jiff::Timestamp = t
-            .parse()
-            .map_err(|e| format!("sinceTime: {e}: {t:?}\n"))?;
+        let ts: jiff::Timestamp = t.parse().map_err(|e| format!("sinceTime: {e}: {t:?}\n"))?;
         let ago = jiff::Timestamp::now().as_second() - ts.as_second();
         since_seconds = Some(u64::try_from(ago.max(0)).unwrap_or(0));
     }
