@@ -532,12 +532,26 @@ async fn pod_log(
     }
     let pods = switchyard_api::resources::find("", "v1", "pods")
         .ok_or_else(|| StatusError::internal("pods are not served"))?;
-    let nodes = switchyard_api::resources::find("", "v1", "nodes")
-        .ok_or_else(|| StatusError::internal("nodes are not served"))?;
     let pod = registry.get(pods, Some(ns), name).await?;
     let container =
         crate::kubelet::log_container(&pod, req.query.get("container").map(String::as_str))?;
     let query = crate::kubelet::log_query(req.query)?;
+    let addr = kubelet_of_pod(registry, &pod).await?;
+    let mut path = format!("/containerLogs/{ns}/{name}/{container}");
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query);
+    }
+    Ok(Reply::Proxied(kubelet.get(addr, &path).await?))
+}
+
+/// Where the API server reaches the kubelet of the node `pod` is bound to.
+pub(crate) async fn kubelet_of_pod(
+    registry: &Registry,
+    pod: &Value,
+) -> Result<std::net::SocketAddr, StatusError> {
+    let nodes = switchyard_api::resources::find("", "v1", "nodes")
+        .ok_or_else(|| StatusError::internal("nodes are not served"))?;
     let node_name = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -545,15 +559,47 @@ async fn pod_log(
     let node = registry.get(nodes, None, node_name).await?;
     let node: switchyard_api::k8s::api::core::v1::Node = serde_json::from_value(node)
         .map_err(|e| StatusError::internal(format!("node {node_name}: {e}")))?;
-    let addr = switchyard_api::node::kubelet_endpoint(&node).ok_or_else(|| {
+    switchyard_api::node::kubelet_endpoint(&node).ok_or_else(|| {
         StatusError::bad_request(format!("node {node_name} has no address for its kubelet"))
-    })?;
-    let mut path = format!("/containerLogs/{ns}/{name}/{container}");
-    if !query.is_empty() {
-        path.push('?');
-        path.push_str(&query);
+    })
+}
+
+/// `pods/exec`, `pods/attach`, `pods/portforward`: upgrade requests proxied to the pod's node.
+pub(crate) async fn pod_stream(
+    registry: &Registry,
+    kubelet: &crate::kubelet::KubeletClient,
+    rr: &crate::request::ResourceRequest,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<crate::server::Body>, StatusError> {
+    let (Some(ns), Some(name), Some(sub)) = (
+        rr.namespace.as_deref(),
+        rr.name.as_deref(),
+        rr.subresource.as_deref(),
+    ) else {
+        return Err(StatusError::no_route("pods"));
+    };
+    if !req.headers().contains_key(http::header::UPGRADE) {
+        return Err(StatusError::bad_request(format!(
+            "Upgrade request required: pods/{sub} streams over a WebSocket (v5.channel.k8s.io)"
+        )));
     }
-    Ok(Reply::Proxied(kubelet.get(addr, &path).await?))
+    let pod = registry.get(rr.resource, Some(ns), name).await?;
+    let raw_query = req.uri().query().unwrap_or("").to_string();
+    let path = if sub == "portforward" {
+        format!("/portForward/{ns}/{name}")
+    } else {
+        let query = crate::request::parse_query(Some(&raw_query));
+        let container =
+            crate::kubelet::stream_container(&pod, query.get("container").map(String::as_str))?;
+        format!("/{sub}/{ns}/{name}/{container}")
+    };
+    let addr = kubelet_of_pod(registry, &pod).await?;
+    let target = if raw_query.is_empty() {
+        path
+    } else {
+        format!("{path}?{raw_query}")
+    };
+    kubelet.upgrade(addr, &target, req).await
 }
 
 #[allow(clippy::too_many_arguments)]

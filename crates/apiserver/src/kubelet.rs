@@ -111,6 +111,136 @@ impl KubeletClient {
             body: rx,
         })
     }
+    /// Proxy an upgrade request (`pods/exec`, `pods/attach`, `pods/portforward`) to the node
+    /// at `addr`, as kube-apiserver's upgrade-aware proxy does: the client's upgrade headers go
+    /// to the node; when the node switches protocols, the same 101 goes back to the client and
+    /// the two connections are joined byte for byte.
+    pub async fn upgrade(
+        &self,
+        addr: SocketAddr,
+        path_and_query: &str,
+        mut client_req: Request<hyper::body::Incoming>,
+    ) -> Result<http::Response<crate::server::Body>, StatusError> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            StatusError::internal(format!("cannot reach the node's kubelet at {addr}: {e}"))
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable(&"connection timed out"))?
+            .map_err(|e| unreachable(&e))?;
+        let tls = self
+            .connector
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        tokio::spawn(conn.with_upgrades());
+        let mut out = Request::get(path_and_query)
+            .header(http::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| StatusError::bad_request(format!("bad kubelet request: {e}")))?;
+        for (name, value) in client_req.headers() {
+            let n = name.as_str();
+            if matches!(n, "connection" | "upgrade")
+                || n.starts_with("sec-websocket-")
+                || n == "x-stream-protocol-version"
+            {
+                out.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        let mut resp = sender
+            .send_request(out)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(StatusError::bad_request(format!(
+                "the node refused the upgrade ({status}): {}",
+                String::from_utf8_lossy(&body).trim()
+            )));
+        }
+        let node_side = hyper::upgrade::on(&mut resp);
+        let client_side = hyper::upgrade::on(&mut client_req);
+        tokio::spawn(async move {
+            let (Ok(node_io), Ok(client_io)) = (node_side.await, client_side.await) else {
+                return;
+            };
+            let mut node_io = TokioIo::new(node_io);
+            let mut client_io = TokioIo::new(client_io);
+            let _ = tokio::io::copy_bidirectional(&mut client_io, &mut node_io).await;
+        });
+        let mut reply = http::Response::new(
+            http_body_util::Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *reply.headers_mut() = resp.headers().clone();
+        Ok(reply)
+    }
+}
+
+/// The container an exec/attach request names (kubectl always names one), checked against the
+/// pod as kube-apiserver does.
+pub fn stream_container(pod: &Value, container: Option<&str>) -> Result<String, StatusError> {
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if phase == "Succeeded" || phase == "Failed" {
+        return Err(StatusError::bad_request(format!(
+            "cannot exec into a container in a completed pod; current phase is {phase}"
+        )));
+    }
+    let containers: Vec<&str> = [
+        "/spec/containers",
+        "/spec/initContainers",
+        "/spec/ephemeralContainers",
+    ]
+    .iter()
+    .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+    .flatten()
+    .filter_map(|c| c.get("name").and_then(Value::as_str))
+    .collect();
+    let container = match container.filter(|c| !c.is_empty()) {
+        Some(c) => c,
+        None => match containers.as_slice() {
+            [only] => only,
+            _ => {
+                return Err(StatusError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                )))
+            }
+        },
+    };
+    if !containers.contains(&container) {
+        return Err(StatusError::bad_request(format!(
+            "container {container} is not valid for pod {name}"
+        )));
+    }
+    if pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(StatusError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    Ok(container.to_string())
 }
 
 /// Checks of a `pods/log` request against the pod, with kube-apiserver's messages; the

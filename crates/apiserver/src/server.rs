@@ -193,6 +193,19 @@ impl Front {
                 None => error_response(&StatusError::no_route(&path)),
             },
             Route::Unknown => error_response(&StatusError::no_route(&path)),
+            Route::Resource(rr)
+                if rr.resource.kind == "Pod"
+                    && rr.resource.group.is_empty()
+                    && matches!(
+                        rr.subresource.as_deref(),
+                        Some("exec" | "attach" | "portforward")
+                    ) =>
+            {
+                match handlers::pod_stream(&self.registry, &self.kubelet, &rr, req).await {
+                    Ok(resp) => resp,
+                    Err(e) => error_response(&e),
+                }
+            }
             Route::Resource(rr) => {
                 let method = req.method().clone();
                 let content_type = header_str(&req, header::CONTENT_TYPE).to_string();
@@ -371,7 +384,7 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, front: Ar
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             if let Err(e) = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended");

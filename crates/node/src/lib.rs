@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod dnsconfig;
 pub mod echo;
 pub mod envvars;
+pub mod exec;
 pub mod heartbeat;
 pub mod ipam;
 pub mod l2;

@@ -229,7 +229,7 @@ fn nsenter() -> OsString {
 
 /// A command entering the namespaces of `infra_pid`, in its own process group, env cleared and
 /// set to `env` plus PATH (if absent) and HOSTNAME (if absent).
-fn enter_command(
+pub(crate) fn enter_command(
     infra_pid: u32,
     hostname: &str,
     argv: &[String],

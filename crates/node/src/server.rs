@@ -6,6 +6,13 @@
 //! The serving certificate is self-signed and made at start, as kubelet does without
 //! `--tls-cert-file` (the API server does not verify it).
 //!
+//! `GET /exec/NS/POD/CONTAINER?command=..&stdin=..&stdout=..&stderr=..&tty=..` upgrades to a
+//! WebSocket speaking Kubernetes' remote command protocol (`v5.channel.k8s.io`, or
+//! `v4.channel.k8s.io`): binary messages whose first byte is the stream (0 stdin, 1 stdout,
+//! 2 stderr, 3 the final Status, 4 terminal resize, 255 "stream closed" in v5). The command runs
+//! in the pod's namespaces (network, UTS, mount: `nsenter` into the sandbox's infra process);
+//! with `tty` it gets a pseudo-terminal as its controlling terminal.
+//!
 //! Logs are found on disk by their layout (`logs::container_log_path`): the newest pod directory
 //! of that namespace and name, the highest restart count (the one before it for `previous`).
 
@@ -24,6 +31,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::logs::{read_logs, LogOptions};
+use crate::sandbox::Sandbox;
+
+/// Finds the running sandbox of a pod by namespace and name (for exec).
+pub type SandboxLookup = Arc<dyn Fn(&str, &str) -> Option<Sandbox> + Send + Sync>;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -46,6 +57,7 @@ impl KubeletServer {
         root_dir: PathBuf,
         node_name: &str,
         client_ca_pem: &[u8],
+        sandboxes: SandboxLookup,
     ) -> anyhow::Result<KubeletServer> {
         let addr = listener.local_addr()?;
         let acceptor = tls_acceptor(node_name, addr, client_ca_pem)?;
@@ -60,6 +72,7 @@ impl KubeletServer {
                 let Ok((tcp, _peer)) = accepted else { continue };
                 let acceptor = acceptor.clone();
                 let root = root.clone();
+                let sandboxes = sandboxes.clone();
                 connections.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -72,10 +85,14 @@ impl KubeletServer {
                         .is_some_and(|c| is_allowed_client(c.as_ref()));
                     let service = hyper::service::service_fn(move |req| {
                         let root = root.clone();
-                        async move { Ok::<_, Infallible>(serve(&root, allowed, req).await) }
+                        let sandboxes = sandboxes.clone();
+                        async move {
+                            Ok::<_, Infallible>(serve(&root, &sandboxes, allowed, req).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -141,7 +158,12 @@ fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     resp
 }
 
-async fn serve(root: &Path, allowed: bool, req: Request<Incoming>) -> Response<Body> {
+async fn serve(
+    root: &Path,
+    sandboxes: &SandboxLookup,
+    allowed: bool,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -151,6 +173,9 @@ async fn serve(root: &Path, allowed: bool, req: Request<Incoming>) -> Response<B
     }
     if !allowed {
         return text(StatusCode::FORBIDDEN, "Forbidden\n");
+    }
+    if let Some(rest) = path.strip_prefix("/exec/") {
+        return crate::exec::serve(rest, sandboxes, req);
     }
     let Some(rest) = path.strip_prefix("/containerLogs/") else {
         return text(StatusCode::NOT_FOUND, "404 page not found\n");
@@ -186,7 +211,7 @@ async fn serve(root: &Path, allowed: bool, req: Request<Incoming>) -> Response<B
     resp
 }
 
-fn parse_query(q: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|kv| !kv.is_empty())
         .map(|kv| {

@@ -34,8 +34,14 @@ async fn kubectl_logs_reads_the_nodes_files() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let kubelet =
-        KubeletServer::start(listener, root.path().to_path_buf(), "node-1", &ca).expect("kubelet");
+    let kubelet = KubeletServer::start(
+        listener,
+        root.path().to_path_buf(),
+        "node-1",
+        &ca,
+        std::sync::Arc::new(|_: &str, _: &str| None),
+    )
+    .expect("kubelet");
 
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
@@ -144,4 +150,152 @@ async fn kubectl_logs_reads_the_nodes_files() {
         }
     }
     assert_eq!(seen[..3], ["first line", "second line", "third line"]);
+}
+
+/// Kills what runs in a pod namespace and deletes it when dropped.
+struct PodNsGuard(String);
+
+impl Drop for PodNsGuard {
+    fn drop(&mut self) {
+        if let Ok(out) = std::process::Command::new("ip")
+            .args(["netns", "pids", &self.0])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        switchyard_netns::NetNs::delete_blocking(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_runs_in_the_pods_sandbox() {
+    use switchyard_node::sandbox::{netns_name, PodNetwork, SandboxSpec};
+    let Some(kubectl) = kubectl_path() else {
+        eprintln!("SKIPPED: kubectl not found (the test command installs it; v1.32 expected at /usr/bin/kubectl)");
+        return;
+    };
+    if !switchyard_netns::can_create_namespaces() {
+        eprintln!("SKIPPED: needs root and iproute2 to create network namespaces");
+        return;
+    }
+    let mut guard = switchyard_netns::NsGuard::new();
+    let node_ns = guard
+        .create(&switchyard_netns::unique_name("n"))
+        .await
+        .expect("node namespace");
+    let state = tempfile::tempdir().expect("state");
+    let network = PodNetwork::setup(
+        node_ns,
+        "10.244.9.0/24".parse().expect("cidr"),
+        state.path(),
+    )
+    .await
+    .expect("pod network");
+    let uid = format!("exec-{}", std::process::id());
+    let _pod_ns = PodNsGuard(netns_name(&uid));
+    let sandbox = network
+        .create_sandbox(&SandboxSpec {
+            pod_uid: uid.clone(),
+            namespace: "default".into(),
+            name: "shell".into(),
+            hostname: "shell-host".into(),
+            resolv_conf: "nameserver 10.96.0.10\n".into(),
+            hosts: "127.0.0.1\tlocalhost\n".into(),
+        })
+        .await
+        .expect("sandbox");
+    let pod_ip = sandbox.ip;
+
+    let server = InProcessServer::start().await.expect("server");
+    let client = server.client().await.expect("client");
+    let ca = std::fs::read(server.dir.path().join("pki/ca.crt")).expect("ca.crt");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let found = sandbox.clone();
+    let kubelet = KubeletServer::start(
+        listener,
+        state.path().to_path_buf(),
+        "node-1",
+        &ca,
+        std::sync::Arc::new(move |ns: &str, name: &str| {
+            (ns == "default" && name == "shell").then(|| found.clone())
+        }),
+    )
+    .expect("kubelet");
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "node-1", "annotations": {
+                    switchyard_api::node::KUBELET_ENDPOINT_ANNOTATION: kubelet.local_addr().to_string()}},
+            }))
+            .expect("node"),
+        )
+        .await
+        .expect("create node");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shell"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "sh", "image": "busybox"}]},
+        }))
+        .expect("pod"),
+    )
+    .await
+    .expect("create pod");
+
+    let k = Kubectl::new(kubectl, server.kubeconfig());
+    // The pod's UTS and network namespaces.
+    let host = k
+        .ok(&["exec", "shell", "--", "hostname"])
+        .expect("exec hostname");
+    assert_eq!(host, "shell-host\n");
+    let addrs = k
+        .ok(&[
+            "exec", "shell", "-c", "sh", "--", "ip", "-o", "-4", "addr", "show", "eth0",
+        ])
+        .expect("exec ip");
+    assert!(addrs.contains(&pod_ip.to_string()), "{addrs}");
+    // Separate streams and the exit code.
+    let out = k.run(&[
+        "exec",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert!(!out.success);
+    assert_eq!(out.stdout, "out\n");
+    assert!(out.stderr.contains("err"), "{}", out.stderr);
+    assert!(out.stderr.contains("exit code 3"), "{}", out.stderr);
+    // Standard input.
+    let echoed = k.run_with_stdin(
+        &["exec", "-i", "shell", "--", "tr", "a-z", "A-Z"],
+        "hello pod\n",
+    );
+    assert!(echoed.success, "{}", echoed.stderr);
+    assert_eq!(echoed.stdout, "HELLO POD\n");
+    // A pod not on the node and an unknown container are refused with clear messages.
+    let unknown = k.run(&["exec", "shell", "-c", "nope", "--", "true"]);
+    assert!(
+        unknown
+            .stderr
+            .contains("container nope is not valid for pod shell"),
+        "{}",
+        unknown.stderr
+    );
+
+    drop(kubelet);
+    network.destroy_sandbox(&uid).await.expect("destroy");
 }
