@@ -233,11 +233,7 @@ where
                 _ => continue,
             };
             match (data.first().copied(), &mut stdin) {
-                (Some(STDIN), Some(w)) => {
-                    if w.write_all(&data[1..]).await.is_err() {
-                        stdin = None;
-                    }
-                }
+                (Some(STDIN), Some(w)) if w.write_all(&data[1..]).await.is_err() => stdin = None,
                 (Some(CLOSE), _) if v5 && data.get(1) == Some(&STDIN) => stdin = None,
                 (Some(RESIZE), _) => {}
                 _ => {}
@@ -275,12 +271,14 @@ where
 
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+/// A started command: the process, its stdin (if asked for) and its output streams.
+type Started = (tokio::process::Child, Option<Writer>, Vec<(u8, Reader)>);
 
 /// Start the command; its stdin (if asked for) and output streams.
 fn start(
     sandbox: &Sandbox,
     exec: &ExecRequest,
-) -> std::io::Result<(tokio::process::Child, Option<Writer>, Vec<(u8, Reader)>)> {
+) -> std::io::Result<Started> {
     let mut env = Vec::new();
     let mut argv = exec.command.clone();
     if exec.tty {
