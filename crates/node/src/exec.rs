@@ -232,10 +232,18 @@ where
                 Message::Close(_) => return false,
                 _ => continue,
             };
-            match (data.first().copied(), &mut stdin) {
-                (Some(STDIN), Some(w)) if w.write_all(&data[1..]).await.is_err() => stdin = None,
-                (Some(CLOSE), _) if v5 && data.get(1) == Some(&STDIN) => stdin = None,
-                (Some(RESIZE), _) => {}
+            match data.first().copied() {
+                Some(STDIN) => {
+                    let failed = match stdin.as_mut() {
+                        Some(w) => w.write_all(&data[1..]).await.is_err(),
+                        None => false,
+                    };
+                    if failed {
+                        stdin = None;
+                    }
+                }
+                Some(CLOSE) if v5 && data.get(1) == Some(&STDIN) => stdin = None,
+                // Terminal resizes are not applied (the terminal keeps its size).
                 _ => {}
             }
         }
