@@ -33,7 +33,6 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
 /// v5: the client closed a stream (`[255, stream]`).
 const CLOSE: u8 = 255;
 
@@ -243,7 +242,7 @@ where
                     }
                 }
                 Some(CLOSE) if v5 && data.get(1) == Some(&STDIN) => stdin = None,
-                // Terminal resizes are not applied (the terminal keeps its size).
+                // Stream 4, terminal resizes, is not applied (the terminal keeps its size).
                 _ => {}
             }
         }
