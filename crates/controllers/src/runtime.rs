@@ -850,7 +850,9 @@ pub struct EventRecorder {
 }
 
 impl EventRecorder {
-    fn new(client: kube::Client, host: &str) -> Self {
+    /// A recorder reporting as instance `host` (`reportingInstance`). Events are written
+    /// once [`EventRecorder::spawn`] has started its writer.
+    pub fn new(client: kube::Client, host: &str) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BACKLOG);
         EventRecorder {
             tx,
@@ -878,7 +880,7 @@ impl EventRecorder {
     }
 
     /// Starts the writer task (once; later calls do nothing).
-    pub(crate) fn spawn(&self, tasks: &mut tokio::task::JoinSet<()>) {
+    pub fn spawn(&self, tasks: &mut tokio::task::JoinSet<()>) {
         let Some(mut rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };

@@ -282,10 +282,7 @@ type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 type Started = (tokio::process::Child, Option<Writer>, Vec<(u8, Reader)>);
 
 /// Start the command; its stdin (if asked for) and output streams.
-fn start(
-    sandbox: &Sandbox,
-    exec: &ExecRequest,
-) -> std::io::Result<Started> {
+fn start(sandbox: &Sandbox, exec: &ExecRequest) -> std::io::Result<Started> {
     let mut env = Vec::new();
     let mut argv = exec.command.clone();
     if exec.tty {

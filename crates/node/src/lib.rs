@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod announce;
+pub mod announcer;
 pub mod catalog;
 pub mod dnsconfig;
 pub mod echo;

@@ -132,3 +132,203 @@ async fn only_the_announcer_answers_and_a_takeover_moves_the_neighbour() {
     let announced: BTreeSet<IpAddr> = [vip.parse().expect("ip")].into();
     assert_eq!(speaker_b.metrics().announced, announced.len());
 }
+
+mod failover {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+    use switchyard_node::announcer::{Announcer, AnnouncerConfig};
+    use switchyard_testkit::InProcessServer;
+
+    async fn create<K>(api: &Api<K>, json: serde_json::Value) -> K
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(json).expect("object"),
+        )
+        .await
+        .expect("create")
+    }
+
+    /// Three nodes announce one LoadBalancer IP: exactly one answers; when it dies (agent and
+    /// link), another takes over and the client's neighbour entry follows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_announcer_and_sub_second_failover() {
+        if !can_create_namespaces() {
+            eprintln!("SKIPPED: needs root and iproute2 to create network namespaces");
+            return;
+        }
+        let server = InProcessServer::start().await.expect("server");
+        let client = server.client().await.expect("client");
+        let cm = server.controller_manager_client().await.expect("cm client");
+
+        let mut guard = NsGuard::new();
+        let lan_name = unique_name("lan");
+        guard.adopt(&lan_name);
+        let lan = Segment::create(&lan_name).await.expect("lan");
+        let mut nodes_ns = Vec::new();
+        let nodes: Api<Node> = Api::all(client.clone());
+        for i in 1..=3 {
+            let ns = guard
+                .create(&unique_name(&format!("n{i}")))
+                .await
+                .expect("node ns");
+            let ip = format!("192.168.67.1{i}");
+            lan.attach(&ns, &format!("p-n{i}"), "eth0", &format!("{ip}/24"))
+                .await
+                .expect("attach");
+            let name = format!("node-{i}");
+            create(&nodes, serde_json::json!({"metadata": {"name": name}})).await;
+            let status = serde_json::json!({"status": {
+                "addresses": [{"type": "InternalIP", "address": ip}],
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}});
+            nodes
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .expect("node status");
+            nodes_ns.push(ns);
+        }
+        let client_ns = guard.create(&unique_name("cl")).await.expect("client ns");
+        lan.attach(&client_ns, "p-cl", "eth0", "192.168.67.2/24")
+            .await
+            .expect("attach");
+
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        create(
+            &namespaces,
+            serde_json::json!({"metadata": {"name": "metallb-system"}}),
+        )
+        .await;
+        let pools: Api<switchyard_api::metallb::IPAddressPool> =
+            Api::namespaced(client.clone(), "metallb-system");
+        create(
+            &pools,
+            serde_json::json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+            "metadata": {"name": "first-pool"},
+            "spec": {"addresses": ["192.168.67.120-192.168.67.200"]}}),
+        )
+        .await;
+        let ads: Api<switchyard_api::metallb::L2Advertisement> =
+            Api::namespaced(client.clone(), "metallb-system");
+        create(
+            &ads,
+            serde_json::json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+            "metadata": {"name": "example"},
+            "spec": {"ipAddressPools": ["first-pool"]}}),
+        )
+        .await;
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        create(
+            &services,
+            serde_json::json!({"metadata": {"name": "web"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
+        )
+        .await;
+        let vip = "192.168.67.150";
+        let lb = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": vip, "ipMode": "VIP"}]}}});
+        Api::<Service>::namespaced(cm, "default")
+            .patch_status("web", &PatchParams::default(), &Patch::Merge(&lb))
+            .await
+            .expect("lb status");
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+        create(
+            &slices,
+            serde_json::json!({"metadata": {"name": "web-1",
+                "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": "node-1",
+                           "conditions": {"ready": true, "serving": true}}],
+            "ports": [{"port": 80, "protocol": "TCP"}]}),
+        )
+        .await;
+
+        let mut announcers: Vec<Option<Announcer>> = Vec::new();
+        let mut macs = Vec::new();
+        for (i, ns) in nodes_ns.iter().enumerate() {
+            let ip: IpAddr = format!("192.168.67.1{}", i + 1).parse().expect("ip");
+            let config = AnnouncerConfig::new(&format!("node-{}", i + 1), ip);
+            announcers.push(Some(
+                Announcer::start(client.clone(), ns, config).expect("announcer"),
+            ));
+            macs.push(mac_of(ns, "eth0").await);
+        }
+        let probe = client_ns
+            .bind_udp("0.0.0.0:0".parse().expect("addr"))
+            .expect("udp");
+        let target: std::net::SocketAddr = format!("{vip}:80").parse().expect("addr");
+        let owner_mac = wait_for(
+            Duration::from_secs(10),
+            "the client resolves the LB IP",
+            || async {
+                let _ = probe.send_to(b"x", target).await;
+                neighbour(&client_ns, vip)
+                    .await
+                    .filter(|m| macs.contains(m))
+            },
+        )
+        .await
+        .expect("resolved");
+        let owner = macs
+            .iter()
+            .position(|m| *m == owner_mac)
+            .expect("a node's MAC");
+        let announcing: Vec<usize> = announcers
+            .iter()
+            .map(|a| a.as_ref().map_or(0, |a| a.metrics().announced))
+            .collect();
+        assert_eq!(announcing.iter().sum::<usize>(), 1, "{announcing:?}");
+        assert_eq!(announcing[owner], 1);
+
+        // The Service says who announces.
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(client.clone(), "default");
+        let owner_name = format!("node-{}", owner + 1);
+        wait_for(
+            Duration::from_secs(10),
+            "the nodeAssigned event",
+            || async {
+                let list = events.list(&ListParams::default()).await.ok()?;
+                list.items
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("nodeAssigned")
+                            && e.message
+                                .as_deref()
+                                .is_some_and(|m| m.contains(&owner_name))
+                    })
+                    .then_some(())
+            },
+        )
+        .await
+        .expect("event");
+
+        // Kill the announcing node: its agent and its link.
+        let killed = Instant::now();
+        announcers[owner] = None;
+        nodes_ns[owner]
+            .ip(&["link", "set", "eth0", "down"])
+            .await
+            .expect("link down");
+        let new_mac = wait_for(
+            Duration::from_secs(10),
+            "another node takes over",
+            || async {
+                neighbour(&client_ns, vip)
+                    .await
+                    .filter(|m| *m != owner_mac && macs.contains(m))
+            },
+        )
+        .await
+        .expect("takeover");
+        let took = killed.elapsed();
+        eprintln!("failover: {took:?} (from {owner_mac} to {new_mac})");
+        assert!(took < Duration::from_secs(2), "failover took {took:?}");
+    }
+}
