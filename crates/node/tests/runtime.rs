@@ -612,3 +612,179 @@ async fn routes_to_other_nodes_are_synced_and_stale_ones_removed() {
         "{routes}"
     );
 }
+
+/// Figures for the benchmark (run with `--ignored --nocapture`): 100 sandboxes created
+/// at once, each with one container, then destroyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly"]
+async fn bench_hundred_sandboxes_created_concurrently() {
+    let Some(mut node) = Node::new().await else {
+        return;
+    };
+    let network = node.network().await;
+    let specs: Vec<SandboxSpec> = (0..100).map(|i| node.spec(&format!("b{i}"))).collect();
+    let started = std::time::Instant::now();
+    let results = futures::future::join_all(specs.iter().map(|spec| {
+        let network = network.clone();
+        let log = container_log_path(
+            node.state.path(),
+            "default",
+            &spec.name,
+            &spec.pod_uid,
+            "c",
+            0,
+        );
+        async move {
+            let t = std::time::Instant::now();
+            let pod = network.create_sandbox(spec).await.expect("sandbox");
+            let c = pod
+                .start_container(&sh("c", "exec sleep 300", log))
+                .await
+                .expect("container");
+            (t.elapsed(), c)
+        }
+    }))
+    .await;
+    let total = started.elapsed();
+    let mut latencies: Vec<Duration> = results.iter().map(|(d, _)| *d).collect();
+    latencies.sort();
+    let ips: std::collections::HashSet<IpAddr> = network.sandboxes().iter().map(|s| s.ip).collect();
+    assert_eq!(ips.len(), 100, "every pod has its own IP");
+    let started = std::time::Instant::now();
+    futures::future::join_all(
+        specs
+            .iter()
+            .map(|spec| network.destroy_sandbox(&spec.pod_uid)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<()>, _>>()
+    .expect("destroy");
+    let teardown = started.elapsed();
+    eprintln!(
+        "BENCH 100 sandboxes+containers: all started in {total:?}; per pod p50 {:?} p99 {:?}; teardown of all {teardown:?}",
+        latencies[49], latencies[98]
+    );
+    drop(results);
+}
+
+/// The "agent" of `containers_survive_a_killed_agent_and_are_adopted_with_their_logs`: run as a
+/// separate process (this test binary again), it creates a sandbox with a chatty container,
+/// says READY and waits to be killed.
+#[tokio::test]
+#[ignore = "helper process of another test"]
+async fn helper_agent_process_for_the_kill_test() {
+    let (Ok(node), Ok(state), Ok(uid)) = (
+        std::env::var("SY_TEST_NODE_NS"),
+        std::env::var("SY_TEST_STATE"),
+        std::env::var("SY_TEST_POD_UID"),
+    ) else {
+        return;
+    };
+    let ns = NetNs::open(&node).expect("node namespace");
+    let network = PodNetwork::setup(ns, CIDR.parse().expect("cidr"), Path::new(&state))
+        .await
+        .expect("pod network");
+    let spec = SandboxSpec {
+        pod_uid: uid.clone(),
+        namespace: "default".into(),
+        name: "chatty".into(),
+        hostname: "chatty".into(),
+        resolv_conf: String::new(),
+        hosts: String::new(),
+    };
+    let pod = network.create_sandbox(&spec).await.expect("sandbox");
+    let log = container_log_path(Path::new(&state), "default", "chatty", &uid, "c", 0);
+    let c = pod
+        .start_container(&sh(
+            "c",
+            "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.01; done",
+            log,
+        ))
+        .await
+        .expect("container");
+    println!("READY {}", c.pid());
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test]
+async fn containers_survive_a_killed_agent_and_are_adopted_with_their_logs() {
+    let Some(mut node) = Node::new().await else {
+        return;
+    };
+    let uid = node.spec("chatty").pod_uid;
+    let log = container_log_path(node.state.path(), "default", "chatty", &uid, "c", 0);
+    let mut agent = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "helper_agent_process_for_the_kill_test",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SY_TEST_NODE_NS", node.ns.name().expect("named"))
+        .env("SY_TEST_STATE", node.state.path())
+        .env("SY_TEST_POD_UID", &uid)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("agent process");
+    let mut lines = tokio::io::BufReader::new(agent.stdout.take().expect("stdout")).lines();
+    use tokio::io::AsyncBufReadExt;
+    let pid: u32 = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read")
+                .expect("agent ended early");
+            if let Some(pid) = line.strip_prefix("READY ") {
+                return pid.parse().expect("pid");
+            }
+        }
+    })
+    .await
+    .expect("the agent is ready in time");
+    let ticks = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+            .collect()
+    };
+    switchyard_testkit::wait_for(Duration::from_secs(10), "ticks in the log", || async {
+        (ticks(&logs(&log).await).len() >= 5).then_some(())
+    })
+    .await
+    .expect("ticks");
+    // kill -9 the agent; the container keeps ticking (into the FIFO) meanwhile.
+    agent.start_kill().expect("kill the agent");
+    agent.wait().await.expect("reap the agent");
+    tokio::time::sleep(Duration::from_millis(300)).await; // downtime, on purpose
+    let network = node.network().await;
+    let pod = network.sandbox(&uid).expect("the sandbox survived");
+    let adopted = pod.adopt_containers();
+    assert_eq!(adopted.len(), 1);
+    let (_, mut container) = adopted.into_iter().next().expect("one");
+    assert_eq!(container.pid(), pid);
+    assert!(container.is_running());
+    let before = ticks(&logs(&log).await).last().copied().expect("ticks");
+    // The log goes on with no gap: what was written during the downtime is not lost.
+    let seen = switchyard_testkit::wait_for(Duration::from_secs(10), "more ticks", || async {
+        let t = ticks(&logs(&log).await);
+        (t.last().copied().unwrap_or(0) > before + 50).then_some(t)
+    })
+    .await
+    .expect("the log keeps growing after adoption");
+    // What the container wrote while no agent ran waited in the FIFO. Only lines already read
+    // into the dead agent's memory (a few at most) can be lost.
+    assert!(seen.windows(2).all(|w| w[1] > w[0]), "ticks in order");
+    let worst_gap = seen.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1);
+    assert!(
+        worst_gap <= 10,
+        "{} ticks lost across the agent's death",
+        worst_gap - 1
+    );
+    container.signal(Signal::SIGKILL).expect("kill");
+    tokio::time::timeout(Duration::from_secs(10), container.wait())
+        .await
+        .expect("the end of an adopted container is noticed");
+    network.destroy_sandbox(&uid).await.expect("destroy");
+}
