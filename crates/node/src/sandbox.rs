@@ -252,6 +252,19 @@ impl PodNetwork {
             tracing::info!(pod_uid = %uid, "sandbox namespace gone; cleaning up its record");
             network.destroy_sandbox(&uid).await?;
         }
+        // An IP allocated just before a crash, with no sandbox record written yet.
+        let orphans: Vec<String> = {
+            let records = lock(&network.inner.records);
+            lock(&network.inner.ipam)
+                .allocations()
+                .filter(|(uid, _)| !records.contains_key(*uid))
+                .map(|(uid, _)| uid.to_string())
+                .collect()
+        };
+        for uid in orphans {
+            tracing::info!(pod_uid = %uid, "releasing an IP that has no sandbox");
+            lock(&network.inner.ipam).release(&uid)?;
+        }
         Ok(network)
     }
 

@@ -788,3 +788,20 @@ async fn containers_survive_a_killed_agent_and_are_adopted_with_their_logs() {
         .expect("the end of an adopted container is noticed");
     network.destroy_sandbox(&uid).await.expect("destroy");
 }
+
+#[tokio::test]
+async fn setup_releases_ips_of_sandboxes_that_never_got_a_record() {
+    let Some(node) = Node::new().await else {
+        return;
+    };
+    // A crash right after the allocation, before the sandbox record was written.
+    let ipam_path = node.state.path().join("ipam.json");
+    {
+        let mut ipam = switchyard_node::ipam::Ipam::open(&ipam_path, CIDR.parse().expect("cidr"))
+            .expect("ipam");
+        ipam.allocate("crashed-uid").expect("allocate");
+    }
+    let _network = node.network().await;
+    let ipam = std::fs::read_to_string(&ipam_path).expect("ipam");
+    assert!(!ipam.contains("crashed-uid"), "{ipam}");
+}

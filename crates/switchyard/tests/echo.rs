@@ -45,7 +45,7 @@ fn spec(name: &str) -> SandboxSpec {
         name: name.into(),
         hostname: name.into(),
         resolv_conf: "nameserver 10.96.0.10\noptions ndots:5\n".into(),
-        hosts: format!("127.0.0.1\tlocalhost\n"),
+        hosts: "127.0.0.1\tlocalhost\n".into(),
     }
 }
 
