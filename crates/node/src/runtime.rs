@@ -295,6 +295,12 @@ pub(crate) async fn start(
         nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(io::Error::from)?;
     }
+    // A restarted container writing to the same file is not finished.
+    match std::fs::remove_file(crate::logs::finished_marker_path(&spec.log_path)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let (out_rx, err_rx) = open_receivers(fifo_dir)?;
     // The container holds its ends read-write: a write never fails for want of a reader.
     let rw = |p: &Path| std::fs::OpenOptions::new().read(true).write(true).open(p);

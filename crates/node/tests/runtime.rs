@@ -425,6 +425,25 @@ async fn wait_reports_exit_codes_and_signals_and_logs_can_be_followed() {
         .await
         .expect("ends after SIGTERM");
     assert_eq!((exit.exit_code, exit.signal), (143, Some(15)));
+    // `kubectl logs -f` of an ended container returns.
+    let mut followed = Box::pin(read_logs(
+        &log,
+        LogOptions {
+            follow: true,
+            tail_lines: Some(1),
+            ..Default::default()
+        },
+    ));
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut n = 0;
+        while let Some(chunk) = followed.next().await {
+            n += chunk.expect("read").len();
+        }
+        n
+    })
+    .await
+    .expect("following an ended container's log ends");
+    assert!(rest > 0);
     ticker
         .signal(Signal::SIGKILL)
         .expect("signalling an ended container is fine");
