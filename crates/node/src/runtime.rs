@@ -96,7 +96,9 @@ impl Container {
 
     /// Whether the process still runs (and is still the container).
     pub fn is_running(&self) -> bool {
-        self.exited.is_none() && proc_start_ticks(self.pid) == Some(self.start_ticks)
+        self.exited.is_none()
+            && proc_start_ticks(self.pid) == Some(self.start_ticks)
+            && !is_zombie(self.pid)
     }
 
     /// Wait for the process to end (cancel-safe: dropping the future and calling again is fine).

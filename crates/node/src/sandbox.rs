@@ -502,6 +502,39 @@ impl PodNetwork {
         Ok(())
     }
 
+    /// Remove everything this pod network created (the node's cleanup command): every sandbox
+    /// (processes killed, namespaces, veths, IPs), the routes it synced, the bridge, and its
+    /// state files. Idempotent.
+    pub async fn teardown(self) -> Result<(), SandboxError> {
+        let uids: Vec<String> = lock(&self.inner.records).keys().cloned().collect();
+        for uid in uids {
+            self.destroy_sandbox(&uid).await?;
+        }
+        self.sync_routes(&[]).await?;
+        if self
+            .inner
+            .node_ns
+            .ip(&["link", "show", BRIDGE])
+            .await
+            .is_ok()
+        {
+            self.inner
+                .node_ns
+                .ip(&["link", "del", BRIDGE])
+                .await
+                .map_err(net("delete the pod bridge"))?;
+        }
+        for file in ["ipam.json", "routes.json"] {
+            match std::fs::remove_file(self.inner.state_dir.join(file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(format!("remove {file}"))(e)),
+            }
+        }
+        let _ = std::fs::remove_dir(self.inner.state_dir.join("sandboxes"));
+        Ok(())
+    }
+
     /// Sandboxes found on this node (persisted records whose namespace still exists), for
     /// re-adoption and garbage collection after a restart.
     pub fn sandboxes(&self) -> Vec<Sandbox> {

@@ -136,6 +136,9 @@ fn sh(name: &str, script: &str, log_path: PathBuf) -> ContainerSpec {
 }
 
 async fn logs(path: &Path) -> String {
+    if !path.exists() {
+        return String::new(); // not written yet
+    }
     let mut text = Vec::new();
     let mut stream = Box::pin(read_logs(path, LogOptions::default()));
     while let Some(chunk) = stream.next().await {
@@ -823,4 +826,27 @@ async fn setup_releases_ips_of_sandboxes_that_never_got_a_record() {
     let _network = node.network().await;
     let ipam = std::fs::read_to_string(&ipam_path).expect("ipam");
     assert!(!ipam.contains("crashed-uid"), "{ipam}");
+}
+
+#[tokio::test]
+async fn teardown_removes_everything_the_node_created() {
+    let Some(mut node) = Node::new().await else {
+        return;
+    };
+    let network = node.network().await;
+    let spec = node.spec("gone");
+    let pod = network.create_sandbox(&spec).await.expect("sandbox");
+    let c = pod
+        .start_container(&sh("c", "exec sleep 300", node.log_path(&pod, "c")))
+        .await
+        .expect("start");
+    network.teardown().await.expect("teardown");
+    assert!(!NetNs::exists(&netns_name(&spec.pod_uid)));
+    assert!(node.ns.ip(&["link", "show", "sy-br0"]).await.is_err());
+    assert!(!node.state.path().join("ipam.json").exists());
+    assert!(!c.is_running());
+    // And a node can start over on the same state dir.
+    let again = node.network().await;
+    assert!(again.sandboxes().is_empty());
+    again.teardown().await.expect("teardown again");
 }
