@@ -124,6 +124,9 @@ impl LogWriter {
             self.rotate().await?;
         }
         self.file.write_all(&record).await?;
+        // tokio's File writes in the background; a line is on disk (for readers, and before a
+        // container's exit is reported) only once flushed.
+        self.file.flush().await?;
         self.size += record.len() as u64;
         Ok(())
     }

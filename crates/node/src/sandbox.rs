@@ -423,6 +423,7 @@ impl PodNetwork {
         };
         // The record first: whatever exists afterwards, a restart finds and can remove it.
         self.persist(&record)?;
+        remove_stale_placeholder(&record.netns);
         let fresh = !NetNs::exists(&record.netns);
         if fresh {
             switchyard_netns::run_checked(tokio::process::Command::new("ip").args([
@@ -583,6 +584,7 @@ impl PodNetwork {
         if let Err(e) = self.inner.node_ns.ip(&["link", "del", &host_veth]).await {
             tracing::debug!(veth = %host_veth, error = %e, "host veth already gone");
         }
+        remove_stale_placeholder(&netns);
         NetNs::delete(&netns)
             .await
             .map_err(net(format!("delete namespace {netns}")))?;
@@ -601,6 +603,24 @@ impl PodNetwork {
         lock(&self.inner.records).remove(pod_uid);
         tracing::info!(pod_uid = %pod_uid, netns = %netns, "sandbox destroyed");
         Ok(())
+    }
+}
+
+/// A `/run/netns/NAME` file with no namespace mounted on it (left by an `ip netns add` or
+/// `delete` that was interrupted) makes every `ip -n NAME` fail; it is removed so the pod's
+/// namespace can be created again. Only called for this pod's own (UID-derived) name.
+fn remove_stale_placeholder(name: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let path = NetNs::path_of(name);
+    let (Ok(file), Ok(nsfs)) = (
+        std::fs::metadata(&path),
+        std::fs::metadata("/proc/self/ns/net"),
+    ) else {
+        return;
+    };
+    if file.dev() != nsfs.dev() {
+        tracing::warn!(netns = %name, "removing a namespace file with no namespace mounted");
+        let _ = std::fs::remove_file(&path);
     }
 }
 

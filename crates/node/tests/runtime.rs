@@ -850,3 +850,26 @@ async fn teardown_removes_everything_the_node_created() {
     assert!(again.sandboxes().is_empty());
     again.teardown().await.expect("teardown again");
 }
+
+#[tokio::test]
+async fn a_stale_namespace_file_does_not_block_the_pods_sandbox() {
+    let Some(mut node) = Node::new().await else {
+        return;
+    };
+    let network = node.network().await;
+    let spec = node.spec("stale");
+    // What an interrupted `ip netns add` leaves: the file, with no namespace mounted on it.
+    std::fs::create_dir_all(switchyard_netns::NETNS_DIR).expect("netns dir");
+    std::fs::write(NetNs::path_of(&netns_name(&spec.pod_uid)), b"").expect("placeholder");
+    let pod = network.create_sandbox(&spec).await.expect("sandbox");
+    let out = pod
+        .exec(&["hostname".into()], &[], Duration::from_secs(10))
+        .await
+        .expect("exec");
+    assert_eq!(out.stdout, b"stale\n");
+    network
+        .destroy_sandbox(&spec.pod_uid)
+        .await
+        .expect("destroy");
+    assert!(!NetNs::exists(&netns_name(&spec.pod_uid)));
+}
