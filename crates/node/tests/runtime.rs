@@ -136,6 +136,9 @@ fn sh(name: &str, script: &str, log_path: PathBuf) -> ContainerSpec {
 }
 
 async fn logs(path: &Path) -> String {
+    if !path.exists() {
+        return String::new(); // not written yet
+    }
     let mut text = Vec::new();
     let mut stream = Box::pin(read_logs(path, LogOptions::default()));
     while let Some(chunk) = stream.next().await {
@@ -425,6 +428,25 @@ async fn wait_reports_exit_codes_and_signals_and_logs_can_be_followed() {
         .await
         .expect("ends after SIGTERM");
     assert_eq!((exit.exit_code, exit.signal), (143, Some(15)));
+    // `kubectl logs -f` of an ended container returns.
+    let mut followed = Box::pin(read_logs(
+        &log,
+        LogOptions {
+            follow: true,
+            tail_lines: Some(1),
+            ..Default::default()
+        },
+    ));
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut n = 0;
+        while let Some(chunk) = followed.next().await {
+            n += chunk.expect("read").len();
+        }
+        n
+    })
+    .await
+    .expect("following an ended container's log ends");
+    assert!(rest > 0);
     ticker
         .signal(Signal::SIGKILL)
         .expect("signalling an ended container is fine");
@@ -611,4 +633,243 @@ async fn routes_to_other_nodes_are_synced_and_stale_ones_removed() {
         routes.contains("10.244.9.0/24 via 192.168.77.4"),
         "{routes}"
     );
+}
+
+/// Figures for the benchmark (run with `--ignored --nocapture`): 100 sandboxes created
+/// at once, each with one container, then destroyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly"]
+async fn bench_hundred_sandboxes_created_concurrently() {
+    let Some(mut node) = Node::new().await else {
+        return;
+    };
+    let network = node.network().await;
+    let specs: Vec<SandboxSpec> = (0..100).map(|i| node.spec(&format!("b{i}"))).collect();
+    let started = std::time::Instant::now();
+    let results = futures::future::join_all(specs.iter().map(|spec| {
+        let network = network.clone();
+        let log = container_log_path(
+            node.state.path(),
+            "default",
+            &spec.name,
+            &spec.pod_uid,
+            "c",
+            0,
+        );
+        async move {
+            let t = std::time::Instant::now();
+            let pod = network.create_sandbox(spec).await.expect("sandbox");
+            let c = pod
+                .start_container(&sh("c", "exec sleep 300", log))
+                .await
+                .expect("container");
+            (t.elapsed(), c)
+        }
+    }))
+    .await;
+    let total = started.elapsed();
+    let mut latencies: Vec<Duration> = results.iter().map(|(d, _)| *d).collect();
+    latencies.sort();
+    let ips: std::collections::HashSet<IpAddr> = network.sandboxes().iter().map(|s| s.ip).collect();
+    assert_eq!(ips.len(), 100, "every pod has its own IP");
+    let started = std::time::Instant::now();
+    futures::future::join_all(
+        specs
+            .iter()
+            .map(|spec| network.destroy_sandbox(&spec.pod_uid)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<()>, _>>()
+    .expect("destroy");
+    let teardown = started.elapsed();
+    eprintln!(
+        "BENCH 100 sandboxes+containers: all started in {total:?}; per pod p50 {:?} p99 {:?}; teardown of all {teardown:?}",
+        latencies[49], latencies[98]
+    );
+    drop(results);
+}
+
+/// The "agent" of `containers_survive_a_killed_agent_and_are_adopted_with_their_logs`: run as a
+/// separate process (this test binary again), it creates a sandbox with a chatty container,
+/// says READY and waits to be killed.
+#[tokio::test]
+#[ignore = "helper process of another test"]
+async fn helper_agent_process_for_the_kill_test() {
+    let (Ok(node), Ok(state), Ok(uid)) = (
+        std::env::var("SY_TEST_NODE_NS"),
+        std::env::var("SY_TEST_STATE"),
+        std::env::var("SY_TEST_POD_UID"),
+    ) else {
+        return;
+    };
+    let ns = NetNs::open(&node).expect("node namespace");
+    let network = PodNetwork::setup(ns, CIDR.parse().expect("cidr"), Path::new(&state))
+        .await
+        .expect("pod network");
+    let spec = SandboxSpec {
+        pod_uid: uid.clone(),
+        namespace: "default".into(),
+        name: "chatty".into(),
+        hostname: "chatty".into(),
+        resolv_conf: String::new(),
+        hosts: String::new(),
+    };
+    let pod = network.create_sandbox(&spec).await.expect("sandbox");
+    let log = container_log_path(Path::new(&state), "default", "chatty", &uid, "c", 0);
+    let c = pod
+        .start_container(&sh(
+            "c",
+            "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.01; done",
+            log,
+        ))
+        .await
+        .expect("container");
+    println!("READY {}", c.pid());
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test]
+async fn containers_survive_a_killed_agent_and_are_adopted_with_their_logs() {
+    let Some(mut node) = Node::new().await else {
+        return;
+    };
+    let uid = node.spec("chatty").pod_uid;
+    let log = container_log_path(node.state.path(), "default", "chatty", &uid, "c", 0);
+    let mut agent = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "helper_agent_process_for_the_kill_test",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SY_TEST_NODE_NS", node.ns.name().expect("named"))
+        .env("SY_TEST_STATE", node.state.path())
+        .env("SY_TEST_POD_UID", &uid)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("agent process");
+    let mut lines = tokio::io::BufReader::new(agent.stdout.take().expect("stdout")).lines();
+    use tokio::io::AsyncBufReadExt;
+    let pid: u32 = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read")
+                .expect("agent ended early");
+            if let Some(pid) = line.strip_prefix("READY ") {
+                return pid.parse().expect("pid");
+            }
+        }
+    })
+    .await
+    .expect("the agent is ready in time");
+    let ticks = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+            .collect()
+    };
+    switchyard_testkit::wait_for(Duration::from_secs(10), "ticks in the log", || async {
+        (ticks(&logs(&log).await).len() >= 5).then_some(())
+    })
+    .await
+    .expect("ticks");
+    // kill -9 the agent; the container keeps ticking (into the FIFO) meanwhile.
+    agent.start_kill().expect("kill the agent");
+    agent.wait().await.expect("reap the agent");
+    tokio::time::sleep(Duration::from_millis(300)).await; // downtime, on purpose
+    let network = node.network().await;
+    let pod = network.sandbox(&uid).expect("the sandbox survived");
+    let adopted = pod.adopt_containers();
+    assert_eq!(adopted.len(), 1);
+    let (_, mut container) = adopted.into_iter().next().expect("one");
+    assert_eq!(container.pid(), pid);
+    assert!(container.is_running());
+    let before = ticks(&logs(&log).await).last().copied().expect("ticks");
+    // The log goes on with no gap: what was written during the downtime is not lost.
+    let seen = switchyard_testkit::wait_for(Duration::from_secs(10), "more ticks", || async {
+        let t = ticks(&logs(&log).await);
+        (t.last().copied().unwrap_or(0) > before + 50).then_some(t)
+    })
+    .await
+    .expect("the log keeps growing after adoption");
+    // What the container wrote while no agent ran waited in the FIFO. Only lines already read
+    // into the dead agent's memory (a few at most) can be lost.
+    assert!(seen.windows(2).all(|w| w[1] > w[0]), "ticks in order");
+    let worst_gap = seen.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1);
+    assert!(
+        worst_gap <= 10,
+        "{} ticks lost across the agent's death",
+        worst_gap - 1
+    );
+    container.signal(Signal::SIGKILL).expect("kill");
+    tokio::time::timeout(Duration::from_secs(10), container.wait())
+        .await
+        .expect("the end of an adopted container is noticed");
+    network.destroy_sandbox(&uid).await.expect("destroy");
+}
+
+#[tokio::test]
+async fn setup_releases_ips_of_sandboxes_that_never_got_a_record() {
+    let Some(node) = Node::new().await else {
+        return;
+    };
+    // A crash right after the allocation, before the sandbox record was written.
+    let ipam_path = node.state.path().join("ipam.json");
+    {
+        let mut ipam = switchyard_node::ipam::Ipam::open(&ipam_path, CIDR.parse().expect("cidr"))
+            .expect("ipam");
+        ipam.allocate("crashed-uid").expect("allocate");
+    }
+    let _network = node.network().await;
+    let ipam = std::fs::read_to_string(&ipam_path).expect("ipam");
+    assert!(!ipam.contains("crashed-uid"), "{ipam}");
+}
+
+#[tokio::test]
+async fn teardown_removes_everything_the_node_created() {
+    let Some(mut node) = Node::new().await else {
+        return;
+    };
+    let network = node.network().await;
+    let spec = node.spec("gone");
+    let pod = network.create_sandbox(&spec).await.expect("sandbox");
+    let c = pod
+        .start_container(&sh("c", "exec sleep 300", node.log_path(&pod, "c")))
+        .await
+        .expect("start");
+    network.teardown().await.expect("teardown");
+    assert!(!NetNs::exists(&netns_name(&spec.pod_uid)));
+    assert!(node.ns.ip(&["link", "show", "sy-br0"]).await.is_err());
+    assert!(!node.state.path().join("ipam.json").exists());
+    assert!(!c.is_running());
+    // And a node can start over on the same state dir.
+    let again = node.network().await;
+    assert!(again.sandboxes().is_empty());
+    again.teardown().await.expect("teardown again");
+}
+
+#[tokio::test]
+async fn a_stale_namespace_file_does_not_block_the_pods_sandbox() {
+    let Some(mut node) = Node::new().await else {
+        return;
+    };
+    let network = node.network().await;
+    let spec = node.spec("stale");
+    // What an interrupted `ip netns add` leaves: the file, with no namespace mounted on it.
+    std::fs::create_dir_all(switchyard_netns::NETNS_DIR).expect("netns dir");
+    std::fs::write(NetNs::path_of(&netns_name(&spec.pod_uid)), b"").expect("placeholder");
+    let pod = network.create_sandbox(&spec).await.expect("sandbox");
+    let out = pod
+        .exec(&["hostname".into()], &[], Duration::from_secs(10))
+        .await
+        .expect("exec");
+    assert_eq!(out.stdout, b"stale\n");
+    network
+        .destroy_sandbox(&spec.pod_uid)
+        .await
+        .expect("destroy");
+    assert!(!NetNs::exists(&netns_name(&spec.pod_uid)));
 }
