@@ -505,12 +505,7 @@ mod tests {
     /// (address, ready, serving, terminating)
     type EndpointRow<'a> = (&'a str, Option<bool>, Option<bool>, Option<bool>);
 
-    fn slice(
-        service: &str,
-        name: &str,
-        port: (&str, i32),
-        eps: &[EndpointRow],
-    ) -> EndpointSlice {
+    fn slice(service: &str, name: &str, port: (&str, i32), eps: &[EndpointRow]) -> EndpointSlice {
         EndpointSlice {
             metadata: ObjectMeta {
                 namespace: Some("default".into()),
