@@ -164,10 +164,11 @@ fn serve(ns: &NetNs, name: &str) -> Vec<JoinHandle<()>> {
     let udp_name = name.to_string();
     vec![
         tokio::spawn(async move {
-            while let Ok((mut stream, _)) = tcp.accept().await {
+            while let Ok((mut stream, peer)) = tcp.accept().await {
                 let name = tcp_name.clone();
                 tokio::spawn(async move {
-                    let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
+                    let greeting = format!("{name} {}\n", peer.ip());
+                    let _ = stream.write_all(greeting.as_bytes()).await;
                     let (mut r, mut w) = stream.split();
                     let _ = tokio::io::copy(&mut r, &mut w).await;
                 });
@@ -182,8 +183,15 @@ fn serve(ns: &NetNs, name: &str) -> Vec<JoinHandle<()>> {
     ]
 }
 
-/// Connects from `ns` to `addr` and returns the greeting (the answering pod's name).
+/// Connects from `ns` to `addr` and returns the answering pod's name.
 async fn fetch(ns: &NetNs, addr: &str) -> std::io::Result<String> {
+    let greeting = greet(ns, addr).await?;
+    Ok(greeting.split(' ').next().unwrap_or_default().to_string())
+}
+
+/// Connects from `ns` to `addr` and returns the greeting: the pod's name and the source address
+/// the pod saw.
+async fn greet(ns: &NetNs, addr: &str) -> std::io::Result<String> {
     let addr: SocketAddr = addr.parse().expect("addr");
     let stream = ns
         .connect_tcp(addr, Duration::from_secs(3))
@@ -434,6 +442,40 @@ async fn a_removed_endpoint_gets_no_new_connections_after_a_partial_sync() {
         .expect("list");
     assert!(!table.contains("10.96.0.14"), "{table}");
     assert!(!table.contains("default/web/"), "{table}");
+}
+
+#[tokio::test]
+async fn external_traffic_policy_local_keeps_the_client_address_and_uses_local_endpoints() {
+    require_namespaces!();
+    let topo = topology(2).await;
+    let all: Vec<&Pod> = topo.pods.iter().collect();
+    let (n, mut p) = service("local", "10.96.0.17", 80, Protocol::Tcp, &all);
+    // p1 counts as another node's endpoint.
+    p.endpoints[1].node_name = Some("node-b".into());
+    p.info.node_port = Some(30082);
+    p.info.external_policy_local = true;
+    let (cn, mut cp) = service("cluster", "10.96.0.18", 80, Protocol::Tcp, &all[..1]);
+    cp.info.node_port = Some(30083);
+    let snapshot: Snapshot = [(n, p), (cn, cp)].into_iter().collect();
+    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
+    plane.sync_snapshot(&snapshot).await.expect("sync");
+    for _ in 0..10 {
+        let greeting = greet(&topo.client, "192.168.67.1:30082")
+            .await
+            .expect("local");
+        assert_eq!(
+            greeting, "p0 192.168.67.2",
+            "local endpoint only, client address kept"
+        );
+    }
+    // Pods still reach both endpoints through the ClusterIP.
+    let from_pod = answers(&topo.pods[0].ns, "10.96.0.17:80", 30).await;
+    assert_eq!(distinct(&from_pod).len(), 2, "{from_pod:?}");
+    // Under the Cluster policy the client is masqueraded to the node's address.
+    let greeting = greet(&topo.client, "192.168.67.1:30083")
+        .await
+        .expect("cluster");
+    assert_eq!(greeting, "p0 10.244.1.1");
 }
 
 #[tokio::test]
