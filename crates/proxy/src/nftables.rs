@@ -93,6 +93,35 @@ pub struct ServiceRules {
     pub sets: BTreeMap<String, String>,
     /// (map, key) → verdict.
     pub elements: BTreeMap<(&'static str, String), String>,
+    /// UDP flows these rules DNAT: when one disappears, its conntrack entries must go, or
+    /// clients keep sending to the old endpoint (UDP has no connection to break).
+    pub udp_flows: BTreeSet<UdpFlow>,
+}
+
+/// Where UDP traffic to a service arrives, and the endpoint it is sent to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UdpFlow {
+    /// A service address and port (ClusterIP, external or LB IP), or `None` with a NodePort.
+    pub address: Option<IpAddr>,
+    pub port: u16,
+    pub endpoint: IpAddr,
+}
+
+impl UdpFlow {
+    /// `conntrack` arguments deleting this flow's entries.
+    pub fn conntrack_delete_args(&self) -> Vec<String> {
+        let mut args = vec!["-D".to_string(), "-p".into(), "udp".into()];
+        if let Some(address) = self.address {
+            args.extend(["--orig-dst".into(), address.to_string()]);
+        }
+        args.extend([
+            "--orig-port-dst".into(),
+            self.port.to_string(),
+            "--reply-src".into(),
+            self.endpoint.to_string(),
+        ]);
+        args
+    }
 }
 
 /// Everything our table should contain.
@@ -386,6 +415,24 @@ fn add_service_port(
         .chain(if needs_local { local.iter() } else { [].iter() })
     {
         chosen.insert((ep.ip, ep.port), ep);
+    }
+    if info.protocol == crate::model::Protocol::Udp {
+        for ep in chosen.values() {
+            for front in cluster_ips.iter().chain(&external_ips) {
+                rules.udp_flows.insert(UdpFlow {
+                    address: Some(**front),
+                    port,
+                    endpoint: ep.ip,
+                });
+            }
+            if let Some(node_port) = info.node_port {
+                rules.udp_flows.insert(UdpFlow {
+                    address: None,
+                    port: node_port,
+                    endpoint: ep.ip,
+                });
+            }
+        }
     }
     for ep in chosen.values() {
         let name = endpoint_chain_name("endpoint", spn, port, ep);

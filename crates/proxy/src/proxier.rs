@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::model::{self, ChangeTracker, ServiceKey, Snapshot, LABEL_SERVICE_NAME};
-use crate::nftables::{self, NodeConfig, Ruleset, Scheduler, ServiceRules};
+use crate::nftables::{self, NodeConfig, Ruleset, Scheduler, ServiceRules, UdpFlow};
 
 /// Errors of applying rules. All are retryable: the next sync is then a full one.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +220,17 @@ impl NftDataPlane {
             return Ok(SyncKind::Full);
         };
         let mut next = applied;
+        let stale: Vec<UdpFlow> = changed
+            .iter()
+            .flat_map(|(key, rules)| {
+                let old = next.services.get(key).map(|r| &r.udp_flows);
+                let new = rules.as_ref().map(|r| &r.udp_flows);
+                old.into_iter()
+                    .flatten()
+                    .filter(move |f| !new.is_some_and(|n| n.contains(*f)))
+                    .cloned()
+            })
+            .collect();
         let transaction = nftables::partial_transaction(
             changed
                 .iter()
@@ -232,7 +243,7 @@ impl NftDataPlane {
             };
         }
         let base_changed = next.base != nftables::base(&self.node);
-        match transaction {
+        let kind = match transaction {
             Some(text) if !base_changed => {
                 if text.is_empty() {
                     self.applied = Some(next);
@@ -240,12 +251,28 @@ impl NftDataPlane {
                 }
                 self.applier.apply(&text).await?;
                 self.applied = Some(next);
-                Ok(SyncKind::Partial)
+                SyncKind::Partial
             }
             _ => {
                 next.base = nftables::base(&self.node);
                 self.sync_full(next).await?;
-                Ok(SyncKind::Full)
+                SyncKind::Full
+            }
+        };
+        // Only after the rules no longer lead there: a UDP packet arriving in between would
+        // recreate the entry.
+        self.delete_conntrack(&stale).await;
+        Ok(kind)
+    }
+
+    /// Deletes the conntrack entries of UDP flows whose endpoint is gone. Failures are logged
+    /// only: `conntrack` exits 1 when there was nothing to delete.
+    async fn delete_conntrack(&self, flows: &[UdpFlow]) {
+        for flow in flows {
+            let mut command = self.applier.netns().command("conntrack");
+            command.args(flow.conntrack_delete_args());
+            if let Err(e) = switchyard_netns::run_checked(&mut command).await {
+                tracing::debug!(?flow, error = %e, "conntrack delete");
             }
         }
     }

@@ -495,6 +495,47 @@ async fn udp_services_answer() {
 }
 
 #[tokio::test]
+async fn udp_clients_move_off_a_removed_endpoint_at_once() {
+    require_namespaces!();
+    let topo = topology(2).await;
+    let all: Vec<&Pod> = topo.pods.iter().collect();
+    let snapshot: Snapshot = [service("dns", "10.96.0.54", 53, Protocol::Udp, &all)]
+        .into_iter()
+        .collect();
+    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
+    plane.sync_snapshot(&snapshot).await.expect("sync");
+    // One client socket: every datagram belongs to the same conntrack entry.
+    let socket = topo
+        .client
+        .bind_udp("0.0.0.0:0".parse().expect("addr"))
+        .expect("bind");
+    let ask = || async {
+        let mut buf = [0u8; 64];
+        for _ in 0..5 {
+            socket.send_to(b"who", "10.96.0.54:53").await.expect("send");
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+            {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+        }
+        panic!("no UDP answer");
+    };
+    let first = ask().await;
+    assert_eq!(ask().await, first, "same flow, same endpoint");
+    let remaining: Vec<&Pod> = topo.pods.iter().filter(|p| p.name != first).collect();
+    let snapshot: Snapshot = [service("dns", "10.96.0.54", 53, Protocol::Udp, &remaining)]
+        .into_iter()
+        .collect();
+    assert_eq!(
+        plane.sync_snapshot(&snapshot).await.expect("sync"),
+        SyncKind::Partial
+    );
+    // The removed pod still runs and would answer a stale conntrack entry.
+    assert_eq!(ask().await, remaining[0].name, "the stale flow was deleted");
+}
+
+#[tokio::test]
 async fn a_restarted_proxy_replaces_the_table_without_breaking_established_connections() {
     require_namespaces!();
     let topo = topology(2).await;
