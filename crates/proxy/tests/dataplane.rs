@@ -97,6 +97,11 @@ async fn topology(pods: usize) -> Topology {
     // ClusterIPs and external IPs are reached through the node.
     sh(&client, &["route", "add", "10.96.0.0/12", "via", NODE_IP]).await;
     sh(&client, &["route", "add", "192.0.2.0/24", "via", NODE_IP]).await;
+    sh(
+        &client,
+        &["route", "add", "198.51.100.0/24", "via", NODE_IP],
+    )
+    .await;
     let mut topo = Topology {
         node: node.clone(),
         client,
@@ -476,6 +481,48 @@ async fn external_traffic_policy_local_keeps_the_client_address_and_uses_local_e
         .await
         .expect("cluster");
     assert_eq!(greeting, "p0 10.244.1.1");
+}
+
+#[tokio::test]
+async fn load_balancer_source_ranges_drop_other_clients() {
+    require_namespaces!();
+    let topo = topology(1).await;
+    let all: Vec<&Pod> = topo.pods.iter().collect();
+    let (n, mut p) = service("lb", "10.96.0.19", 80, Protocol::Tcp, &all);
+    p.info.node_port = Some(30084);
+    p.info.load_balancer_ips = vec![ip("198.51.100.9")];
+    p.info.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().expect("net")];
+    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
+    plane
+        .sync_snapshot(&[(n.clone(), p.clone())].into_iter().collect())
+        .await
+        .expect("sync");
+    let lb: SocketAddr = "198.51.100.9:80".parse().expect("addr");
+    let err = topo
+        .client
+        .connect_tcp(lb, Duration::from_millis(500))
+        .await
+        .expect_err("the client is not in the source ranges");
+    assert!(
+        err.to_string().contains("timed out"),
+        "dropped, not refused: {err}"
+    );
+    p.info
+        .load_balancer_source_ranges
+        .push("192.168.67.0/24".parse().expect("net"));
+    assert_eq!(
+        plane
+            .sync_snapshot(&[(n, p)].into_iter().collect())
+            .await
+            .expect("sync"),
+        SyncKind::Partial
+    );
+    assert_eq!(
+        fetch(&topo.client, "198.51.100.9:80")
+            .await
+            .expect("allowed"),
+        "p0"
+    );
 }
 
 #[tokio::test]
