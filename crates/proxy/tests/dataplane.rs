@@ -671,7 +671,10 @@ async fn sync_timings_at_scale() {
         }
         let mut plane = NftDataPlane::new(ns.clone(), node_config());
         let started = std::time::Instant::now();
-        assert_eq!(plane.sync_snapshot(&snapshot).await.expect("full"), SyncKind::Full);
+        assert_eq!(
+            plane.sync_snapshot(&snapshot).await.expect("full"),
+            SyncKind::Full
+        );
         let full = started.elapsed();
         // One service loses an endpoint.
         let key = snapshot.keys().nth(services / 2).expect("key").clone();
@@ -679,7 +682,10 @@ async fn sync_timings_at_scale() {
             p.endpoints.pop();
         }
         let started = std::time::Instant::now();
-        assert_eq!(plane.sync_snapshot(&snapshot).await.expect("partial"), SyncKind::Partial);
+        assert_eq!(
+            plane.sync_snapshot(&snapshot).await.expect("partial"),
+            SyncKind::Partial
+        );
         let partial = started.elapsed();
         // The same, applying only that service (what the proxy's loop does).
         if let Some(p) = snapshot.get_mut(&key) {
