@@ -707,3 +707,30 @@ async fn sync_timings_at_scale() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_failed_partial_sync_makes_the_next_sync_full() {
+    require_namespaces!();
+    let topo = topology(2).await;
+    let all: Vec<&Pod> = topo.pods.iter().collect();
+    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
+    let snapshot: Snapshot = [service("web", "10.96.0.20", 80, Protocol::Tcp, &all)]
+        .into_iter()
+        .collect();
+    plane.sync_snapshot(&snapshot).await.expect("sync");
+    // Someone removes our table behind our back: the partial transaction cannot apply.
+    topo.node
+        .nft(&["delete", "table", "ip", "switchyard"], None)
+        .await
+        .expect("delete");
+    let snapshot: Snapshot = [service("web", "10.96.0.20", 80, Protocol::Tcp, &all[..1])]
+        .into_iter()
+        .collect();
+    assert!(plane.sync_snapshot(&snapshot).await.is_err());
+    assert!(plane.needs_full_sync());
+    assert_eq!(
+        plane.sync_snapshot(&snapshot).await.expect("resync"),
+        SyncKind::Full
+    );
+    assert_eq!(answers(&topo.node, "10.96.0.20:80", 5).await, vec!["p0"; 5]);
+}
