@@ -15,6 +15,8 @@
 //!   (`inet_proto . inet_service`) for NodePorts on the addresses in the `nodeport-ips` set
 //!   (never 127.0.0.1: CVE-2020-8558), `no-endpoint-services`/`no-endpoint-nodeports` for
 //!   REJECT/DROP, `firewall-ips` for source ranges;
+//! - endpoint choice by a cascade of `numgen random mod k == 0 goto endpoint-…` rules (no
+//!   per-service anonymous maps: the kernel makes those O(n²) to load; see PERFORMANCE.md);
 //! - per service port: `service-…` (all usable endpoints), `local-…` (this node's endpoints, for
 //!   `Local` traffic policies), `external-…` (masquerade and policy for external traffic),
 //!   `firewall-…` (source ranges), and per endpoint `endpoint-…` (hairpin masquerade, affinity
@@ -347,22 +349,43 @@ fn load_balance(
         ));
         return;
     }
-    let picker = match scheduler {
-        Scheduler::Random => format!("numgen random mod {}", eps.len()),
-        Scheduler::RoundRobin => format!("numgen inc mod {}", eps.len()),
-        Scheduler::SourceHash => format!("jhash ip saddr mod {} seed 0x5357", eps.len()),
-    };
-    let arms: Vec<String> = eps
-        .iter()
-        .enumerate()
-        .map(|(i, ep)| {
-            format!(
-                "{i} : goto {}",
-                endpoint_chain_name("endpoint", spn, port, ep)
-            )
-        })
-        .collect();
-    rules.push(format!("{picker} vmap {{ {} }}", arms.join(", ")));
+    let n = eps.len();
+    if scheduler == Scheduler::RoundRobin {
+        // One counter for the whole choice needs a map; it is an anonymous set per service,
+        // which the kernel names by scanning every set of the table (O(n²) for n services,
+        // see PERFORMANCE.md), so only round robin pays for it.
+        let arms: Vec<String> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                format!(
+                    "{i} : goto {}",
+                    endpoint_chain_name("endpoint", spn, port, ep)
+                )
+            })
+            .collect();
+        rules.push(format!("numgen inc mod {n} vmap {{ {} }}", arms.join(", ")));
+        return;
+    }
+    // A cascade, as kube-proxy's iptables mode does with `statistic`: endpoint i is taken with
+    // probability 1/(n-i) among those left, so each is chosen with probability 1/n. No sets, so
+    // the table loads in linear time; only a connection's first packet walks the cascade.
+    for (i, ep) in eps[..n - 1].iter().enumerate() {
+        let draw = match scheduler {
+            Scheduler::SourceHash => {
+                format!("jhash ip saddr mod {} seed {:#x}", n - i, 0x5357 + i)
+            }
+            _ => format!("numgen random mod {}", n - i),
+        };
+        rules.push(format!(
+            "{draw} == 0 goto {}",
+            endpoint_chain_name("endpoint", spn, port, ep)
+        ));
+    }
+    rules.push(format!(
+        "goto {}",
+        endpoint_chain_name("endpoint", spn, port, eps[n - 1])
+    ));
 }
 
 fn add_service_port(

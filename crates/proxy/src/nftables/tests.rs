@@ -100,7 +100,11 @@ fn cluster_ip_with_two_endpoints() {
         vec![web(&[("10.244.1.2", "node-a"), ("10.244.1.3", "node-b")])],
         &node(),
     );
-    assert!(text.contains("numgen random mod 2 vmap"));
+    assert!(text.contains("numgen random mod 2 == 0 goto endpoint-"));
+    assert!(
+        !text.contains("vmap {"),
+        "no anonymous maps with the random scheduler"
+    );
     assert!(text.contains("10.96.0.10 . tcp . 80 : goto service-"));
     assert!(text.contains(
         "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
@@ -221,7 +225,7 @@ fn schedulers_udp_sctp_and_masquerade_all() {
         .into_iter()
         .collect();
     let text = full_transaction(&build(&snapshot, &config));
-    assert!(text.contains("jhash ip saddr mod 2 seed 0x5357 vmap"));
+    assert!(text.contains("jhash ip saddr mod 2 seed 0x5357 == 0 goto endpoint-"));
 }
 
 #[test]
