@@ -7,6 +7,7 @@
 //! watches, the sync loop and the IO (`nft` inside the node's namespace). It never programs from
 //! a half-listed cache and never flushes its table except by replacing it atomically.
 
+pub mod healthcheck;
 pub mod model;
 pub mod nftables;
 pub mod proxier;

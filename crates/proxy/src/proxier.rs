@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::healthcheck::HealthServers;
 use crate::model::{self, ChangeTracker, ServiceKey, Snapshot, LABEL_SERVICE_NAME};
 use crate::nftables::{self, NodeConfig, Ruleset, Scheduler, ServiceRules, UdpFlow};
 
@@ -419,6 +420,8 @@ impl SyncLoop {
         let mut plane = NftDataPlane::new(self.config.netns.clone(), self.node_config().await);
         let mut last_full = Instant::now();
         let mut force_full = true;
+        let mut health: BTreeMap<ServiceKey, (u16, usize)> = BTreeMap::new();
+        let mut health_servers = HealthServers::default();
         loop {
             let started = Instant::now();
             if self.node_changed.swap(false, Ordering::AcqRel) {
@@ -432,16 +435,32 @@ impl SyncLoop {
             let span = tracing::info_span!("sync", full, services = changes.len());
             let _enter = span.enter();
             let result = if full {
-                let ruleset = self.build_all(plane.node());
+                let (ruleset, health_now) = self.build_all(plane.node());
+                health = health_now;
                 plane.sync_full(ruleset).await.map(|()| SyncKind::Full)
             } else {
                 let node = plane.node().clone();
-                let changed = changes
-                    .keys()
-                    .map(|key| (key.clone(), self.build_one(key, &node)))
-                    .collect();
+                let mut changed = BTreeMap::new();
+                for key in changes.keys() {
+                    let (rules, h) = self.build_one(key, &node);
+                    match h {
+                        Some(h) => health.insert(key.clone(), h),
+                        None => health.remove(key),
+                    };
+                    changed.insert(key.clone(), rules);
+                }
                 plane.sync_services(changed).await
             };
+            let wanted: BTreeMap<u16, (ServiceKey, usize)> = health
+                .iter()
+                .map(|(k, (port, local))| (*port, (k.clone(), *local)))
+                .collect();
+            let netns = self.config.netns.clone();
+            health_servers.sync(&wanted, |port| {
+                netns
+                    .bind_tcp(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            });
             let elapsed = started.elapsed();
             {
                 let mut m = lock(&self.shared.metrics);
@@ -500,8 +519,14 @@ impl SyncLoop {
         }
     }
 
-    fn build_one(&self, key: &ServiceKey, node: &NodeConfig) -> Option<ServiceRules> {
-        let svc = self.services.get(&key.namespace, &key.name)?;
+    fn build_one(
+        &self,
+        key: &ServiceKey,
+        node: &NodeConfig,
+    ) -> (Option<ServiceRules>, Option<(u16, usize)>) {
+        let Some(svc) = self.services.get(&key.namespace, &key.name) else {
+            return (None, None);
+        };
         let selector = LabelSelector::from_map(&BTreeMap::from([(
             LABEL_SERVICE_NAME.to_string(),
             key.name.clone(),
@@ -509,10 +534,13 @@ impl SyncLoop {
         let slices = self.slices.select(&key.namespace, &selector);
         let refs: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
         let ports = model::service_ports(&svc, &refs);
-        nftables::build_service(ports.iter().map(|(n, p)| (n, p)), node)
+        (
+            nftables::build_service(ports.iter().map(|(n, p)| (n, p)), node),
+            health_of(&ports, node),
+        )
     }
 
-    fn build_all(&self, node: &NodeConfig) -> Ruleset {
+    fn build_all(&self, node: &NodeConfig) -> (Ruleset, BTreeMap<ServiceKey, (u16, usize)>) {
         let mut by_service: HashMap<ServiceKey, Vec<Arc<EndpointSlice>>> = HashMap::new();
         for slice in self.slices.list() {
             if let Some(key) = slice_service(&slice) {
@@ -520,6 +548,7 @@ impl SyncLoop {
             }
         }
         let mut snapshot = Snapshot::new();
+        let mut health = BTreeMap::new();
         for svc in self.services.list() {
             let key = ServiceKey::new(
                 svc.metadata.namespace.clone().unwrap_or_default(),
@@ -528,9 +557,13 @@ impl SyncLoop {
             let slices = by_service.get(&key);
             let refs: Vec<&EndpointSlice> =
                 slices.into_iter().flatten().map(|s| s.as_ref()).collect();
-            snapshot.extend(model::service_ports(&svc, &refs));
+            let ports = model::service_ports(&svc, &refs);
+            if let Some(h) = health_of(&ports, node) {
+                health.insert(key, h);
+            }
+            snapshot.extend(ports);
         }
-        nftables::build(&snapshot, node)
+        (nftables::build(&snapshot, node), health)
     }
 
     /// This node's facts now: NodePort addresses from `--nodeport-addresses` (the namespace's
@@ -563,6 +596,26 @@ impl SyncLoop {
             scheduler: self.config.scheduler,
         }
     }
+}
+
+/// The `healthCheckNodePort` of a service's ports (externalTrafficPolicy Local) and how many
+/// local endpoints it has on this node.
+fn health_of(
+    ports: &[(model::ServicePortName, model::ServicePort)],
+    node: &NodeConfig,
+) -> Option<(u16, usize)> {
+    let port = ports.iter().find_map(|(_, p)| {
+        p.info
+            .external_policy_local
+            .then_some(p.info.health_check_node_port)
+            .flatten()
+    })?;
+    let local = ports
+        .iter()
+        .map(|(_, p)| p.usable_endpoints(&node.node_name).local.len())
+        .max()
+        .unwrap_or(0);
+    Some((port, local))
 }
 
 /// Addresses in `ip -o addr show` output that lie in one of `cidrs` (loopback never).
