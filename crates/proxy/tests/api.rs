@@ -93,7 +93,7 @@ async fn table(ns: &NetNs) -> String {
 }
 
 async fn wait_table(ns: &NetNs, what: &str, check: impl Fn(&str) -> bool) {
-    wait_for(Duration::from_secs(20), what, || async {
+    wait_for(Duration::from_secs(60), what, || async {
         let t = table(ns).await;
         check(&t).then_some(())
     })
@@ -109,7 +109,7 @@ async fn rules_follow_services_and_slices_with_one_full_sync_then_partial_ones()
     let server = InProcessServer::start().await.expect("server");
     let client = server.client().await.expect("client");
     let proxy = Proxy::start(client.clone(), config(&ns));
-    wait_for(Duration::from_secs(20), "first sync", || async {
+    wait_for(Duration::from_secs(60), "first sync", || async {
         proxy.is_synced().then_some(())
     })
     .await
