@@ -1,2 +1,24 @@
-//! Switchyard's service proxy (the kube-proxy role, issue 5). Being built.
+//! Switchyard's service proxy (the kube-proxy role, issue 5): Services and EndpointSlices from
+//! the API → nftables rules in the node's network namespace.
+//!
+//! Three stages, as in kube-proxy's nftables mode: [`model`] folds watch events into one change
+//! per service and computes what each service port needs; [`nftables`] is the pure builder from
+//! that snapshot to a ruleset and to `nft -f` transactions (full or partial); [`proxier`] owns the
+//! watches, the sync loop and the IO (`nft` inside the node's namespace). It never programs from
+//! a half-listed cache and never flushes its table except by replacing it atomically.
+//!
+//! [`userspace`] is the backend for machines without nftables: an L4 proxy on the service IPs
+//! (not yet driven by the sync loop; `--proxy-mode userspace` still refuses).
+
+pub mod healthcheck;
+pub mod model;
+pub mod nftables;
+pub mod proxier;
 pub mod userspace;
+
+pub use model::{
+    ChangeTracker, Endpoint, Protocol, ServiceKey, ServicePort, ServicePortInfo, ServicePortName,
+    Snapshot,
+};
+pub use nftables::{NodeConfig, Ruleset, Scheduler};
+pub use proxier::{NftApplier, Proxy, ProxyConfig, ProxyMetrics};

@@ -1,11 +1,139 @@
-//! `switchyard proxy`: the service proxy (kube-proxy role). Being built (issue 5).
+//! `switchyard proxy`: the service proxy (kube-proxy role, issue 5) against any API server.
+//! Flags are named as kube-proxy's where one exists. Bad values exit 64 with one line before
+//! anything connects; the API connection stays in this process's namespace, only the rules go
+//! to `--netns`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::{flags, wait_for_signal};
 
 #[derive(clap::Args)]
-pub struct ProxyArgs {}
+pub struct ProxyArgs {
+    /// Kubeconfig of the API server to watch (default: in-cluster or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    hostname_override: Option<String>,
+    /// Program the nftables of this named network namespace (default: this process's).
+    #[arg(long)]
+    netns: Option<String>,
+    /// The pod network; traffic to ClusterIPs from outside it is masqueraded.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// NodePorts answer on this node's addresses inside these CIDRs (comma separated; default:
+    /// the Node's InternalIP addresses).
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<String>,
+    /// Masquerade all traffic sent to service addresses.
+    #[arg(long)]
+    masquerade_all: bool,
+    /// Data plane: nftables (userspace is not built yet).
+    #[arg(long, default_value = "nftables")]
+    proxy_mode: String,
+    /// Endpoint choice: random (kube-proxy's), rr (round robin) or sh (source hash).
+    #[arg(long, default_value = "random")]
+    ipvs_scheduler: String,
+    /// Period of full resyncs.
+    #[arg(long, default_value = "30s", value_parser = flags::duration)]
+    sync_period: Duration,
+    /// Minimum time between syncs (a burst of changes within it is one sync).
+    #[arg(long, default_value = "1s", value_parser = flags::duration)]
+    min_sync_period: Duration,
+}
 
-pub async fn run(_args: ProxyArgs) -> ExitCode {
-    eprintln!("switchyard: `proxy` is not built yet");
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("switchyard: {message}");
     ExitCode::from(64)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_default()
+}
+
+pub async fn run(args: ProxyArgs) -> ExitCode {
+    match args.proxy_mode.as_str() {
+        "nftables" | "" => {}
+        "userspace" => {
+            return usage(
+                "--proxy-mode userspace: the userspace proxy is not built yet; use nftables",
+            )
+        }
+        other => return usage(format!("--proxy-mode {other:?}: must be nftables")),
+    }
+    let scheduler: switchyard_proxy::Scheduler = match args.ipvs_scheduler.parse() {
+        Ok(s) => s,
+        Err(e) => return usage(format!("--ipvs-scheduler: {e}")),
+    };
+    let cluster_cidr = match args.cluster_cidr.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(c) => match c.parse::<ipnet::IpNet>() {
+            Ok(net) => Some(net.trunc()),
+            Err(_) => return usage(format!("--cluster-cidr: {c:?} is not a CIDR")),
+        },
+    };
+    let mut node_port_addresses = Vec::new();
+    for a in args
+        .nodeport_addresses
+        .iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+    {
+        match a.parse::<ipnet::IpNet>() {
+            Ok(net) => node_port_addresses.push(net.trunc()),
+            Err(_) => return usage(format!("--nodeport-addresses: {a:?} is not a CIDR")),
+        }
+    }
+    let node_name = args
+        .hostname_override
+        .clone()
+        .map(|h| h.trim().to_lowercase())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(host_name);
+    if node_name.is_empty() {
+        return usage("cannot tell this node's name; pass --hostname-override");
+    }
+    let netns = match &args.netns {
+        None => switchyard_netns::NetNs::current(),
+        Some(name) => match switchyard_netns::NetNs::open(name) {
+            Ok(ns) => ns,
+            Err(e) => return usage(format!("--netns: {e}")),
+        },
+    };
+    if let Err(e) = netns.nft(&["--version"], None).await {
+        eprintln!("switchyard: nft is needed for --proxy-mode nftables: {e}");
+        return ExitCode::from(69);
+    }
+    let client = match &args.kubeconfig {
+        Some(path) => switchyard_controllers::client_from_kubeconfig(path).await,
+        None => kube::Client::try_default()
+            .await
+            .map_err(anyhow::Error::from),
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => return usage(format!("{e:#}")),
+    };
+    let config = switchyard_proxy::ProxyConfig {
+        node_name: node_name.clone(),
+        netns: netns.clone(),
+        cluster_cidr,
+        node_port_addresses,
+        masquerade_all: args.masquerade_all,
+        sync_period: args.sync_period.max(Duration::from_secs(1)),
+        min_sync_period: args.min_sync_period,
+        scheduler,
+    };
+    let proxy = switchyard_proxy::Proxy::start(client, config);
+    eprintln!(
+        "switchyard: proxy (nftables) for node {node_name} programming namespace {}",
+        netns.display_name()
+    );
+    wait_for_signal().await;
+    drop(proxy);
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,656 @@
+//! The proxy's IO shell: watches (Services, EndpointSlices, the own Node) feeding the change
+//! tracker, the sync loop deciding between full and partial syncs, and [`NftDataPlane`], which
+//! runs `nft -f -` inside the node's namespace and remembers what it applied.
+//!
+//! Rules of the loop (kube-proxy's, see pkg/proxy/nftables/proxier.go `syncProxyRules`):
+//! - nothing is programmed before every informer has stored its first complete list;
+//! - the first sync, every `sync_period`, any change of the node's facts and the sync after a
+//!   failure are full (the table is replaced atomically); all others touch only the services
+//!   that changed;
+//! - syncs are at least `min_sync_period` apart, so a burst of events costs one sync.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use kube::api::Api;
+use switchyard_api::k8s::api::core::v1::{Node, Service};
+use switchyard_api::k8s::api::discovery::v1::EndpointSlice;
+use switchyard_api::selector::LabelSelector;
+use switchyard_controllers::runtime::{Change, Informer};
+use switchyard_netns::NetNs;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::healthcheck::HealthServers;
+use crate::model::{self, ChangeTracker, ServiceKey, Snapshot, LABEL_SERVICE_NAME};
+use crate::nftables::{self, NodeConfig, Ruleset, Scheduler, ServiceRules, UdpFlow};
+
+/// Errors of applying rules. All are retryable: the next sync is then a full one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `nft` rejected the transaction or could not run.
+    #[error("nft: {0}")]
+    Nft(#[source] switchyard_netns::Error),
+}
+
+/// How the proxy runs (kube-proxy's flags and `KubeProxyConfiguration` fields).
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// This node's name: decides which endpoints are local, and which Node to watch.
+    pub node_name: String,
+    /// The namespace whose nftables are programmed (the node's).
+    pub netns: NetNs,
+    /// The pod network (`--cluster-cidr`): traffic to ClusterIPs from outside is masqueraded.
+    pub cluster_cidr: Option<IpNet>,
+    /// `--nodeport-addresses`: NodePorts answer on this namespace's addresses inside these
+    /// CIDRs; empty means the Node's InternalIP addresses.
+    pub node_port_addresses: Vec<IpNet>,
+    /// `--masquerade-all`.
+    pub masquerade_all: bool,
+    /// Full resync period (kube-proxy's `syncPeriod`, default 30s).
+    pub sync_period: Duration,
+    /// Minimum time between syncs (kube-proxy's nftables `minSyncPeriod`, default 1s): a burst
+    /// of events within it is one sync.
+    pub min_sync_period: Duration,
+    pub scheduler: Scheduler,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            node_name: String::new(),
+            netns: NetNs::current(),
+            cluster_cidr: None,
+            node_port_addresses: Vec::new(),
+            masquerade_all: false,
+            // Same as kube-proxy's `--config-sync-period`/nftables `syncPeriod` default.
+            sync_period: Duration::from_secs(30),
+            // Same as kube-proxy's nftables `minSyncPeriod` default.
+            min_sync_period: Duration::from_secs(1),
+            scheduler: Scheduler::Random,
+        }
+    }
+}
+
+/// Counters of the sync loop.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxyMetrics {
+    pub full_syncs: u64,
+    pub partial_syncs: u64,
+    pub sync_errors: u64,
+    pub last_sync_duration: Duration,
+    pub last_full_sync_duration: Duration,
+    /// From the oldest change folded into the last sync to its rules being applied.
+    pub last_programming_latency: Duration,
+    /// Chains and map elements of services in the table after the last sync.
+    pub chains: usize,
+    pub elements: usize,
+}
+
+/// What a sync did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncKind {
+    Full,
+    Partial,
+    /// Nothing had changed.
+    Nothing,
+}
+
+/// Runs `nft -f -` transactions inside a namespace.
+#[derive(Clone, Debug)]
+pub struct NftApplier {
+    netns: NetNs,
+}
+
+impl NftApplier {
+    pub fn new(netns: NetNs) -> Self {
+        NftApplier { netns }
+    }
+
+    pub async fn apply(&self, transaction: &str) -> Result<(), Error> {
+        if transaction.is_empty() {
+            return Ok(());
+        }
+        self.netns
+            .nft(&["-f", "-"], Some(transaction))
+            .await
+            .map(|_| ())
+            .map_err(Error::Nft)
+    }
+
+    pub fn netns(&self) -> &NetNs {
+        &self.netns
+    }
+}
+
+/// Our table in one namespace, and what was last applied to it. Any failure forgets the
+/// applied state, so the next sync replaces the whole table.
+#[derive(Debug)]
+pub struct NftDataPlane {
+    applier: NftApplier,
+    node: NodeConfig,
+    applied: Option<Ruleset>,
+}
+
+impl NftDataPlane {
+    pub fn new(netns: NetNs, node: NodeConfig) -> Self {
+        NftDataPlane {
+            applier: NftApplier::new(netns),
+            node,
+            applied: None,
+        }
+    }
+
+    pub fn node(&self) -> &NodeConfig {
+        &self.node
+    }
+
+    /// Changes the node's facts; the next sync is full if the base rules differ.
+    pub fn set_node(&mut self, node: NodeConfig) {
+        self.node = node;
+    }
+
+    /// Whether the next sync must be full.
+    pub fn needs_full_sync(&self) -> bool {
+        match &self.applied {
+            None => true,
+            Some(applied) => applied.base != nftables::base(&self.node),
+        }
+    }
+
+    /// The rules last applied (None before the first sync or after a failure).
+    pub fn applied(&self) -> Option<&Ruleset> {
+        self.applied.as_ref()
+    }
+
+    /// Replaces the whole table with `ruleset`.
+    pub async fn sync_full(&mut self, ruleset: Ruleset) -> Result<(), Error> {
+        self.applied = None;
+        self.applier
+            .apply(&nftables::full_transaction(&ruleset))
+            .await?;
+        self.applied = Some(ruleset);
+        Ok(())
+    }
+
+    /// Programs `snapshot`: fully if needed, else only the services whose rules differ.
+    pub async fn sync_snapshot(&mut self, snapshot: &Snapshot) -> Result<SyncKind, Error> {
+        let ruleset = nftables::build(snapshot, &self.node);
+        if self.needs_full_sync() {
+            self.sync_full(ruleset).await?;
+            return Ok(SyncKind::Full);
+        }
+        let applied = self.applied.as_ref().map(|a| &a.services);
+        let empty = BTreeMap::new();
+        let applied = applied.unwrap_or(&empty);
+        let mut changed: BTreeMap<ServiceKey, Option<ServiceRules>> = BTreeMap::new();
+        for (key, rules) in &ruleset.services {
+            if applied.get(key) != Some(rules) {
+                changed.insert(key.clone(), Some(rules.clone()));
+            }
+        }
+        for key in applied.keys() {
+            if !ruleset.services.contains_key(key) {
+                changed.insert(key.clone(), None);
+            }
+        }
+        self.sync_services(changed).await
+    }
+
+    /// Moves the `changed` services to their new rules (`None`: the service has none any more),
+    /// in one partial transaction when possible, else by a full sync of the applied rules with
+    /// these changes.
+    pub async fn sync_services(
+        &mut self,
+        changed: BTreeMap<ServiceKey, Option<ServiceRules>>,
+    ) -> Result<SyncKind, Error> {
+        let Some(applied) = self.applied.take() else {
+            let ruleset = Ruleset {
+                base: nftables::base(&self.node),
+                services: changed
+                    .into_iter()
+                    .filter_map(|(k, r)| r.map(|r| (k, r)))
+                    .collect(),
+            };
+            self.sync_full(ruleset).await?;
+            return Ok(SyncKind::Full);
+        };
+        let mut next = applied;
+        let stale: Vec<UdpFlow> = changed
+            .iter()
+            .flat_map(|(key, rules)| {
+                let old = next.services.get(key).map(|r| &r.udp_flows);
+                let new = rules.as_ref().map(|r| &r.udp_flows);
+                old.into_iter()
+                    .flatten()
+                    .filter(move |f| !new.is_some_and(|n| n.contains(*f)))
+                    .cloned()
+            })
+            .collect();
+        let transaction = nftables::partial_transaction(
+            changed
+                .iter()
+                .map(|(key, rules)| (next.services.get(key), rules.as_ref())),
+        );
+        for (key, rules) in changed {
+            match rules {
+                Some(r) => next.services.insert(key, r),
+                None => next.services.remove(&key),
+            };
+        }
+        let base_changed = next.base != nftables::base(&self.node);
+        let kind = match transaction {
+            Some(text) if !base_changed => {
+                if text.is_empty() {
+                    self.applied = Some(next);
+                    return Ok(SyncKind::Nothing);
+                }
+                self.applier.apply(&text).await?;
+                self.applied = Some(next);
+                SyncKind::Partial
+            }
+            _ => {
+                next.base = nftables::base(&self.node);
+                self.sync_full(next).await?;
+                SyncKind::Full
+            }
+        };
+        // Only after the rules no longer lead there: a UDP packet arriving in between would
+        // recreate the entry.
+        self.delete_conntrack(&stale).await;
+        Ok(kind)
+    }
+
+    /// Deletes the conntrack entries of UDP flows whose endpoint is gone. Failures are logged
+    /// only: `conntrack` exits 1 when there was nothing to delete.
+    async fn delete_conntrack(&self, flows: &[UdpFlow]) {
+        for flow in flows {
+            let mut command = self.applier.netns().command("conntrack");
+            command.args(flow.conntrack_delete_args());
+            if let Err(e) = switchyard_netns::run_checked(&mut command).await {
+                tracing::debug!(?flow, error = %e, "conntrack delete");
+            }
+        }
+    }
+}
+
+struct Shared {
+    synced: AtomicBool,
+    metrics: Mutex<ProxyMetrics>,
+}
+
+/// The running proxy. Dropping it stops the watches and the sync loop; the rules stay in place
+/// (a restarted proxy replaces them atomically, so established connections keep flowing).
+pub struct Proxy {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Proxy {
+    /// Watch Services, EndpointSlices and the own Node through `client`; program the
+    /// namespace's nftables; never from a partial initial list.
+    pub fn start(client: kube::Client, config: ProxyConfig) -> Proxy {
+        let services: Informer<Service> = Informer::new(Api::all(client.clone()), false);
+        let slices: Informer<EndpointSlice> = Informer::new(Api::all(client.clone()), true);
+        let nodes: Informer<Node> = Informer::new(Api::all(client), false);
+        let tracker = Arc::new(Mutex::new(ChangeTracker::<Instant>::new()));
+        let wake = Arc::new(Notify::new());
+        let node_changed = Arc::new(AtomicBool::new(true));
+
+        {
+            let (tracker, wake) = (tracker.clone(), wake.clone());
+            services.on_change(move |change| {
+                let key = ServiceKey::new(
+                    change
+                        .object()
+                        .metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_default(),
+                    change.object().metadata.name.clone().unwrap_or_default(),
+                );
+                lock(&tracker).record(key, Instant::now());
+                wake.notify_one();
+            });
+        }
+        {
+            let (tracker, wake) = (tracker.clone(), wake.clone());
+            slices.on_change(move |change| {
+                let mut keys = Vec::new();
+                for slice in [Some(change.object()), change.old()].into_iter().flatten() {
+                    if let Some(key) = slice_service(slice) {
+                        keys.push(key);
+                    }
+                }
+                let mut t = lock(&tracker);
+                for key in keys {
+                    t.record(key, Instant::now());
+                }
+                drop(t);
+                wake.notify_one();
+            });
+        }
+        {
+            let (node_changed, wake, name) =
+                (node_changed.clone(), wake.clone(), config.node_name.clone());
+            nodes.on_change(move |change: Change<'_, Node>| {
+                if change.object().metadata.name.as_deref() == Some(name.as_str()) {
+                    node_changed.store(true, Ordering::Release);
+                    wake.notify_one();
+                }
+            });
+        }
+
+        let shared = Arc::new(Shared {
+            synced: AtomicBool::new(false),
+            metrics: Mutex::new(ProxyMetrics::default()),
+        });
+        let mut tasks = vec![
+            tokio::spawn(services.clone().run()),
+            tokio::spawn(slices.clone().run()),
+            tokio::spawn(nodes.clone().run()),
+        ];
+        let sync_loop = SyncLoop {
+            config,
+            services,
+            slices,
+            nodes,
+            tracker,
+            wake,
+            node_changed,
+            shared: shared.clone(),
+        };
+        tasks.push(tokio::spawn(sync_loop.run()));
+        Proxy { shared, tasks }
+    }
+
+    /// Whether the first full sync has been applied.
+    pub fn is_synced(&self) -> bool {
+        self.shared.synced.load(Ordering::Acquire)
+    }
+
+    pub fn metrics(&self) -> ProxyMetrics {
+        lock(&self.shared.metrics).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn slice_service(slice: &EndpointSlice) -> Option<ServiceKey> {
+    let name = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+    Some(ServiceKey::new(
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        name.clone(),
+    ))
+}
+
+struct SyncLoop {
+    config: ProxyConfig,
+    services: Informer<Service>,
+    slices: Informer<EndpointSlice>,
+    nodes: Informer<Node>,
+    tracker: Arc<Mutex<ChangeTracker<Instant>>>,
+    wake: Arc<Notify>,
+    node_changed: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+impl SyncLoop {
+    async fn run(self) {
+        // Never program from a half-listed cache: an empty or partial list would delete the
+        // rules of services that exist (a restart would blackhole them).
+        self.services.wait_synced().await;
+        self.slices.wait_synced().await;
+        self.nodes.wait_synced().await;
+        let mut plane = NftDataPlane::new(self.config.netns.clone(), self.node_config().await);
+        let mut last_full = Instant::now();
+        let mut force_full = true;
+        let mut health: BTreeMap<ServiceKey, (u16, usize)> = BTreeMap::new();
+        let mut health_servers = HealthServers::default();
+        loop {
+            let started = Instant::now();
+            if self.node_changed.swap(false, Ordering::AcqRel) {
+                plane.set_node(self.node_config().await);
+            }
+            let changes = lock(&self.tracker).take();
+            let oldest = changes.values().min().copied();
+            let full = force_full
+                || plane.needs_full_sync()
+                || last_full.elapsed() >= self.config.sync_period;
+            let span = tracing::info_span!("sync", full, services = changes.len());
+            let _enter = span.enter();
+            let result = if full {
+                let (ruleset, health_now) = self.build_all(plane.node());
+                health = health_now;
+                plane.sync_full(ruleset).await.map(|()| SyncKind::Full)
+            } else {
+                let node = plane.node().clone();
+                let mut changed = BTreeMap::new();
+                for key in changes.keys() {
+                    let (rules, h) = self.build_one(key, &node);
+                    match h {
+                        Some(h) => health.insert(key.clone(), h),
+                        None => health.remove(key),
+                    };
+                    changed.insert(key.clone(), rules);
+                }
+                plane.sync_services(changed).await
+            };
+            let wanted: BTreeMap<u16, (ServiceKey, usize)> = health
+                .iter()
+                .map(|(k, (port, local))| (*port, (k.clone(), *local)))
+                .collect();
+            let netns = self.config.netns.clone();
+            health_servers.sync(&wanted, |port| {
+                netns
+                    .bind_tcp(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            });
+            let elapsed = started.elapsed();
+            {
+                let mut m = lock(&self.shared.metrics);
+                match &result {
+                    Ok(kind) => {
+                        match kind {
+                            SyncKind::Full => {
+                                m.full_syncs += 1;
+                                m.last_full_sync_duration = elapsed;
+                                last_full = Instant::now();
+                            }
+                            SyncKind::Partial => m.partial_syncs += 1,
+                            SyncKind::Nothing => {}
+                        }
+                        m.last_sync_duration = elapsed;
+                        if let Some(oldest) = oldest {
+                            m.last_programming_latency = oldest.elapsed();
+                        }
+                        if let Some(applied) = plane.applied() {
+                            (m.chains, m.elements) = applied.counts();
+                        }
+                    }
+                    Err(_) => m.sync_errors += 1,
+                }
+            }
+            match result {
+                Ok(kind) => {
+                    force_full = false;
+                    tracing::debug!(?kind, ?elapsed, "synced");
+                    self.shared.synced.store(
+                        self.shared.synced.load(Ordering::Acquire) || kind == SyncKind::Full,
+                        Ordering::Release,
+                    );
+                }
+                Err(e) => {
+                    // Any failure: the next sync replaces the whole table.
+                    force_full = true;
+                    tracing::warn!(error = %e, "sync failed; the next sync is full");
+                }
+            }
+            drop(_enter);
+            // Syncs are at least min_sync_period apart; wake early for changes, at the latest
+            // for the periodic full resync (or a retry after a failure).
+            tokio::time::sleep_until(started + self.config.min_sync_period).await;
+            let next_full = if force_full {
+                Instant::now() + self.config.min_sync_period.max(Duration::from_millis(500))
+            } else {
+                last_full + self.config.sync_period
+            };
+            if lock(&self.tracker).is_empty() && !self.node_changed.load(Ordering::Acquire) {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep_until(next_full) => {}
+                }
+            }
+        }
+    }
+
+    fn build_one(
+        &self,
+        key: &ServiceKey,
+        node: &NodeConfig,
+    ) -> (Option<ServiceRules>, Option<(u16, usize)>) {
+        let Some(svc) = self.services.get(&key.namespace, &key.name) else {
+            return (None, None);
+        };
+        let selector = LabelSelector::from_map(&BTreeMap::from([(
+            LABEL_SERVICE_NAME.to_string(),
+            key.name.clone(),
+        )]));
+        let slices = self.slices.select(&key.namespace, &selector);
+        let refs: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
+        let ports = model::service_ports(&svc, &refs);
+        (
+            nftables::build_service(ports.iter().map(|(n, p)| (n, p)), node),
+            health_of(&ports, node),
+        )
+    }
+
+    fn build_all(&self, node: &NodeConfig) -> (Ruleset, BTreeMap<ServiceKey, (u16, usize)>) {
+        let mut by_service: HashMap<ServiceKey, Vec<Arc<EndpointSlice>>> = HashMap::new();
+        for slice in self.slices.list() {
+            if let Some(key) = slice_service(&slice) {
+                by_service.entry(key).or_default().push(slice);
+            }
+        }
+        let mut snapshot = Snapshot::new();
+        let mut health = BTreeMap::new();
+        for svc in self.services.list() {
+            let key = ServiceKey::new(
+                svc.metadata.namespace.clone().unwrap_or_default(),
+                svc.metadata.name.clone().unwrap_or_default(),
+            );
+            let slices = by_service.get(&key);
+            let refs: Vec<&EndpointSlice> =
+                slices.into_iter().flatten().map(|s| s.as_ref()).collect();
+            let ports = model::service_ports(&svc, &refs);
+            if let Some(h) = health_of(&ports, node) {
+                health.insert(key, h);
+            }
+            snapshot.extend(ports);
+        }
+        (nftables::build(&snapshot, node), health)
+    }
+
+    /// This node's facts now: NodePort addresses from `--nodeport-addresses` (the namespace's
+    /// addresses inside those CIDRs) or else the Node's InternalIPs.
+    async fn node_config(&self) -> NodeConfig {
+        let node_port_ips = if self.config.node_port_addresses.is_empty() {
+            self.nodes
+                .get("", &self.config.node_name)
+                .and_then(|n| n.status.clone())
+                .and_then(|s| s.addresses)
+                .into_iter()
+                .flatten()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse::<IpAddr>().ok())
+                .collect()
+        } else {
+            match self.config.netns.ip(&["-o", "addr", "show"]).await {
+                Ok(text) => addresses_in(&text, &self.config.node_port_addresses),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the namespace's addresses");
+                    Vec::new()
+                }
+            }
+        };
+        NodeConfig {
+            node_name: self.config.node_name.clone(),
+            node_port_ips,
+            cluster_cidr: self.config.cluster_cidr,
+            masquerade_all: self.config.masquerade_all,
+            scheduler: self.config.scheduler,
+        }
+    }
+}
+
+/// The `healthCheckNodePort` of a service's ports (externalTrafficPolicy Local) and how many
+/// local endpoints it has on this node.
+fn health_of(
+    ports: &[(model::ServicePortName, model::ServicePort)],
+    node: &NodeConfig,
+) -> Option<(u16, usize)> {
+    let port = ports.iter().find_map(|(_, p)| {
+        p.info
+            .external_policy_local
+            .then_some(p.info.health_check_node_port)
+            .flatten()
+    })?;
+    let local = ports
+        .iter()
+        .map(|(_, p)| p.usable_endpoints(&node.node_name).local.len())
+        .max()
+        .unwrap_or(0);
+    Some((port, local))
+}
+
+/// Addresses in `ip -o addr show` output that lie in one of `cidrs` (loopback never).
+pub fn addresses_in(ip_addr_output: &str, cidrs: &[IpNet]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = ip_addr_output
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            let addr = words.next()?.split('/').next()?;
+            addr.parse::<IpAddr>().ok()
+        })
+        .filter(|ip| !ip.is_loopback() && cidrs.iter().any(|c| c.contains(ip)))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_port_addresses_are_the_namespaces_addresses_in_the_cidrs() {
+        let text = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
+                    3: eth0    inet 192.168.67.1/24 brd 192.168.67.255 scope global eth0\n\
+                    4: br0    inet 10.244.1.1/24 scope global br0\n";
+        let cidrs = vec![
+            "192.168.67.0/24".parse().expect("cidr"),
+            "127.0.0.0/8".parse().expect("cidr"),
+        ];
+        assert_eq!(
+            addresses_in(text, &cidrs),
+            vec!["192.168.67.1".parse::<IpAddr>().expect("ip")]
+        );
+    }
+}
