@@ -7,8 +7,8 @@
 //! watches, the sync loop and the IO (`nft` inside the node's namespace). It never programs from
 //! a half-listed cache and never flushes its table except by replacing it atomically.
 //!
-//! [`userspace`] is the backend for machines without nftables: an L4 proxy on the service IPs
-//! (not yet driven by the sync loop; `--proxy-mode userspace` still refuses).
+//! [`userspace`] is the backend for machines without nftables (`--proxy-mode userspace`): an L4
+//! proxy listening on the service addresses, driven by the same watches.
 
 pub mod healthcheck;
 pub mod model;
@@ -21,4 +21,4 @@ pub use model::{
     Snapshot,
 };
 pub use nftables::{NodeConfig, Ruleset, Scheduler};
-pub use proxier::{NftApplier, Proxy, ProxyConfig, ProxyMetrics};
+pub use proxier::{NftApplier, Proxy, ProxyConfig, ProxyMetrics, ProxyMode};

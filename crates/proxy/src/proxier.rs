@@ -58,6 +58,17 @@ pub struct ProxyConfig {
     /// of events within it is one sync.
     pub min_sync_period: Duration,
     pub scheduler: Scheduler,
+    /// The data plane: nftables (default) or the userspace L4 proxy.
+    pub mode: ProxyMode,
+}
+
+/// kube-proxy's `--proxy-mode`, as Switchyard offers it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyMode {
+    #[default]
+    Nftables,
+    /// [`crate::userspace`], for machines without nftables, with its backend choice.
+    Userspace(crate::userspace::Balance),
 }
 
 impl Default for ProxyConfig {
@@ -73,6 +84,7 @@ impl Default for ProxyConfig {
             // Same as kube-proxy's nftables `minSyncPeriod` default.
             min_sync_period: Duration::from_secs(1),
             scheduler: Scheduler::Random,
+            mode: ProxyMode::Nftables,
         }
     }
 }
@@ -417,6 +429,9 @@ impl SyncLoop {
         self.services.wait_synced().await;
         self.slices.wait_synced().await;
         self.nodes.wait_synced().await;
+        if let ProxyMode::Userspace(balance) = self.config.mode {
+            return self.run_userspace(balance).await;
+        }
         let mut plane = NftDataPlane::new(self.config.netns.clone(), self.node_config().await);
         let mut last_full = Instant::now();
         let mut force_full = true;
@@ -540,7 +555,59 @@ impl SyncLoop {
         )
     }
 
+    /// The userspace backend's loop: each sync computes every frontend (cheap: no kernel
+    /// transaction) and the proxy changes only the listeners and endpoint sets that differ.
+    async fn run_userspace(self, balance: crate::userspace::Balance) {
+        let mut proxy = match crate::userspace::UserspaceProxy::new(self.config.netns.clone(), 2) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the userspace proxy");
+                return;
+            }
+        };
+        let mut node = self.node_config().await;
+        loop {
+            let started = Instant::now();
+            if self.node_changed.swap(false, Ordering::AcqRel) {
+                node = self.node_config().await;
+            }
+            let changes = lock(&self.tracker).take();
+            let oldest = changes.values().min().copied();
+            let (snapshot, _) = self.snapshot_all(&node);
+            let desired = crate::userspace::frontends(&snapshot, &node, balance);
+            let result = proxy.sync(&desired).await;
+            {
+                let mut m = lock(&self.shared.metrics);
+                m.full_syncs += 1;
+                m.last_sync_duration = started.elapsed();
+                m.last_full_sync_duration = m.last_sync_duration;
+                if let Some(oldest) = oldest {
+                    m.last_programming_latency = oldest.elapsed();
+                }
+                if let Err(errors) = &result {
+                    m.sync_errors += 1;
+                    for e in errors {
+                        tracing::warn!(error = %e, "userspace proxy");
+                    }
+                }
+            }
+            self.shared.synced.store(true, Ordering::Release);
+            tokio::time::sleep_until(started + self.config.min_sync_period).await;
+            if lock(&self.tracker).is_empty() && !self.node_changed.load(Ordering::Acquire) {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.config.sync_period) => {}
+                }
+            }
+        }
+    }
+
     fn build_all(&self, node: &NodeConfig) -> (Ruleset, BTreeMap<ServiceKey, (u16, usize)>) {
+        let (snapshot, health) = self.snapshot_all(node);
+        (nftables::build(&snapshot, node), health)
+    }
+
+    fn snapshot_all(&self, node: &NodeConfig) -> (Snapshot, BTreeMap<ServiceKey, (u16, usize)>) {
         let mut by_service: HashMap<ServiceKey, Vec<Arc<EndpointSlice>>> = HashMap::new();
         for slice in self.slices.list() {
             if let Some(key) = slice_service(&slice) {
@@ -563,7 +630,7 @@ impl SyncLoop {
             }
             snapshot.extend(ports);
         }
-        (nftables::build(&snapshot, node), health)
+        (snapshot, health)
     }
 
     /// This node's facts now: NodePort addresses from `--nodeport-addresses` (the namespace's

@@ -308,6 +308,72 @@ impl UserspaceProxy {
     }
 }
 
+/// The userspace frontends of a snapshot: every cluster IP, external IP, load-balancer IP and
+/// node address (for the NodePort) of each TCP or UDP service port, with the endpoints its
+/// traffic policy allows on `node` (SCTP is left to the nftables backend).
+pub fn frontends(
+    snapshot: &crate::model::Snapshot,
+    node: &crate::nftables::NodeConfig,
+    balance: Balance,
+) -> BTreeMap<Frontend, BackendSet> {
+    use crate::model::Protocol;
+    let mut out = BTreeMap::new();
+    for port in snapshot.values() {
+        let info = &port.info;
+        let protocol = match info.protocol {
+            Protocol::Tcp => L4::Tcp,
+            Protocol::Udp => L4::Udp,
+            Protocol::Sctp => continue,
+        };
+        let usable = port.usable_endpoints(&node.node_name);
+        let set = |local: bool| BackendSet {
+            endpoints: if local { &usable.local } else { &usable.all }
+                .iter()
+                .map(|e| SocketAddr::new(e.ip, e.port))
+                .collect(),
+            balance,
+            affinity: info
+                .session_affinity_seconds
+                .map(|s| Duration::from_secs(u64::from(s))),
+        };
+        let internal = set(info.internal_policy_local);
+        let external = set(info.external_policy_local);
+        for ip in &info.cluster_ips {
+            out.insert(
+                Frontend {
+                    ip: *ip,
+                    port: info.port,
+                    protocol,
+                },
+                internal.clone(),
+            );
+        }
+        for ip in info.external_ips.iter().chain(&info.load_balancer_ips) {
+            out.insert(
+                Frontend {
+                    ip: *ip,
+                    port: info.port,
+                    protocol,
+                },
+                external.clone(),
+            );
+        }
+        if let Some(node_port) = info.node_port {
+            for ip in node.node_port_ips.iter().filter(|ip| !ip.is_loopback()) {
+                out.insert(
+                    Frontend {
+                        ip: *ip,
+                        port: node_port,
+                        protocol,
+                    },
+                    external.clone(),
+                );
+            }
+        }
+    }
+    out
+}
+
 fn host_cidr(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(_) => format!("{ip}/32"),
@@ -597,6 +663,60 @@ async fn udp_replies(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frontends_follow_ports_and_policies() {
+        use crate::model::{Endpoint, Protocol, ServicePort, ServicePortInfo, ServicePortName};
+        let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        let mut info = ServicePortInfo::cluster_ip(ip("10.96.0.20"), 80, Protocol::Tcp);
+        info.node_port = Some(30080);
+        info.load_balancer_ips = vec![ip("192.168.67.120")];
+        info.external_policy_local = true;
+        info.session_affinity_seconds = Some(10);
+        let port = ServicePort {
+            info,
+            endpoints: vec![
+                Endpoint::ready(ip("10.244.1.5"), 8080, Some("node-1")),
+                Endpoint::ready(ip("10.244.2.5"), 8080, Some("node-2")),
+            ],
+        };
+        let name = ServicePortName {
+            namespace: "default".into(),
+            name: "web".into(),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+        };
+        let snapshot = crate::model::Snapshot::from([(name, port)]);
+        let node = crate::nftables::NodeConfig {
+            node_name: "node-1".into(),
+            node_port_ips: vec![ip("192.168.67.11"), ip("127.0.0.1")],
+            cluster_cidr: None,
+            masquerade_all: false,
+            scheduler: crate::nftables::Scheduler::Random,
+        };
+        let f = frontends(&snapshot, &node, Balance::RoundRobin);
+        assert_eq!(
+            f.len(),
+            3,
+            "cluster IP, LB IP, one node address (never loopback): {f:?}"
+        );
+        let cluster = &f[&Frontend {
+            ip: ip("10.96.0.20"),
+            port: 80,
+            protocol: L4::Tcp,
+        }];
+        assert_eq!(cluster.endpoints.len(), 2);
+        assert_eq!(cluster.affinity, Some(Duration::from_secs(10)));
+        let nodeport = &f[&Frontend {
+            ip: ip("192.168.67.11"),
+            port: 30080,
+            protocol: L4::Tcp,
+        }];
+        assert_eq!(
+            nodeport.endpoints,
+            vec!["10.244.1.5:8080".parse::<SocketAddr>().expect("addr")]
+        );
+    }
 
     fn set(endpoints: &[&str], balance: Balance, affinity: Option<Duration>) -> BackendSet {
         BackendSet {

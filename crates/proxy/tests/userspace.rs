@@ -188,3 +188,78 @@ async fn userspace_proxy_balances_fails_over_and_refuses() {
 
     drop(proxy);
 }
+
+/// `--proxy-mode userspace` end to end: Services and EndpointSlices from the API become
+/// listeners on the service IPs of the node's namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_loop_drives_the_userspace_backend() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, PostParams};
+    use switchyard_proxy::{Proxy, ProxyConfig, ProxyMode};
+    if !can_create_namespaces() {
+        eprintln!("SKIPPED: needs root and iproute2 to create network namespaces");
+        return;
+    }
+    let mut guard = NsGuard::new();
+    let ns = guard.create(&unique_name("usa")).await.expect("namespace");
+    // Endpoints may not be loopback addresses: the "pod" gets one of its own.
+    ns.ip(&["addr", "add", "10.1.0.3/32", "dev", "lo"])
+        .await
+        .expect("pod address");
+    let _servers: Vec<_> = [("10.1.0.3:8001", "a"), ("10.1.0.3:8002", "b")]
+        .into_iter()
+        .flat_map(|(addr, name)| backend(&ns, addr, name))
+        .collect();
+    let server = switchyard_testkit::InProcessServer::start()
+        .await
+        .expect("server");
+    let client = server.client().await.expect("client");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "web"},
+                "spec": {"ports": [{"port": 80, "protocol": "TCP"}]}}))
+            .expect("svc"),
+        )
+        .await
+        .expect("create svc");
+    let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).expect("a cluster IP");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    slices
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.1.0.3"], "conditions": {"ready": true}}],
+                "ports": [{"port": 8001, "protocol": "TCP"}]}))
+            .expect("slice"),
+        )
+        .await
+        .expect("create slice");
+    let proxy = Proxy::start(
+        client,
+        ProxyConfig {
+            node_name: "node-a".into(),
+            netns: ns.clone(),
+            min_sync_period: Duration::from_millis(50),
+            mode: ProxyMode::Userspace(Balance::RoundRobin),
+            ..ProxyConfig::default()
+        },
+    );
+    let addr: SocketAddr = format!("{cluster_ip}:80").parse().expect("addr");
+    let answer =
+        switchyard_testkit::wait_for(Duration::from_secs(20), "the service answers", || {
+            let ns = ns.clone();
+            async move { ask_tcp(&ns, addr).await.ok() }
+        })
+        .await
+        .expect("answer");
+    assert_eq!(answer, "a");
+    assert!(proxy.is_synced());
+    // No nftables table was made.
+    let tables = ns.nft(&["list", "tables"], None).await.unwrap_or_default();
+    assert!(!tables.contains("switchyard"), "{tables}");
+}

@@ -30,10 +30,11 @@ pub struct ProxyArgs {
     /// Masquerade all traffic sent to service addresses.
     #[arg(long)]
     masquerade_all: bool,
-    /// Data plane: nftables (userspace is not built yet).
-    #[arg(long, default_value = "nftables")]
+    /// Data plane: nftables or userspace (default: nftables when `nft` is available).
+    #[arg(long, default_value = "")]
     proxy_mode: String,
-    /// Endpoint choice: random (kube-proxy's), rr (round robin) or sh (source hash).
+    /// Endpoint choice: random (kube-proxy's), rr (round robin), sh (source hash), or lc (least
+    /// connections, userspace only).
     #[arg(long, default_value = "random")]
     ipvs_scheduler: String,
     /// Period of full resyncs.
@@ -56,18 +57,23 @@ fn host_name() -> String {
 }
 
 pub async fn run(args: ProxyArgs) -> ExitCode {
-    match args.proxy_mode.as_str() {
-        "nftables" | "" => {}
-        "userspace" => {
-            return usage(
-                "--proxy-mode userspace: the userspace proxy is not built yet; use nftables",
-            )
+    let explicit_mode = match args.proxy_mode.trim() {
+        "" => None,
+        m @ ("nftables" | "userspace") => Some(m.to_string()),
+        other => {
+            return usage(format!(
+                "--proxy-mode {other:?}: must be nftables or userspace"
+            ))
         }
-        other => return usage(format!("--proxy-mode {other:?}: must be nftables")),
-    }
-    let scheduler: switchyard_proxy::Scheduler = match args.ipvs_scheduler.parse() {
-        Ok(s) => s,
-        Err(e) => return usage(format!("--ipvs-scheduler: {e}")),
+    };
+    let least_connections = args.ipvs_scheduler.trim() == "lc";
+    let scheduler: switchyard_proxy::Scheduler = if least_connections {
+        switchyard_proxy::Scheduler::default()
+    } else {
+        match args.ipvs_scheduler.parse() {
+            Ok(s) => s,
+            Err(e) => return usage(format!("--ipvs-scheduler: {e}")),
+        }
     };
     let cluster_cidr = match args.cluster_cidr.as_deref().map(str::trim) {
         None | Some("") => None,
@@ -104,10 +110,33 @@ pub async fn run(args: ProxyArgs) -> ExitCode {
             Err(e) => return usage(format!("--netns: {e}")),
         },
     };
-    if let Err(e) = netns.nft(&["--version"], None).await {
-        eprintln!("switchyard: nft is needed for --proxy-mode nftables: {e}");
-        return ExitCode::from(69);
-    }
+    let have_nft = netns.nft(&["--version"], None).await;
+    let mode = match (explicit_mode.as_deref(), &have_nft) {
+        (Some("userspace"), _) => "userspace",
+        (Some(_), Err(e)) => {
+            eprintln!("switchyard: nft is needed for --proxy-mode nftables: {e}");
+            return ExitCode::from(69);
+        }
+        (Some(_), Ok(_)) => "nftables",
+        (None, Ok(_)) => "nftables",
+        (None, Err(e)) => {
+            eprintln!("switchyard: nft is not available ({e}); using the userspace proxy");
+            "userspace"
+        }
+    };
+    let mode = if mode == "userspace" {
+        use switchyard_proxy::userspace::Balance;
+        switchyard_proxy::ProxyMode::Userspace(match args.ipvs_scheduler.trim() {
+            "lc" => Balance::LeastConnections,
+            "rr" => Balance::RoundRobin,
+            "sh" => Balance::SourceHash,
+            _ => Balance::Random,
+        })
+    } else if least_connections {
+        return usage("--ipvs-scheduler lc: least connections needs --proxy-mode userspace");
+    } else {
+        switchyard_proxy::ProxyMode::Nftables
+    };
     let client = match &args.kubeconfig {
         Some(path) => switchyard_controllers::client_from_kubeconfig(path).await,
         None => kube::Client::try_default()
@@ -127,10 +156,15 @@ pub async fn run(args: ProxyArgs) -> ExitCode {
         sync_period: args.sync_period.max(Duration::from_secs(1)),
         min_sync_period: args.min_sync_period,
         scheduler,
+        mode,
     };
     let proxy = switchyard_proxy::Proxy::start(client, config);
+    let mode = match mode {
+        switchyard_proxy::ProxyMode::Nftables => "nftables",
+        switchyard_proxy::ProxyMode::Userspace(_) => "userspace",
+    };
     eprintln!(
-        "switchyard: proxy (nftables) for node {node_name} programming namespace {}",
+        "switchyard: proxy ({mode}) for node {node_name} in namespace {}",
         netns.display_name()
     );
     wait_for_signal().await;

@@ -15,7 +15,7 @@ fn binary() -> &'static Path {
 #[test]
 fn bad_proxy_flags_exit_64_with_one_line_naming_the_flag() {
     for (args, flag) in [
-        (&["--proxy-mode", "userspace"][..], "--proxy-mode"),
+        (&["--ipvs-scheduler", "wlc"][..], "--ipvs-scheduler"),
         (&["--proxy-mode", "iptables"][..], "--proxy-mode"),
         (&["--ipvs-scheduler", "lc"][..], "--ipvs-scheduler"),
         (&["--cluster-cidr", "10.244.0.0/99"][..], "--cluster-cidr"),
