@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 mod dns;
+mod echo;
 mod flags;
 mod node;
 mod proxy;
@@ -38,6 +39,9 @@ enum Command {
     Node(node::NodeArgs),
     /// Run the service proxy (the kube-proxy role) against any API server.
     Proxy(proxy::ProxyArgs),
+    /// The built-in echo server run by the catalog's echo images inside pods.
+    #[command(hide = true)]
+    EchoServer(echo::EchoArgs),
 }
 
 #[derive(clap::Args)]
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
         Command::Dns(args) => runtime.block_on(dns::run(args)),
         Command::Node(args) => runtime.block_on(node::run(args)),
         Command::Proxy(args) => runtime.block_on(proxy::run(args)),
+        Command::EchoServer(args) => runtime.block_on(echo::run(args)),
     }
 }
 
