@@ -1,0 +1,379 @@
+//! The node agent against an in-process API server with its controllers (scheduler, podcidr,
+//! endpointslice), in a fresh node network namespace: registration, Lease, a pod's whole life
+//! (IP from the podCIDR, service env vars, readiness via an HTTP probe, EndpointSlice,
+//! liveness restart, agent restart keeping the pod, graceful deletion with SIGTERM).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use switchyard_netns::{NetNs, NsGuard};
+use switchyard_node::agent::{Agent, Timings};
+use switchyard_node::Config;
+use switchyard_testkit::{wait_for, InProcessServer};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+fn timings() -> Timings {
+    Timings {
+        lease_renew_interval: Duration::from_millis(500),
+        lease_duration_seconds: 5,
+        status_update_interval: Duration::from_secs(1),
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(4),
+    }
+}
+
+/// A node namespace with `node_ip` on one end of a veth pair (the node's "LAN"; the machine
+/// may lack the dummy module).
+async fn node_namespace(guard: &mut NsGuard, node_ip: &str) -> Result<NetNs> {
+    let ns = guard.create(&switchyard_netns::unique_name("na")).await?;
+    ns.ip(&["link", "add", "lan0", "type", "veth", "peer", "name", "lan1"])
+        .await?;
+    ns.ip(&["link", "set", "lan1", "up"]).await?;
+    ns.ip(&["addr", "add", &format!("{node_ip}/24"), "dev", "lan0"])
+        .await?;
+    ns.ip(&["link", "set", "lan0", "up"]).await?;
+    Ok(ns)
+}
+
+fn config(ns: &NetNs, node_ip: &str, root: &Path) -> Config {
+    Config {
+        node_name: "node-a".into(),
+        node_ip: node_ip.parse().expect("node ip"),
+        netns: ns.name().map(str::to_string),
+        cluster_dns: vec!["10.96.0.10".parse().expect("dns ip")],
+        cluster_domain: "cluster.local".into(),
+        root_dir: root.to_path_buf(),
+        image_catalog: None,
+        self_exe: std::env::current_exe().expect("test exe"),
+    }
+}
+
+async fn get_pod(client: &Client, name: &str) -> Option<Pod> {
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn condition(pod: &Pod, kind: &str) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+}
+
+fn restart_count(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map_or(0, |c| c.restart_count)
+}
+
+async fn slow_poll() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
+    if !switchyard_netns::can_create_namespaces() {
+        eprintln!("SKIPPED: cannot create network namespaces (not root?)");
+        return Ok(());
+    }
+    let server = InProcessServer::start_with_controllers(
+        Arc::new(switchyard_store::memory::MemoryStore::new()),
+        |_| {},
+        |_| {},
+    )
+    .await?;
+    let client = server.client().await?;
+    let mut guard = NsGuard::new();
+    let node_ip = "192.168.77.2";
+    let ns = node_namespace(&mut guard, node_ip).await?;
+    let root = tempfile::tempdir()?;
+    let work = tempfile::tempdir()?;
+    let agent = Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings())
+        .await?;
+    tokio::time::timeout(WAIT, agent.wait_ready())
+        .await
+        .context("agent ready")??;
+
+    // The Node: Ready, addresses, labels, a podCIDR.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = nodes.get("node-a").await?;
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("kubernetes.io/hostname").map(String::as_str), Some("node-a"));
+    assert_eq!(labels.get("kubernetes.io/os").map(String::as_str), Some("linux"));
+    let status = node.status.clone().expect("node status");
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready condition");
+    assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("True", Some("KubeletReady")));
+    let addresses = status.addresses.clone().unwrap_or_default();
+    assert!(addresses
+        .iter()
+        .any(|a| a.type_ == "InternalIP" && a.address == node_ip));
+    assert_eq!(status.capacity.as_ref().and_then(|c| c.get("pods")).map(|q| q.0.as_str()), Some("110"));
+    let pod_cidr: ipnet::IpNet = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.clone())
+        .expect("podCIDR")
+        .parse()?;
+
+    // The Lease is renewed.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let first = wait_for(WAIT, "the node's lease", || async {
+        leases.get_opt("node-a").await.ok().flatten()
+    })
+    .await?;
+    let renew = |l: &Lease| l.spec.as_ref().and_then(|s| s.renew_time.clone());
+    assert_eq!(
+        first.spec.as_ref().and_then(|s| s.lease_duration_seconds),
+        Some(5)
+    );
+    wait_for(WAIT, "a lease renewal", || async {
+        slow_poll().await;
+        let l = leases.get("node-a").await.ok()?;
+        (renew(&l) != renew(&first)).then_some(())
+    })
+    .await?;
+
+    // A Service created before the pod.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "backend"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))?;
+    let svc = services.create(&PostParams::default(), &svc).await?;
+    let cluster_ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).expect("clusterIP");
+
+    // The pod: prints its env, serves HTTP on 8080, traps SIGTERM into a file.
+    let alive = work.path().join("alive");
+    let got_term = work.path().join("got-term");
+    std::fs::write(&alive, "yes")?;
+    let script = format!(
+        "trap 'echo term > {term}; exit 0' TERM; env; echo hostname=$(hostname); /usr/bin/python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 & wait",
+        term = got_term.display()
+    );
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 10,
+            "containers": [{
+                "name": "app",
+                "image": "busybox",
+                "command": ["sh", "-c", script],
+                "env": [{"name": "MY_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                "livenessProbe": {"exec": {"command": ["test", "-f", alive.display().to_string()]},
+                                  "periodSeconds": 1, "failureThreshold": 1},
+            }]
+        }
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod = pods.create(&PostParams::default(), &pod).await?;
+    let uid = pod.metadata.uid.clone().expect("uid");
+
+    // Running, an IP from the podCIDR, Ready once the HTTP probe passes.
+    let running = wait_for(WAIT, "pod web Ready", || async {
+        slow_poll().await;
+        let p = get_pod(&client, "web").await?;
+        (condition(&p, "Ready").as_deref() == Some("True")).then_some(p)
+    })
+    .await?;
+    let status = running.status.clone().expect("status");
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(status.host_ip.as_deref(), Some(node_ip));
+    let pod_ip: IpAddr = status.pod_ip.clone().expect("podIP").parse()?;
+    assert!(pod_cidr.contains(&pod_ip), "{pod_ip} in {pod_cidr}");
+    assert_eq!(condition(&running, "PodScheduled").as_deref(), Some("True"));
+    assert_eq!(condition(&running, "Initialized").as_deref(), Some("True"));
+    assert_eq!(condition(&running, "ContainersReady").as_deref(), Some("True"));
+    let cs = &status.container_statuses.clone().expect("container statuses")[0];
+    assert!(cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
+    assert!(cs.container_id.as_deref().is_some_and(|id| id.starts_with("switchyard://")));
+    assert_eq!(cs.started, Some(true));
+
+    // The Service's EndpointSlice lists the pod as ready.
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    wait_for(WAIT, "the EndpointSlice to list the pod", || async {
+        slow_poll().await;
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=backend"))
+            .await
+            .ok()?;
+        list.items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .any(|e| e.addresses.contains(&pod_ip.to_string()) && e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .then_some(())
+    })
+    .await?;
+
+    // The service env vars (kubelet's names) and the pod's own env are in the log.
+    let log_path = switchyard_node::logs::container_log_path(root.path(), "default", "web", &uid, "app", 0);
+    let log = wait_for(WAIT, "the env in the container log", || async {
+        slow_poll().await;
+        let text = std::fs::read_to_string(&log_path).ok()?;
+        text.contains("hostname=").then_some(text)
+    })
+    .await?;
+    for want in [
+        format!("BACKEND_SERVICE_HOST={cluster_ip}"),
+        "BACKEND_SERVICE_PORT=80".to_string(),
+        "BACKEND_SERVICE_PORT_HTTP=80".to_string(),
+        format!("BACKEND_PORT=tcp://{cluster_ip}:80"),
+        format!("BACKEND_PORT_80_TCP=tcp://{cluster_ip}:80"),
+        "BACKEND_PORT_80_TCP_PROTO=tcp".to_string(),
+        "BACKEND_PORT_80_TCP_PORT=80".to_string(),
+        format!("BACKEND_PORT_80_TCP_ADDR={cluster_ip}"),
+        "KUBERNETES_SERVICE_HOST=".to_string(),
+        "KUBERNETES_PORT_443_TCP_PROTO=tcp".to_string(),
+        "MY_POD=web".to_string(),
+        "hostname=web".to_string(),
+    ] {
+        assert!(log.contains(&want), "{want:?} missing from the log:\n{log}");
+    }
+
+    // A failing liveness probe restarts the container.
+    std::fs::remove_file(&alive)?;
+    wait_for(WAIT, "a liveness restart", || async {
+        slow_poll().await;
+        let p = get_pod(&client, "web").await?;
+        (restart_count(&p) >= 1).then_some(())
+    })
+    .await?;
+    std::fs::write(&alive, "yes")?;
+    let _ = std::fs::remove_file(&got_term);
+    let restarted = wait_for(WAIT, "pod web Ready again after the restart", || async {
+        slow_poll().await;
+        let p = get_pod(&client, "web").await?;
+        (condition(&p, "Ready").as_deref() == Some("True")).then_some(p)
+    })
+    .await?;
+    let restarts = restart_count(&restarted);
+    let last = restarted.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first()).and_then(|c| c.last_state.clone());
+    assert!(last.and_then(|l| l.terminated).is_some(), "lastState.terminated after a restart");
+
+    // An agent restart keeps the pod (same IP, no extra restart).
+    drop(agent);
+    let agent = Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings())
+        .await?;
+    tokio::time::timeout(WAIT, agent.wait_ready())
+        .await
+        .context("agent ready again")??;
+    // Let the new agent's worker post its status.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = get_pod(&client, "web").await.expect("pod still there");
+    assert_eq!(after.status.as_ref().and_then(|s| s.pod_ip.clone()), Some(pod_ip.to_string()));
+    assert_eq!(restart_count(&after), restarts, "the adopted container was not restarted");
+    assert_eq!(condition(&after, "Ready").as_deref(), Some("True"));
+
+    // Deletion: SIGTERM within the grace period, sandbox removed, pod gone.
+    let sandbox_ns = switchyard_node::sandbox::netns_name(&uid);
+    assert!(NetNs::exists(&sandbox_ns));
+    pods.delete("web", &DeleteParams::default()).await?;
+    wait_for(WAIT, "pod web to disappear", || async {
+        slow_poll().await;
+        get_pod(&client, "web").await.is_none().then_some(())
+    })
+    .await?;
+    assert!(got_term.exists(), "the container got SIGTERM");
+    assert!(!NetNs::exists(&sandbox_ns), "the sandbox's namespace is gone");
+    drop(agent);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_images_wait_and_finished_pods_succeed() -> Result<()> {
+    if !switchyard_netns::can_create_namespaces() {
+        eprintln!("SKIPPED: cannot create network namespaces (not root?)");
+        return Ok(());
+    }
+    let server = InProcessServer::start_with_controllers(
+        Arc::new(switchyard_store::memory::MemoryStore::new()),
+        |_| {},
+        |_| {},
+    )
+    .await?;
+    let client = server.client().await?;
+    let mut guard = NsGuard::new();
+    let node_ip = "192.168.78.2";
+    let ns = node_namespace(&mut guard, node_ip).await?;
+    let root = tempfile::tempdir()?;
+    let agent = Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings())
+        .await?;
+    tokio::time::timeout(WAIT, agent.wait_ready())
+        .await
+        .context("agent ready")??;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+
+    // An unknown image without a command: ErrImagePull / ImagePullBackOff, never Running.
+    let bad: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bad"},
+        "spec": {"containers": [{"name": "c", "image": "example.com/nope:1"}]}
+    }))?;
+    pods.create(&PostParams::default(), &bad).await?;
+    let (reason, message) = wait_for(WAIT, "an image pull error", || async {
+        slow_poll().await;
+        let p = get_pod(&client, "bad").await?;
+        let waiting = p.status?.container_statuses?.first()?.state.clone()?.waiting?;
+        let reason = waiting.reason?;
+        (reason == "ErrImagePull" || reason == "ImagePullBackOff").then_some((reason, waiting.message.unwrap_or_default()))
+    })
+    .await?;
+    assert!(message.contains("nope"), "{reason}: {message}");
+    let p = get_pod(&client, "bad").await.expect("bad pod");
+    assert_eq!(p.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
+
+    // A pod that exits 0 with restartPolicy Never succeeds; a service created after it is
+    // absent from its env.
+    let done: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "done"},
+        "spec": {"restartPolicy": "Never", "enableServiceLinks": false, "containers": [{
+            "name": "c", "image": "busybox", "command": ["sh", "-c", "env; echo finished"]}]}
+    }))?;
+    let done = pods.create(&PostParams::default(), &done).await?;
+    let finished = wait_for(WAIT, "pod done Succeeded", || async {
+        slow_poll().await;
+        let p = get_pod(&client, "done").await?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(p)
+    })
+    .await?;
+    let term = finished.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).and_then(|c| c.state).and_then(|s| s.terminated).expect("terminated");
+    assert_eq!((term.exit_code, term.reason.as_deref()), (0, Some("Completed")));
+    let uid = done.metadata.uid.clone().expect("uid");
+    let log = std::fs::read_to_string(switchyard_node::logs::container_log_path(root.path(), "default", "done", &uid, "c", 0))?;
+    assert!(log.contains("KUBERNETES_SERVICE_HOST="), "master service vars even without service links");
+    assert!(!log.contains("BACKEND"), "{log}");
+
+    // Deleting both completes (the failed-image pod has a sandbox, the finished one too).
+    pods.delete("bad", &DeleteParams::default()).await?;
+    pods.delete("done", &DeleteParams::default()).await?;
+    wait_for(WAIT, "both pods gone", || async {
+        slow_poll().await;
+        (get_pod(&client, "bad").await.is_none() && get_pod(&client, "done").await.is_none()).then_some(())
+    })
+    .await?;
+    drop(agent);
+    Ok(())
+}
