@@ -282,7 +282,8 @@ async fn register_node(shared: &Shared) -> anyhow::Result<Node> {
 fn node_status(config: &Config, current: Option<&Node>, now: jiff::Timestamp) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let memory = memory_capacity();
-    let resources = json!({"cpu": cpus.to_string(), "memory": memory, "pods": "110", "ephemeral-storage": "0"});
+    let resources =
+        json!({"cpu": cpus.to_string(), "memory": memory, "pods": "110", "ephemeral-storage": "0"});
     let existing = |kind: &str| {
         current
             .and_then(|n| n.status.as_ref())
@@ -365,8 +366,12 @@ async fn renew_lease(shared: &Shared, node_uid: &str) -> anyhow::Result<()> {
         "renewTime": k8s_micro_time(jiff::Timestamp::now()),
     });
     if api.get_opt(name).await?.is_some() {
-        api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
-            .await?;
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": spec})),
+        )
+        .await?;
         return Ok(());
     }
     let lease: Lease = serde_json::from_value(json!({
@@ -718,7 +723,7 @@ fn pod_status(pod: &Pod, state: &PodState, node_ip: IpAddr, now: jiff::Timestamp
         .containers
         .iter()
         .zip(&state.containers)
-        .filter(|(_, c)| !(c.ready && !state.terminating))
+        .filter(|(_, c)| !c.ready || state.terminating)
         .map(|(s, _)| s.name.as_str())
         .collect();
     let uninitialized: Vec<&str> = spec
@@ -1020,7 +1025,7 @@ impl PodWorker {
             cluster_domain,
             self.shared.host_resolv_conf.as_deref(),
         );
-        let existing_ip = self
+        let mut existing_ip = self
             .network
             .sandboxes()
             .into_iter()
@@ -1041,13 +1046,14 @@ impl PodWorker {
             }
             match self.network.create_sandbox(&sandbox_spec).await {
                 Ok(sandbox) => {
-                    if existing_ip != Some(sandbox.ip) {
-                        // First creation: the hosts file with the pod's IP.
-                        sandbox_spec.hosts =
-                            dnsconfig::hosts_file(&pod, &[sandbox.ip], cluster_domain);
-                        let _ = std::fs::write(sandbox.dir.join("hosts"), &sandbox_spec.hosts);
+                    if existing_ip == Some(sandbox.ip) {
+                        break sandbox;
                     }
-                    break sandbox;
+                    // First creation: now the IP is known, the hosts file with it (the same
+                    // UID returns the same sandbox, its files rewritten in place).
+                    sandbox_spec.hosts = dnsconfig::hosts_file(&pod, &[sandbox.ip], cluster_domain);
+                    existing_ip = Some(sandbox.ip);
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, pod = %pod_key(&pod), "cannot create the sandbox");
@@ -1094,8 +1100,11 @@ impl PodWorker {
             .flatten()
             .any(|c| c.type_ == "Initialized" && c.status == "True");
         let init_specs = spec.init_containers.clone().unwrap_or_default();
-        let any_adopted = spec.containers.iter().any(|c| adopted.contains_key(&c.name));
-        if !init_specs.is_empty() && !(prior_initialized || any_adopted) {
+        let any_adopted = spec
+            .containers
+            .iter()
+            .any(|c| adopted.contains_key(&c.name));
+        if !(init_specs.is_empty() || prior_initialized || any_adopted) {
             for (i, c) in init_specs.iter().enumerate() {
                 let runner = ContainerRunner {
                     shared: &self.shared,
@@ -1126,7 +1135,9 @@ impl PodWorker {
                         .as_ref()
                         .and_then(|l| l.get(i))
                         .and_then(|st| serde_json::to_value(&st.state).ok())
-                        .unwrap_or_else(|| json!({"terminated": {"exitCode": 0, "reason": "Completed"}}));
+                        .unwrap_or_else(
+                            || json!({"terminated": {"exitCode": 0, "reason": "Completed"}}),
+                        );
                 }
             });
         }
@@ -1158,7 +1169,9 @@ impl PodWorker {
                     index: i,
                     handle,
                 };
-                runner.supervise(adopt, restarts, policy, stop, pod_rx).await
+                runner
+                    .supervise(adopt, restarts, policy, stop, pod_rx)
+                    .await
             });
         }
         futures::future::join_all(runs).await;
@@ -1337,7 +1350,11 @@ impl ContainerRunner<'_> {
             // Start (or adopt).
             let (container, env) = match adopted.take() {
                 Some(c) => {
-                    let env = self.prepare(restarts).await.map(|s| s.env).unwrap_or_default();
+                    let env = self
+                        .prepare(restarts)
+                        .await
+                        .map(|s| s.env)
+                        .unwrap_or_default();
                     (c, env)
                 }
                 None => {
@@ -1414,7 +1431,7 @@ impl ContainerRunner<'_> {
                 }
             };
             let exit_code = match exit.signal {
-                Some(sig) if exit.exit_code == 0 || exit.exit_code < 0 => 128 + sig,
+                Some(sig) if exit.exit_code <= 0 => 128 + sig,
                 _ => exit.exit_code,
             };
             let reason = if exit_code == 0 { "Completed" } else { "Error" };
@@ -1671,7 +1688,11 @@ mod tests {
         };
         let cases = [
             ("Always", vec![running(), running()], "Running"),
-            ("Always", vec![running(), ContainerState::default()], "Pending"),
+            (
+                "Always",
+                vec![running(), ContainerState::default()],
+                "Pending",
+            ),
             ("Always", vec![terminated(0), terminated(1)], "Running"),
             ("Never", vec![terminated(0), terminated(0)], "Succeeded"),
             ("Never", vec![terminated(0), terminated(2)], "Failed"),
@@ -1697,7 +1718,12 @@ mod tests {
             containers: vec![running(), unready],
             ..Default::default()
         };
-        let status = pod_status(&p, &state, "192.168.0.2".parse().expect("ip"), jiff::Timestamp::now());
+        let status = pod_status(
+            &p,
+            &state,
+            "192.168.0.2".parse().expect("ip"),
+            jiff::Timestamp::now(),
+        );
         assert_eq!(status["phase"], "Running");
         assert_eq!(status["podIP"], "10.244.1.9");
         assert_eq!(status["hostIPs"][0]["ip"], "192.168.0.2");
@@ -1707,7 +1733,10 @@ mod tests {
         assert_eq!(get("PodReadyToStartContainers")["status"], "True");
         assert_eq!(get("Initialized")["status"], "True");
         assert_eq!(get("Ready")["status"], "False");
-        assert_eq!(get("ContainersReady")["message"], "containers with unready status: [b]");
+        assert_eq!(
+            get("ContainersReady")["message"],
+            "containers with unready status: [b]"
+        );
         assert_eq!(status["containerStatuses"][1]["ready"], false);
         assert_eq!(status["containerStatuses"][0]["ready"], true);
     }
@@ -1716,7 +1745,9 @@ mod tests {
     fn backoff_doubles_to_the_cap() {
         let timings = Timings::default();
         let mut b = None;
-        let seq: Vec<u64> = (0..7).map(|_| next_backoff(&mut b, &timings).as_secs()).collect();
+        let seq: Vec<u64> = (0..7)
+            .map(|_| next_backoff(&mut b, &timings).as_secs())
+            .collect();
         assert_eq!(seq, [10, 20, 40, 80, 160, 300, 300]);
     }
 

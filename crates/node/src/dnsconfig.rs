@@ -273,8 +273,10 @@ mod tests {
     fn pod(spec: serde_json::Value) -> Pod {
         let mut spec = spec;
         spec["containers"] = json!([{"name": "c"}]);
-        serde_json::from_value(json!({"metadata": {"namespace": "web", "name": "p1"}, "spec": spec}))
-            .expect("pod")
+        serde_json::from_value(
+            json!({"metadata": {"namespace": "web", "name": "p1"}, "spec": spec}),
+        )
+        .expect("pod")
     }
 
     #[test]
@@ -334,7 +336,12 @@ mod tests {
         );
         // Default with kubelet's --resolv-conf="".
         assert_eq!(
-            resolv_conf(&pod(json!({"dnsPolicy": "Default"})), DNS, "cluster.local", None),
+            resolv_conf(
+                &pod(json!({"dnsPolicy": "Default"})),
+                DNS,
+                "cluster.local",
+                None
+            ),
             "search .\nnameserver 127.0.0.1\n"
         );
         // ClusterFirst with an empty host resolv.conf.

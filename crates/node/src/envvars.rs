@@ -357,7 +357,11 @@ pub fn referenced_configmaps(containers: &[Container]) -> Vec<String> {
             }
         }
         for var in c.env.as_deref().unwrap_or_default() {
-            if let Some(r) = var.value_from.as_ref().and_then(|f| f.config_map_key_ref.as_ref()) {
+            if let Some(r) = var
+                .value_from
+                .as_ref()
+                .and_then(|f| f.config_map_key_ref.as_ref())
+            {
                 names.push(r.name.clone());
             }
         }
@@ -580,10 +584,7 @@ mod tests {
             ("CFG_LEVEL", "3"),
             ("CFG_MODE", "slow"),
             ("KUBERNETES_SERVICE_HOST", "overridden"),
-            (
-                "GREETING",
-                "at tcp://10.96.0.1:443 in fast $(NOPE) $(X)",
-            ),
+            ("GREETING", "at tcp://10.96.0.1:443 in fast $(NOPE) $(X)"),
             ("POD", "p"),
             ("NS", "ns"),
             ("UID", "u-1"),
@@ -598,7 +599,12 @@ mod tests {
         ]));
         assert_eq!(env, want);
         let argv = expand_argv(
-            &["echo".into(), "$(POD)".into(), "$(MISSING)".into(), "$$(POD)".into()],
+            &[
+                "echo".into(),
+                "$(POD)".into(),
+                "$(MISSING)".into(),
+                "$$(POD)".into(),
+            ],
             &env,
         );
         assert_eq!(argv, ["echo", "p", "$(MISSING)", "$(POD)"]);

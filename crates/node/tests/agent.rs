@@ -36,8 +36,10 @@ fn timings() -> Timings {
 /// may lack the dummy module).
 async fn node_namespace(guard: &mut NsGuard, node_ip: &str) -> Result<NetNs> {
     let ns = guard.create(&switchyard_netns::unique_name("na")).await?;
-    ns.ip(&["link", "add", "lan0", "type", "veth", "peer", "name", "lan1"])
-        .await?;
+    ns.ip(&[
+        "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
+    ])
+    .await?;
     ns.ip(&["link", "set", "lan1", "up"]).await?;
     ns.ip(&["addr", "add", &format!("{node_ip}/24"), "dev", "lan0"])
         .await?;
@@ -106,8 +108,8 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
     let ns = node_namespace(&mut guard, node_ip).await?;
     let root = tempfile::tempdir()?;
     let work = tempfile::tempdir()?;
-    let agent = Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings())
-        .await?;
+    let agent =
+        Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings()).await?;
     tokio::time::timeout(WAIT, agent.wait_ready())
         .await
         .context("agent ready")??;
@@ -116,8 +118,14 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = nodes.get("node-a").await?;
     let labels = node.metadata.labels.clone().unwrap_or_default();
-    assert_eq!(labels.get("kubernetes.io/hostname").map(String::as_str), Some("node-a"));
-    assert_eq!(labels.get("kubernetes.io/os").map(String::as_str), Some("linux"));
+    assert_eq!(
+        labels.get("kubernetes.io/hostname").map(String::as_str),
+        Some("node-a")
+    );
+    assert_eq!(
+        labels.get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
     let status = node.status.clone().expect("node status");
     let ready = status
         .conditions
@@ -125,12 +133,22 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
         .flatten()
         .find(|c| c.type_ == "Ready")
         .expect("Ready condition");
-    assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("True", Some("KubeletReady")));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("True", Some("KubeletReady"))
+    );
     let addresses = status.addresses.clone().unwrap_or_default();
     assert!(addresses
         .iter()
         .any(|a| a.type_ == "InternalIP" && a.address == node_ip));
-    assert_eq!(status.capacity.as_ref().and_then(|c| c.get("pods")).map(|q| q.0.as_str()), Some("110"));
+    assert_eq!(
+        status
+            .capacity
+            .as_ref()
+            .and_then(|c| c.get("pods"))
+            .map(|q| q.0.as_str()),
+        Some("110")
+    );
     let pod_cidr: ipnet::IpNet = node
         .spec
         .as_ref()
@@ -163,14 +181,18 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
     }))?;
     let svc = services.create(&PostParams::default(), &svc).await?;
-    let cluster_ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).expect("clusterIP");
+    let cluster_ip = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .expect("clusterIP");
 
     // The pod: prints its env, serves HTTP on 8080, traps SIGTERM into a file.
     let alive = work.path().join("alive");
     let got_term = work.path().join("got-term");
     std::fs::write(&alive, "yes")?;
     let script = format!(
-        "trap 'echo term > {term}; exit 0' TERM; env; echo hostname=$(hostname); /usr/bin/python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 & wait",
+        "trap 'echo term > {term}; exit 0' TERM; env; cat /etc/hosts /etc/resolv.conf; echo hostname=$(hostname); /usr/bin/python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 & wait",
         term = got_term.display()
     );
     let pod: Pod = serde_json::from_value(json!({
@@ -207,10 +229,19 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
     assert!(pod_cidr.contains(&pod_ip), "{pod_ip} in {pod_cidr}");
     assert_eq!(condition(&running, "PodScheduled").as_deref(), Some("True"));
     assert_eq!(condition(&running, "Initialized").as_deref(), Some("True"));
-    assert_eq!(condition(&running, "ContainersReady").as_deref(), Some("True"));
-    let cs = &status.container_statuses.clone().expect("container statuses")[0];
+    assert_eq!(
+        condition(&running, "ContainersReady").as_deref(),
+        Some("True")
+    );
+    let cs = &status
+        .container_statuses
+        .clone()
+        .expect("container statuses")[0];
     assert!(cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
-    assert!(cs.container_id.as_deref().is_some_and(|id| id.starts_with("switchyard://")));
+    assert!(cs
+        .container_id
+        .as_deref()
+        .is_some_and(|id| id.starts_with("switchyard://")));
     assert_eq!(cs.started, Some(true));
 
     // The Service's EndpointSlice lists the pod as ready.
@@ -224,13 +255,17 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
         list.items
             .iter()
             .flat_map(|s| s.endpoints.iter())
-            .any(|e| e.addresses.contains(&pod_ip.to_string()) && e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .any(|e| {
+                e.addresses.contains(&pod_ip.to_string())
+                    && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+            })
             .then_some(())
     })
     .await?;
 
     // The service env vars (kubelet's names) and the pod's own env are in the log.
-    let log_path = switchyard_node::logs::container_log_path(root.path(), "default", "web", &uid, "app", 0);
+    let log_path =
+        switchyard_node::logs::container_log_path(root.path(), "default", "web", &uid, "app", 0);
     let log = wait_for(WAIT, "the env in the container log", || async {
         slow_poll().await;
         let text = std::fs::read_to_string(&log_path).ok()?;
@@ -250,6 +285,10 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
         "KUBERNETES_PORT_443_TCP_PROTO=tcp".to_string(),
         "MY_POD=web".to_string(),
         "hostname=web".to_string(),
+        format!("{pod_ip}\tweb\n"),
+        "search default.svc.cluster.local svc.cluster.local cluster.local".to_string(),
+        "nameserver 10.96.0.10".to_string(),
+        "options ndots:5".to_string(),
     ] {
         assert!(log.contains(&want), "{want:?} missing from the log:\n{log}");
     }
@@ -271,21 +310,36 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
     })
     .await?;
     let restarts = restart_count(&restarted);
-    let last = restarted.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first()).and_then(|c| c.last_state.clone());
-    assert!(last.and_then(|l| l.terminated).is_some(), "lastState.terminated after a restart");
+    let last = restarted
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.last_state.clone());
+    assert!(
+        last.and_then(|l| l.terminated).is_some(),
+        "lastState.terminated after a restart"
+    );
 
     // An agent restart keeps the pod (same IP, no extra restart).
     drop(agent);
-    let agent = Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings())
-        .await?;
+    let agent =
+        Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings()).await?;
     tokio::time::timeout(WAIT, agent.wait_ready())
         .await
         .context("agent ready again")??;
     // Let the new agent's worker post its status.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = get_pod(&client, "web").await.expect("pod still there");
-    assert_eq!(after.status.as_ref().and_then(|s| s.pod_ip.clone()), Some(pod_ip.to_string()));
-    assert_eq!(restart_count(&after), restarts, "the adopted container was not restarted");
+    assert_eq!(
+        after.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        Some(pod_ip.to_string())
+    );
+    assert_eq!(
+        restart_count(&after),
+        restarts,
+        "the adopted container was not restarted"
+    );
     assert_eq!(condition(&after, "Ready").as_deref(), Some("True"));
 
     // Deletion: SIGTERM within the grace period, sandbox removed, pod gone.
@@ -298,7 +352,10 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
     })
     .await?;
     assert!(got_term.exists(), "the container got SIGTERM");
-    assert!(!NetNs::exists(&sandbox_ns), "the sandbox's namespace is gone");
+    assert!(
+        !NetNs::exists(&sandbox_ns),
+        "the sandbox's namespace is gone"
+    );
     drop(agent);
     Ok(())
 }
@@ -320,8 +377,8 @@ async fn unknown_images_wait_and_finished_pods_succeed() -> Result<()> {
     let node_ip = "192.168.78.2";
     let ns = node_namespace(&mut guard, node_ip).await?;
     let root = tempfile::tempdir()?;
-    let agent = Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings())
-        .await?;
+    let agent =
+        Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings()).await?;
     tokio::time::timeout(WAIT, agent.wait_ready())
         .await
         .context("agent ready")??;
@@ -336,9 +393,16 @@ async fn unknown_images_wait_and_finished_pods_succeed() -> Result<()> {
     let (reason, message) = wait_for(WAIT, "an image pull error", || async {
         slow_poll().await;
         let p = get_pod(&client, "bad").await?;
-        let waiting = p.status?.container_statuses?.first()?.state.clone()?.waiting?;
+        let waiting = p
+            .status?
+            .container_statuses?
+            .first()?
+            .state
+            .clone()?
+            .waiting?;
         let reason = waiting.reason?;
-        (reason == "ErrImagePull" || reason == "ImagePullBackOff").then_some((reason, waiting.message.unwrap_or_default()))
+        (reason == "ErrImagePull" || reason == "ImagePullBackOff")
+            .then_some((reason, waiting.message.unwrap_or_default()))
     })
     .await?;
     assert!(message.contains("nope"), "{reason}: {message}");
@@ -359,11 +423,30 @@ async fn unknown_images_wait_and_finished_pods_succeed() -> Result<()> {
         (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(p)
     })
     .await?;
-    let term = finished.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).and_then(|c| c.state).and_then(|s| s.terminated).expect("terminated");
-    assert_eq!((term.exit_code, term.reason.as_deref()), (0, Some("Completed")));
+    let term = finished
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.state)
+        .and_then(|s| s.terminated)
+        .expect("terminated");
+    assert_eq!(
+        (term.exit_code, term.reason.as_deref()),
+        (0, Some("Completed"))
+    );
     let uid = done.metadata.uid.clone().expect("uid");
-    let log = std::fs::read_to_string(switchyard_node::logs::container_log_path(root.path(), "default", "done", &uid, "c", 0))?;
-    assert!(log.contains("KUBERNETES_SERVICE_HOST="), "master service vars even without service links");
+    let log = std::fs::read_to_string(switchyard_node::logs::container_log_path(
+        root.path(),
+        "default",
+        "done",
+        &uid,
+        "c",
+        0,
+    ))?;
+    assert!(
+        log.contains("KUBERNETES_SERVICE_HOST="),
+        "master service vars even without service links"
+    );
     assert!(!log.contains("BACKEND"), "{log}");
 
     // Deleting both completes (the failed-image pod has a sandbox, the finished one too).
@@ -371,7 +454,8 @@ async fn unknown_images_wait_and_finished_pods_succeed() -> Result<()> {
     pods.delete("done", &DeleteParams::default()).await?;
     wait_for(WAIT, "both pods gone", || async {
         slow_poll().await;
-        (get_pod(&client, "bad").await.is_none() && get_pod(&client, "done").await.is_none()).then_some(())
+        (get_pod(&client, "bad").await.is_none() && get_pod(&client, "done").await.is_none())
+            .then_some(())
     })
     .await?;
     drop(agent);

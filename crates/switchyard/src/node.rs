@@ -113,21 +113,20 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         },
         None => switchyard_netns::NetNs::current(),
     };
-    let node_ip = match &args.node_ip {
-        Some(s) => match s.parse::<IpAddr>() {
-            Ok(ip) => ip,
-            Err(_) => return bad(format!("--node-ip: {s:?} is not an IP address")),
-        },
-        None => match detect_node_ip(&netns).await {
-            Some(ip) => ip,
-            None => {
-                return bad(
+    let node_ip =
+        match &args.node_ip {
+            Some(s) => match s.parse::<IpAddr>() {
+                Ok(ip) => ip,
+                Err(_) => return bad(format!("--node-ip: {s:?} is not an IP address")),
+            },
+            None => match detect_node_ip(&netns).await {
+                Some(ip) => ip,
+                None => return bad(
                     "--node-ip: no global address found in the node's namespace; pass --node-ip"
                         .into(),
-                )
-            }
-        },
-    };
+                ),
+            },
+        };
     if let Some(file) = &args.image_catalog {
         if !file.is_file() {
             return bad(format!("--image-catalog {}: no such file", file.display()));

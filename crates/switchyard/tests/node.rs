@@ -24,7 +24,10 @@ fn bad_flags_exit_64_with_one_line() {
         (&["--node-ip", "300.1.1.1"], "--node-ip"),
         (&["--netns", "sy-nonexistent0"], "--netns"),
         (&["--node-name", "Bad_Name"], "--node-name"),
-        (&["--node-ip", "10.0.0.1", "--node-name", "n1"], "--kubeconfig"),
+        (
+            &["--node-ip", "10.0.0.1", "--node-name", "n1"],
+            "--kubeconfig",
+        ),
     ];
     for (args, flag) in cases {
         let out = Command::new(binary())
@@ -92,9 +95,11 @@ async fn the_node_binary_runs_an_echo_pod_and_survives_kill_9() {
         .create(&switchyard_netns::unique_name("nb"))
         .await
         .expect("node namespace");
-    ns.ip(&["link", "add", "lan0", "type", "veth", "peer", "name", "lan1"])
-        .await
-        .expect("veth");
+    ns.ip(&[
+        "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
+    ])
+    .await
+    .expect("veth");
     ns.ip(&["addr", "add", "192.168.79.2/24", "dev", "lan0"])
         .await
         .expect("addr");
@@ -157,7 +162,10 @@ spec:
     // kill -9 of the agent: the pod keeps answering; a new agent keeps its IP.
     let _ = node.0.kill();
     let _ = node.0.wait();
-    assert!(http_get(&ns, addr).await.is_some(), "pod answers with the agent dead");
+    assert!(
+        http_get(&ns, addr).await.is_some(),
+        "pod answers with the agent dead"
+    );
     let _node2 = start_node(&server.kubeconfig(), &ns, root.path());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let out = kubectl.run(&["get", "pod", "echo", "-o", "jsonpath={.status.podIP}"]);
@@ -174,5 +182,8 @@ spec:
     })
     .await
     .expect("pod gone");
-    assert!(http_get(&ns, addr).await.is_none(), "nothing answers on the old IP");
+    assert!(
+        http_get(&ns, addr).await.is_none(),
+        "nothing answers on the old IP"
+    );
 }
