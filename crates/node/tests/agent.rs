@@ -461,3 +461,139 @@ async fn unknown_images_wait_and_finished_pods_succeed() -> Result<()> {
     drop(agent);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_two_nodes_reach_each_other_and_containers_share_localhost() -> Result<()> {
+    if !switchyard_netns::can_create_namespaces() {
+        eprintln!("SKIPPED: cannot create network namespaces (not root?)");
+        return Ok(());
+    }
+    let server = InProcessServer::start_with_controllers(
+        Arc::new(switchyard_store::memory::MemoryStore::new()),
+        |_| {},
+        |_| {},
+    )
+    .await?;
+    let client = server.client().await?;
+    let mut guard = NsGuard::new();
+    // Two node namespaces on one "LAN" (a veth pair between them).
+    let ns_a = guard.create(&switchyard_netns::unique_name("nx")).await?;
+    let ns_b = guard.create(&switchyard_netns::unique_name("ny")).await?;
+    let b_name = ns_b.name().expect("named").to_string();
+    ns_a.ip(&[
+        "link", "add", "lan0", "type", "veth", "peer", "name", "lanb",
+    ])
+    .await?;
+    ns_a.ip(&["link", "set", "lanb", "netns", &b_name]).await?;
+    ns_b.ip(&["link", "set", "lanb", "name", "lan0"]).await?;
+    for (ns, ip) in [(&ns_a, "192.168.80.2/24"), (&ns_b, "192.168.80.3/24")] {
+        ns.ip(&["addr", "add", ip, "dev", "lan0"]).await?;
+        ns.ip(&["link", "set", "lan0", "up"]).await?;
+    }
+    let root_a = tempfile::tempdir()?;
+    let root_b = tempfile::tempdir()?;
+    let mut config_a = config(&ns_a, "192.168.80.2", root_a.path());
+    config_a.node_name = "node-x".into();
+    let mut config_b = config(&ns_b, "192.168.80.3", root_b.path());
+    config_b.node_name = "node-y".into();
+    let agent_a = Agent::start_with(client.clone(), config_a, timings()).await?;
+    let agent_b = Agent::start_with(client.clone(), config_b, timings()).await?;
+    tokio::time::timeout(WAIT, agent_a.wait_ready())
+        .await
+        .context("agent a")??;
+    tokio::time::timeout(WAIT, agent_b.wait_ready())
+        .await
+        .context("agent b")??;
+
+    let server_script = "exec /usr/bin/python3 -m http.server 8080 --bind 0.0.0.0";
+    let client_script = "while true; do /usr/bin/python3 -c \"import urllib.request; print('status', urllib.request.urlopen('http://127.0.0.1:8080/').status)\" 2>&1; sleep 0.5; done";
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for (name, node) in [("pa", "node-x"), ("pb", "node-y")] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {"name": "server", "image": "busybox", "command": ["sh", "-c", server_script],
+                     "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}},
+                    {"name": "client", "image": "busybox", "command": ["sh", "-c", client_script]},
+                ]
+            }
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    let mut found = Vec::new();
+    for name in ["pa", "pb"] {
+        let pod = wait_for(WAIT, "both pods Ready", || async {
+            slow_poll().await;
+            let p = get_pod(&client, name).await?;
+            (condition(&p, "Ready").as_deref() == Some("True")).then_some(p)
+        })
+        .await?;
+        found.push(pod);
+    }
+    let ip_of = |p: &Pod| -> IpAddr {
+        p.status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok())
+            .expect("pod ip")
+    };
+    let (pa, pb) = (&found[0], &found[1]);
+    let (ip_a, ip_b) = (ip_of(pa), ip_of(pb));
+    assert_eq!(
+        pb.status.as_ref().and_then(|s| s.host_ip.as_deref()),
+        Some("192.168.80.3")
+    );
+
+    // Containers of one pod share localhost.
+    let uid_a = pa.metadata.uid.clone().expect("uid");
+    let log = switchyard_node::logs::container_log_path(
+        root_a.path(),
+        "default",
+        "pa",
+        &uid_a,
+        "client",
+        0,
+    );
+    wait_for(
+        WAIT,
+        "the client container to reach its sibling on localhost",
+        || async {
+            slow_poll().await;
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("status 200")
+                .then_some(())
+        },
+    )
+    .await?;
+
+    // Pod on node x → pod on node y, and back, by pod IP (routes via the node IPs).
+    let sandbox_a = NetNs::open(&switchyard_node::sandbox::netns_name(&uid_a))?;
+    let uid_b = pb.metadata.uid.clone().expect("uid");
+    let sandbox_b = NetNs::open(&switchyard_node::sandbox::netns_name(&uid_b))?;
+    for (from, to) in [(&sandbox_a, ip_b), (&sandbox_b, ip_a)] {
+        wait_for(WAIT, "a cross-node connection", || async {
+            slow_poll().await;
+            from.connect_tcp(std::net::SocketAddr::new(to, 8080), Duration::from_secs(1))
+                .await
+                .ok()
+                .map(drop)
+        })
+        .await?;
+    }
+
+    for name in ["pa", "pb"] {
+        pods.delete(name, &DeleteParams::default()).await?;
+    }
+    wait_for(WAIT, "both pods gone", || async {
+        slow_poll().await;
+        (get_pod(&client, "pa").await.is_none() && get_pod(&client, "pb").await.is_none())
+            .then_some(())
+    })
+    .await?;
+    drop((agent_a, agent_b));
+    Ok(())
+}
