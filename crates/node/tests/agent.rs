@@ -361,7 +361,7 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_images_wait_and_finished_pods_succeed() -> Result<()> {
+async fn image_errors_completed_pods_and_startup_probes() -> Result<()> {
     if !switchyard_netns::can_create_namespaces() {
         eprintln!("SKIPPED: cannot create network namespaces (not root?)");
         return Ok(());
@@ -448,6 +448,48 @@ async fn unknown_images_wait_and_finished_pods_succeed() -> Result<()> {
         "master service vars even without service links"
     );
     assert!(!log.contains("BACKEND"), "{log}");
+
+    // A startup probe gates started/ready until it passes.
+    let work = tempfile::tempdir()?;
+    let flag = work.path().join("started");
+    let slow: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "slow"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "busybox", "command": ["sh", "-c", "exec sleep 600"],
+            "startupProbe": {"exec": {"command": ["test", "-f", flag.display().to_string()]},
+                             "periodSeconds": 1, "failureThreshold": 600}}]}
+    }))?;
+    pods.create(&PostParams::default(), &slow).await?;
+    let started = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.started)
+    };
+    wait_for(WAIT, "pod slow running but not started", || async {
+        slow_poll().await;
+        let p = get_pod(&client, "slow").await?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Running") && started(&p) == Some(false))
+            .then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let p = get_pod(&client, "slow").await.expect("slow pod");
+    assert_eq!(
+        condition(&p, "Ready").as_deref(),
+        Some("False"),
+        "not ready before startup"
+    );
+    std::fs::write(&flag, "ok")?;
+    wait_for(WAIT, "pod slow started and Ready", || async {
+        slow_poll().await;
+        let p = get_pod(&client, "slow").await?;
+        (started(&p) == Some(true) && condition(&p, "Ready").as_deref() == Some("True"))
+            .then_some(())
+    })
+    .await?;
+    pods.delete("slow", &DeleteParams::default()).await?;
 
     // Deleting both completes (the failed-image pod has a sandbox, the finished one too).
     pods.delete("bad", &DeleteParams::default()).await?;
