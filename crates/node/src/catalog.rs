@@ -34,6 +34,10 @@ pub enum CatalogError {
     Parse { path: String, message: String },
 }
 
+/// A container's argv and the image's environment (name, value), as [`ImageCatalog::argv`]
+/// computes them.
+pub type ProcessCommand = (Vec<String>, Vec<(String, String)>);
+
 /// What an image contributes to a container: its entrypoint, cmd and environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageEntry {
@@ -197,7 +201,7 @@ impl ImageCatalog {
         args: &[String],
         pod_namespace: &str,
         pod_name: &str,
-    ) -> Result<(Vec<String>, Vec<(String, String)>), CatalogError> {
+    ) -> Result<ProcessCommand, CatalogError> {
         let entry = match self.lookup(image) {
             Some(e) => e,
             None if !command.is_empty() => ImageEntry {

@@ -45,6 +45,15 @@ pub fn rotated_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Created next to a log file once the container's output has ended (the process exited and
+/// every line is in the file): a following reader then stops, as `kubectl logs -f` does for a
+/// terminated container.
+pub fn finished_marker_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".finished");
+    PathBuf::from(p)
+}
+
 /// Which stream a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogStream {
@@ -132,7 +141,8 @@ impl LogWriter {
     }
 }
 
-/// Copy a process's stdout and stderr into the log file at `path` until both end.
+/// Copy a process's stdout and stderr into the log file at `path` until both end, then mark
+/// the log finished ([`finished_marker_path`]).
 pub fn spawn_log_copier(
     path: PathBuf,
     stdout: Option<impl AsyncRead + Unpin + Send + 'static>,
@@ -160,6 +170,9 @@ pub fn spawn_log_copier(
             }
         }
         let _ = writer.file.flush().await;
+        if let Err(e) = tokio::fs::write(finished_marker_path(&path), b"").await {
+            tracing::warn!(path = %path.display(), error = %e, "cannot mark the log finished");
+        }
     })
 }
 
@@ -272,7 +285,8 @@ impl Renderer {
 }
 
 /// The log text as `kubectl logs` shows it (without CRI prefixes unless `timestamps`), as a stream
-/// that ends at EOF unless `follow` (then it ends when dropped).
+/// that ends at EOF unless `follow`; a following stream ends when dropped or once the
+/// container's output has ended (the log is marked finished).
 pub fn read_logs(
     path: &Path,
     opts: LogOptions,
@@ -386,6 +400,10 @@ async fn pump_logs(
         if tx.is_closed() {
             return Ok(());
         }
+        // Checked before reading: a marker seen now means everything is in the file already.
+        let finished = tokio::fs::try_exists(finished_marker_path(path))
+            .await
+            .unwrap_or(false);
         let mut grew = false;
         if let Some(f) = &mut file {
             f.seek(std::io::SeekFrom::Start(offset)).await?;
@@ -413,6 +431,9 @@ async fn pump_logs(
         }
         if grew {
             continue;
+        }
+        if finished {
+            return Ok(());
         }
         // Drained what the open file has: a rotation (the file was renamed away or truncated)
         // moves on to the new file from its beginning.
@@ -602,6 +623,41 @@ mod tests {
         }
         assert!(seen.starts_with("before\nafter 0\n"), "{seen}");
         drop(stream);
+    }
+
+    #[tokio::test]
+    async fn following_ends_once_the_container_output_has_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let (mut feed, out) = tokio::io::duplex(1024);
+        let copier = spawn_log_copier(path.clone(), Some(out), None::<std::io::Cursor<Vec<u8>>>);
+        feed.write_all(b"first\n").await.expect("write");
+        let reader = tokio::spawn(async move {
+            wait_for_file(&path).await;
+            collect(
+                &path,
+                LogOptions {
+                    follow: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        feed.write_all(b"second\n").await.expect("write");
+        drop(feed); // the container exits
+        copier.await.expect("copier");
+        let text = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the follow ends")
+            .expect("join");
+        assert_eq!(text, "first\nsecond\n");
+    }
+
+    async fn wait_for_file(path: &Path) {
+        while !path.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
+pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +96,9 @@ impl Container {
 
     /// Whether the process still runs (and is still the container).
     pub fn is_running(&self) -> bool {
-        self.exited.is_none() && proc_start_ticks(self.pid) == Some(self.start_ticks)
+        self.exited.is_none()
+            && proc_start_ticks(self.pid) == Some(self.start_ticks)
+            && !is_zombie(self.pid)
     }
 
     /// Wait for the process to end (cancel-safe: dropping the future and calling again is fine).
@@ -294,6 +296,12 @@ pub(crate) async fn start(
         }
         nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(io::Error::from)?;
+    }
+    // A restarted container writing to the same file is not finished.
+    match std::fs::remove_file(crate::logs::finished_marker_path(&spec.log_path)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     let (out_rx, err_rx) = open_receivers(fifo_dir)?;
     // The container holds its ends read-write: a write never fails for want of a reader.

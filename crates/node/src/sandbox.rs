@@ -24,7 +24,7 @@
 //! Must never: touch interfaces, routes or sysctls outside the node's namespace and the pods'
 //! namespaces; kill a process not found in a sandbox it created.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -158,8 +158,9 @@ struct Inner {
     state_dir: PathBuf,
     ipam: Mutex<Ipam>,
     records: Mutex<BTreeMap<String, SandboxRecord>>,
-    /// Serialises create/destroy (namespace and veth operations of one pod must not interleave).
-    ops: tokio::sync::Mutex<()>,
+    /// Serialises create/destroy of one pod (its namespace and veth operations must not
+    /// interleave); different pods proceed in parallel.
+    ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     routes: tokio::sync::Mutex<Vec<(IpNet, IpAddr)>>,
 }
 
@@ -226,7 +227,7 @@ impl PodNetwork {
                 state_dir: state_dir.to_path_buf(),
                 ipam: Mutex::new(ipam),
                 records: Mutex::new(BTreeMap::new()),
-                ops: tokio::sync::Mutex::new(()),
+                ops: Mutex::new(HashMap::new()),
                 routes: tokio::sync::Mutex::new(routes),
             }),
         };
@@ -250,6 +251,19 @@ impl PodNetwork {
         for uid in stale {
             tracing::info!(pod_uid = %uid, "sandbox namespace gone; cleaning up its record");
             network.destroy_sandbox(&uid).await?;
+        }
+        // An IP allocated just before a crash, with no sandbox record written yet.
+        let orphans: Vec<String> = {
+            let records = lock(&network.inner.records);
+            lock(&network.inner.ipam)
+                .allocations()
+                .filter(|(uid, _)| !records.contains_key(*uid))
+                .map(|(uid, _)| uid.to_string())
+                .collect()
+        };
+        for uid in orphans {
+            tracing::info!(pod_uid = %uid, "releasing an IP that has no sandbox");
+            lock(&network.inner.ipam).release(&uid)?;
         }
         Ok(network)
     }
@@ -296,6 +310,21 @@ impl PodNetwork {
             .map_err(io("persist routes"))
     }
 
+    fn op_lock(&self, pod_uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.inner.ops)
+            .entry(pod_uid.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The sandbox of one pod, if it exists.
+    pub fn sandbox(&self, pod_uid: &str) -> Option<Sandbox> {
+        let record = lock(&self.inner.records).get(pod_uid).cloned()?;
+        NetNs::exists(&record.netns)
+            .then(|| self.sandbox_of(&record))
+            .flatten()
+    }
+
     fn record_path(&self, pod_uid: &str) -> PathBuf {
         self.inner
             .state_dir
@@ -335,7 +364,8 @@ impl PodNetwork {
     /// restart: same namespace, same IP). Writes resolv.conf/hosts (given as text) for it; what
     /// is missing of an existing one (veth, address, infra process) is repaired.
     pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
-        let _op = self.inner.ops.lock().await;
+        let op = self.op_lock(&spec.pod_uid);
+        let _op = op.lock().await;
         let existing = lock(&self.inner.records).get(&spec.pod_uid).cloned();
         let fresh = existing.is_none();
         let result = self.create_locked(spec, existing).await;
@@ -393,10 +423,19 @@ impl PodNetwork {
         };
         // The record first: whatever exists afterwards, a restart finds and can remove it.
         self.persist(&record)?;
-        let pod_ns = NetNs::create(&record.netns)
+        let fresh = !NetNs::exists(&record.netns);
+        if fresh {
+            switchyard_netns::run_checked(tokio::process::Command::new("ip").args([
+                "netns",
+                "add",
+                &record.netns,
+            ]))
             .await
             .map_err(net(format!("create namespace {}", record.netns)))?;
-        self.wire(&record, &pod_ns).await?;
+        }
+        let pod_ns =
+            NetNs::open(&record.netns).map_err(net(format!("open namespace {}", record.netns)))?;
+        self.wire(&record, &pod_ns, fresh).await?;
         let infra_alive = record.infra_pid != 0
             && crate::runtime::proc_start_ticks(record.infra_pid) == Some(record.infra_start_ticks);
         if !infra_alive {
@@ -412,66 +451,87 @@ impl PodNetwork {
             })
     }
 
-    /// The veth pair, the pod's address and default route (idempotent: a half-wired pair is
-    /// replaced).
-    async fn wire(&self, r: &SandboxRecord, pod_ns: &NetNs) -> Result<(), SandboxError> {
+    /// The veth pair, the pod's address and default route, lo up: one `ip -batch` in each
+    /// namespace (process spawns dominate pod start time). Idempotent: for a sandbox that
+    /// existed before (`fresh` false) a half-wired pair is replaced.
+    async fn wire(
+        &self,
+        r: &SandboxRecord,
+        pod_ns: &NetNs,
+        fresh: bool,
+    ) -> Result<(), SandboxError> {
         let node = &self.inner.node_ns;
         let context = |what: &str| format!("pod sandbox {}: {what}", r.netns);
-        let host_ok = node.ip(&["link", "show", &r.host_veth]).await.is_ok();
-        let pod_ok = pod_ns.ip(&["link", "show", "eth0"]).await.is_ok();
+        let (host_ok, pod_ok) = if fresh {
+            (false, false)
+        } else {
+            (
+                node.ip(&["link", "show", &r.host_veth]).await.is_ok(),
+                pod_ns.ip(&["link", "show", "eth0"]).await.is_ok(),
+            )
+        };
+        let mut node_batch = String::new();
         if !(host_ok && pod_ok) {
             if host_ok {
-                let _ = node.ip(&["link", "del", &r.host_veth]).await;
+                node_batch.push_str(&format!("link del {}\n", r.host_veth));
             }
             if pod_ok {
                 let _ = pod_ns.ip(&["link", "del", "eth0"]).await;
             }
-            node.ip(&[
-                "link",
-                "add",
-                &r.host_veth,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &r.netns,
-            ])
-            .await
-            .map_err(net(context("create veth")))?;
+            node_batch.push_str(&format!(
+                "link add {} type veth peer name eth0 netns {}\n",
+                r.host_veth, r.netns
+            ));
         }
-        node.ip(&["link", "set", &r.host_veth, "master", BRIDGE])
+        node_batch.push_str(&format!(
+            "link set {veth} master {BRIDGE}\nlink set {veth} type bridge_slave hairpin on\nlink set {veth} up\n",
+            veth = r.host_veth
+        ));
+        ip_batch(node, &node_batch)
             .await
-            .map_err(net(context("attach veth")))?;
-        node.ip(&[
-            "link",
-            "set",
-            &r.host_veth,
-            "type",
-            "bridge_slave",
-            "hairpin",
-            "on",
-        ])
-        .await
-        .map_err(net(context("hairpin")))?;
-        node.ip(&["link", "set", &r.host_veth, "up"])
+            .map_err(net(context("host side of the veth")))?;
+        let pod_batch = format!(
+            "link set lo up\naddr replace {ip}/{prefix} dev eth0\nlink set eth0 up\nroute replace default via {gw} dev eth0\n",
+            ip = r.ip,
+            prefix = self.inner.cidr.prefix_len(),
+            gw = self.inner.gateway,
+        );
+        ip_batch(pod_ns, &pod_batch)
             .await
-            .map_err(net(context("host veth up")))?;
-        let addr = format!("{}/{}", r.ip, self.inner.cidr.prefix_len());
-        pod_ns
-            .ip(&["addr", "replace", &addr, "dev", "eth0"])
+            .map_err(net(context("pod side of the veth")))?;
+        Ok(())
+    }
+
+    /// Remove everything this pod network created (the node's cleanup command): every sandbox
+    /// (processes killed, namespaces, veths, IPs), the routes it synced, the bridge, and its
+    /// state files. Idempotent.
+    pub async fn teardown(self) -> Result<(), SandboxError> {
+        let uids: Vec<String> = lock(&self.inner.records).keys().cloned().collect();
+        for uid in uids {
+            self.destroy_sandbox(&uid).await?;
+        }
+        self.sync_routes(&[]).await?;
+        if self
+            .inner
+            .node_ns
+            .ip(&["link", "show", BRIDGE])
             .await
-            .map_err(net(context("address eth0")))?;
-        pod_ns
-            .ip(&["link", "set", "eth0", "up"])
-            .await
-            .map_err(net(context("eth0 up")))?;
-        let gw = self.inner.gateway.to_string();
-        pod_ns
-            .ip(&["route", "replace", "default", "via", &gw, "dev", "eth0"])
-            .await
-            .map_err(net(context("default route")))?;
+            .is_ok()
+        {
+            self.inner
+                .node_ns
+                .ip(&["link", "del", BRIDGE])
+                .await
+                .map_err(net("delete the pod bridge"))?;
+        }
+        for file in ["ipam.json", "routes.json"] {
+            match std::fs::remove_file(self.inner.state_dir.join(file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(format!("remove {file}"))(e)),
+            }
+        }
+        let _ = std::fs::remove_dir(self.inner.state_dir.join("sandboxes"));
         Ok(())
     }
 
@@ -488,8 +548,17 @@ impl PodNetwork {
 
     /// Kill whatever still runs in it, delete its namespace and veth, release its IP. Idempotent.
     pub async fn destroy_sandbox(&self, pod_uid: &str) -> Result<(), SandboxError> {
-        let _op = self.inner.ops.lock().await;
-        self.destroy_locked(pod_uid).await
+        let op = self.op_lock(pod_uid);
+        let result = {
+            let _op = op.lock().await;
+            self.destroy_locked(pod_uid).await
+        };
+        // Forget the lock of a pod that is gone (unless someone else is waiting on it).
+        let mut ops = lock(&self.inner.ops);
+        if Arc::strong_count(&op) == 2 {
+            ops.remove(pod_uid);
+        }
+        result
     }
 
     async fn destroy_locked(&self, pod_uid: &str) -> Result<(), SandboxError> {
@@ -533,6 +602,16 @@ impl PodNetwork {
         tracing::info!(pod_uid = %pod_uid, netns = %netns, "sandbox destroyed");
         Ok(())
     }
+}
+
+/// `ip [-n NAME] -batch -` with `commands`, one per line.
+async fn ip_batch(ns: &NetNs, commands: &str) -> Result<String, switchyard_netns::Error> {
+    let mut c = tokio::process::Command::new("ip");
+    if let Some(name) = ns.name() {
+        c.args(["-n", name]);
+    }
+    c.args(["-batch", "-"]);
+    switchyard_netns::run_with_input(&mut c, commands).await
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
