@@ -500,6 +500,13 @@ async fn image_errors_completed_pods_and_startup_probes() -> Result<()> {
             .then_some(())
     })
     .await?;
+    // A Succeeded pod leaves the API at once (no grace period); its sandbox goes too.
+    let sandbox = switchyard_node::sandbox::netns_name(&uid);
+    wait_for(WAIT, "the finished pod's sandbox removed", || async {
+        slow_poll().await;
+        (!NetNs::exists(&sandbox)).then_some(())
+    })
+    .await?;
     drop(agent);
     Ok(())
 }
@@ -637,5 +644,90 @@ async fn pods_on_two_nodes_reach_each_other_and_containers_share_localhost() -> 
     })
     .await?;
     drop((agent_a, agent_b));
+    Ok(())
+}
+
+/// Benchmark (run with `--ignored --nocapture`): 100 pods on one node, created → Ready
+/// latency p50/p99, deletion → gone, and the test process's RSS (API server + agent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run explicitly"]
+async fn bench_hundred_pods_on_one_node() -> Result<()> {
+    if !switchyard_netns::can_create_namespaces() {
+        eprintln!("SKIPPED: cannot create network namespaces (not root?)");
+        return Ok(());
+    }
+    let server = InProcessServer::start_with_controllers(
+        Arc::new(switchyard_store::memory::MemoryStore::new()),
+        |_| {},
+        |_| {},
+    )
+    .await?;
+    let client = server.client().await?;
+    let mut guard = NsGuard::new();
+    let node_ip = "192.168.81.2";
+    let ns = node_namespace(&mut guard, node_ip).await?;
+    let root = tempfile::tempdir()?;
+    let agent =
+        Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings()).await?;
+    tokio::time::timeout(WAIT, agent.wait_ready())
+        .await
+        .context("agent ready")??;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    const N: usize = 100;
+    let start = tokio::time::Instant::now();
+    let mut created = std::collections::HashMap::new();
+    for i in 0..N {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("b{i}")},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                "name": "c", "image": "registry.k8s.io/pause:3.10"}]}
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+        created.insert(format!("b{i}"), tokio::time::Instant::now());
+    }
+    let mut ready_at = std::collections::HashMap::new();
+    let deadline = start + Duration::from_secs(300);
+    while ready_at.len() < N && tokio::time::Instant::now() < deadline {
+        for p in pods.list(&ListParams::default()).await?.items {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            if !ready_at.contains_key(&name) && condition(&p, "Ready").as_deref() == Some("True") {
+                ready_at.insert(name, tokio::time::Instant::now());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready_at.len(), N, "all pods Ready");
+    let mut latencies: Vec<Duration> = ready_at
+        .iter()
+        .map(|(name, at)| at.duration_since(created[name]))
+        .collect();
+    latencies.sort();
+    let rss = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!(
+        "BENCH {N} pods: created→Ready p50 {:?} p99 {:?} max {:?}; all Ready after {:?}; {rss} (API server + controllers + agent)",
+        latencies[N / 2],
+        latencies[N * 99 / 100 - 1],
+        latencies[N - 1],
+        start.elapsed()
+    );
+    let teardown = tokio::time::Instant::now();
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    wait_for(Duration::from_secs(300), "all pods gone", || async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pods.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+    eprintln!("BENCH teardown of {N} pods: {:?}", teardown.elapsed());
+    drop(agent);
     Ok(())
 }
