@@ -696,22 +696,24 @@ async fn bench_hundred_pods_on_one_node() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(ready_at.len(), N, "all pods Ready");
+    // Report and tear down even when some pods never got Ready (never leak sandboxes).
+    let ready = ready_at.len();
     let mut latencies: Vec<Duration> = ready_at
         .iter()
         .map(|(name, at)| at.duration_since(created[name]))
         .collect();
     latencies.sort();
+    let pct = |q: usize| latencies.get((ready * q / 100).saturating_sub(1)).copied();
     let rss = std::fs::read_to_string("/proc/self/status")?
         .lines()
         .find(|l| l.starts_with("VmRSS"))
         .unwrap_or_default()
         .to_string();
     eprintln!(
-        "BENCH {N} pods: created→Ready p50 {:?} p99 {:?} max {:?}; all Ready after {:?}; {rss} (API server + controllers + agent)",
-        latencies[N / 2],
-        latencies[N * 99 / 100 - 1],
-        latencies[N - 1],
+        "BENCH {ready}/{N} pods Ready: created→Ready p50 {:?} p99 {:?} max {:?}; after {:?}; {rss} (API server + controllers + agent)",
+        pct(50),
+        pct(99),
+        latencies.last(),
         start.elapsed()
     );
     let teardown = tokio::time::Instant::now();
@@ -729,5 +731,6 @@ async fn bench_hundred_pods_on_one_node() -> Result<()> {
     .await?;
     eprintln!("BENCH teardown of {N} pods: {:?}", teardown.elapsed());
     drop(agent);
+    assert_eq!(ready, N, "all pods Ready");
     Ok(())
 }
