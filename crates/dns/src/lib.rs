@@ -5,6 +5,8 @@
 //! follow; `switchyard dns` is still to come.
 
 pub mod forward;
+pub mod metrics;
+pub mod registration;
 pub mod server;
 pub mod sources;
 pub mod zone;

@@ -478,3 +478,85 @@ async fn malformed_and_unsupported_queries_get_formerr_notimp_or_nothing() -> Re
     );
     Ok(())
 }
+
+/// One HTTP/1.1 GET of `path` on `addr`: (status code, body).
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: dns\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .context("status line")?
+        .parse()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn metrics_count_queries_under_coredns_names_and_ready_waits_for_the_sync() -> Result<()> {
+    let api = InProcessServer::start().await?;
+    let client = api.client().await?;
+    let running = start_dns(None).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let metrics = listener.local_addr()?;
+    let http = tokio::spawn(switchyard_dns::metrics::serve_http(
+        Arc::clone(&running.dns),
+        listener,
+    ));
+    assert_eq!(http_get(metrics, "/healthz").await?.0, 200);
+    assert_eq!(http_get(metrics, "/ready").await?.0, 503, "not synced yet");
+
+    let watches = tokio::spawn(run_watches(client, Arc::clone(&running.dns)));
+    wait_for(WAIT, "/ready 200 after the first sync", || async {
+        (http_get(metrics, "/ready").await.ok()?.0 == 200).then_some(())
+    })
+    .await?;
+    let kubernetes = query("kubernetes.default.svc.cluster.local.", RecordType::A);
+    ask_udp(running.udp, &kubernetes).await?;
+    ask_tcp(running.tcp, &kubernetes).await?;
+    ask_udp(
+        running.udp,
+        &query("nope.default.svc.cluster.local.", RecordType::AAAA),
+    )
+    .await?;
+    // Twice: the second is a cache hit.
+    ask_udp(running.udp, &query("example.com.", RecordType::A)).await?;
+    ask_udp(running.udp, &query("example.com.", RecordType::A)).await?;
+
+    let (status, text) = http_get(metrics, "/metrics").await?;
+    assert_eq!(status, 200);
+    let value = |prefix: &str| -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    };
+    let server = "server=\"dns://:53\"";
+    for (series, expected) in [
+        (format!("coredns_dns_requests_total{{{server},zone=\"cluster.local.\",view=\"\",proto=\"udp\",family=\"1\",type=\"A\"}}"), 1.0),
+        (format!("coredns_dns_requests_total{{{server},zone=\"cluster.local.\",view=\"\",proto=\"tcp\",family=\"1\",type=\"A\"}}"), 1.0),
+        (format!("coredns_dns_requests_total{{{server},zone=\"cluster.local.\",view=\"\",proto=\"udp\",family=\"1\",type=\"AAAA\"}}"), 1.0),
+        (format!("coredns_dns_requests_total{{{server},zone=\".\",view=\"\",proto=\"udp\",family=\"1\",type=\"A\"}}"), 2.0),
+        (format!("coredns_dns_responses_total{{{server},zone=\"cluster.local.\",view=\"\",rcode=\"NOERROR\",plugin=\"kubernetes\"}}"), 2.0),
+        (format!("coredns_dns_responses_total{{{server},zone=\"cluster.local.\",view=\"\",rcode=\"NXDOMAIN\",plugin=\"kubernetes\"}}"), 1.0),
+        (format!("coredns_dns_responses_total{{{server},zone=\".\",view=\"\",rcode=\"NOERROR\",plugin=\"forward\"}}"), 2.0),
+        (format!("coredns_dns_request_duration_seconds_count{{{server},zone=\"cluster.local.\",view=\"\",type=\"A\"}}"), 2.0),
+        (format!("coredns_cache_hits_total{{{server},type=\"success\""), 1.0),
+        (format!("coredns_cache_misses_total{{{server}"), 1.0),
+        (format!("coredns_cache_entries{{{server},type=\"success\""), 1.0),
+        ("coredns_forward_requests_total{to=".to_string(), 1.0),
+        ("coredns_forward_responses_total{to=".to_string(), 1.0),
+        ("switchyard_dns_zone_synced ".to_string(), 1.0),
+        ("coredns_build_info{".to_string(), 1.0),
+    ] {
+        assert_eq!(value(&series), Some(expected), "{series} in\n{text}");
+    }
+    watches.abort();
+    http.abort();
+    Ok(())
+}
