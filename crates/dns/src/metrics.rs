@@ -236,8 +236,8 @@ impl Metrics {
         let server = &self.server;
         out.push_str("# HELP coredns_dns_requests_total Counter of DNS requests made per zone, protocol and family.\n# TYPE coredns_dns_requests_total counter\n");
         for zone in 0..ZONES {
-            for proto in 0..PROTOS {
-                for family in 0..FAMILIES {
+            for (proto, proto_name) in PROTO_NAMES.iter().enumerate() {
+                for (family, family_name) in FAMILY_NAMES.iter().enumerate() {
                     for slot in 0..TYPE_SLOTS {
                         let n = read(
                             &self.requests
@@ -248,8 +248,8 @@ impl Metrics {
                                 out,
                                 "coredns_dns_requests_total{{server=\"{server}\",zone=\"{}\",view=\"\",proto=\"{}\",family=\"{}\",type=\"{}\"}} {n}",
                                 self.zone_name(zone),
-                                PROTO_NAMES[proto],
-                                FAMILY_NAMES[family],
+                                proto_name,
+                                family_name,
                                 type_name(slot)
                             );
                         }
