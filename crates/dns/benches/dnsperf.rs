@@ -236,12 +236,24 @@ fn external_query_file() -> String {
 
 fn start_knot(dir: &Path, port: u16) -> Result<Killed> {
     let d = dir.display();
-    let conf = format!(
-        "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\n    udp-workers: 2\n    tcp-workers: 1\n    background-workers: 1\n\
-database:\n    storage: {d}\n\
-zone:\n  - domain: cluster.local\n    file: {d}/cluster.local.zone\n    journal-content: none\n\
-  - domain: example.test\n    file: {d}/example.test.zone\n    journal-content: none\n"
-    );
+    let conf = [
+        "server:".to_string(),
+        format!("    listen: 127.0.0.1@{port}"),
+        format!("    rundir: {d}"),
+        "    udp-workers: 2".into(),
+        "    tcp-workers: 1".into(),
+        "    background-workers: 1".into(),
+        "database:".into(),
+        format!("    storage: {d}"),
+        "zone:".into(),
+        "  - domain: cluster.local".into(),
+        format!("    file: {d}/cluster.local.zone"),
+        "    journal-content: none".into(),
+        "  - domain: example.test".into(),
+        format!("    file: {d}/example.test.zone"),
+        "    journal-content: none".into(),
+    ]
+    .join("\n");
     std::fs::write(dir.join("knot.conf"), conf)?;
     let child = Command::new("knotd")
         .arg("-c")
@@ -381,7 +393,10 @@ fn main() -> Result<()> {
         cluster.name(services - 1),
         Cluster::namespace(services - 1)
     );
-    wait_answering(knot_port, &probe)?;
+    if let Err(error) = wait_answering(knot_port, &probe) {
+        let log = std::fs::read_to_string(dir.path().join("knot.log")).unwrap_or_default();
+        bail!("{error:#}; knotd's log:\n{log}");
+    }
     wait_answering(ours_port, &probe)?;
     // Fill our cache with every external name once (Knot has them in memory already).
     dnsperf(ours_port, &external_queries, 30, &["-n", "1"])?;

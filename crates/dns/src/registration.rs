@@ -155,18 +155,27 @@ impl Registration {
     /// rewrites the slice as soon as the zone becomes synced. API errors are logged and retried
     /// at the next round.
     pub async fn maintain(&self, dns: Arc<Dns>) {
+        /// After a failed round, wait this long before the next attempt (not every tick).
+        const RETRY_AFTER: Duration = Duration::from_secs(1);
         let mut written_ready = None;
-        let mut next_round = tokio::time::Instant::now();
+        let mut next_renewal = tokio::time::Instant::now();
+        let mut retry_at = next_renewal;
         loop {
+            let now = tokio::time::Instant::now();
             let ready = dns.is_synced();
-            let due = tokio::time::Instant::now() >= next_round;
-            if due || written_ready != Some(ready) {
-                match self.round(ready, due).await {
-                    Ok(()) => written_ready = Some(ready),
-                    Err(error) => warn!(%error, "kube-dns registration failed; retrying"),
-                }
-                if due {
-                    next_round = tokio::time::Instant::now() + self.config.renew_interval;
+            let renew = now >= next_renewal;
+            if now >= retry_at && (renew || written_ready != Some(ready)) {
+                match self.round(ready, renew).await {
+                    Ok(()) => {
+                        written_ready = Some(ready);
+                        if renew {
+                            next_renewal = now + self.config.renew_interval;
+                        }
+                    }
+                    Err(error) => {
+                        warn!(%error, "kube-dns registration failed; retrying");
+                        retry_at = tokio::time::Instant::now() + RETRY_AFTER;
+                    }
                 }
             }
             // Readiness changes once (at the first sync); checking it often costs an atomic load.
