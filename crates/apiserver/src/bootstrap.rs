@@ -1,7 +1,8 @@
-//! What every cluster has from its first start: the system namespaces and the `default/kubernetes`
-//! Service with Endpoints and an EndpointSlice pointing at the API servers. Idempotent: run on
-//! every start, by every server; existing objects are kept, and this server's address is added
-//! to the `kubernetes` endpoints if missing.
+//! What every cluster has from its first start: the system namespaces, the `default/kubernetes`
+//! Service with Endpoints and an EndpointSlice pointing at the API servers, and the
+//! `kube-system/kube-dns` Service for the cluster DNS. Idempotent: run on every start, by every
+//! server; existing objects are kept (never overwritten, so a user's change survives a restart),
+//! and this server's address is added to the `kubernetes` endpoints if missing.
 
 use std::net::IpAddr;
 
@@ -73,6 +74,7 @@ pub async fn run(registry: &Registry, advertise: IpAddr, port: u16) -> Result<()
         }),
     )
     .await?;
+    ensure_kube_dns(registry).await?;
     // The endpoints name every API server. They bypass address validation, as kube-apiserver's
     // own endpoint reconciler does, so that a loopback-only server still has a kubernetes service.
     let ip = advertise.to_string();
@@ -117,6 +119,78 @@ pub async fn run(registry: &Registry, advertise: IpAddr, port: u16) -> Result<()
         })).await?;
     }
     Ok(())
+}
+
+/// The offset of the DNS Service's address in the service range: kubeadm gives `kube-dns` the
+/// tenth address (`10.96.0.10` of `10.96.0.0/12`, kubeadm's `GetDNSIP`), and kubelets' default
+/// `clusterDNS` points there.
+pub const KUBE_DNS_IP_INDEX: u64 = 10;
+
+/// The `kube-system/kube-dns` Service as kubeadm creates it for CoreDNS (`dns` 53/UDP, `dns-tcp`
+/// 53/TCP, `metrics` 9153/TCP, the same labels), asking for `cluster_ip` if given, but with **no
+/// selector**: `switchyard dns` runs as a process, not as pods, and each instance writes its own
+/// EndpointSlice for this Service.
+pub fn kube_dns_service(cluster_ip: Option<IpAddr>) -> Value {
+    let mut spec = json!({
+        "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}
+        ],
+        "sessionAffinity": "None",
+        "type": "ClusterIP"
+    });
+    if let Some(ip) = cluster_ip {
+        spec["clusterIP"] = Value::String(ip.to_string());
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {"k8s-app": "kube-dns",
+                                "kubernetes.io/cluster-service": "true",
+                                "kubernetes.io/name": "CoreDNS"}},
+        "spec": spec
+    })
+}
+
+/// Creates `kube-system/kube-dns` if it does not exist, through the normal create path so the
+/// ClusterIP allocator records its address. If the tenth address is held by another Service
+/// (a user took it before the first start), logs a warning and lets the allocator pick one.
+async fn ensure_kube_dns(registry: &Registry) -> Result<(), StatusError> {
+    let services =
+        resources::find("", "v1", "services").expect("bootstrap objects are of served resources");
+    match registry
+        .get(services, Some("kube-system"), "kube-dns")
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.code == 404 => {}
+        Err(e) => return Err(e),
+    }
+    let create = |ip| {
+        ensure(
+            registry,
+            "services",
+            "",
+            "v1",
+            Some("kube-system"),
+            kube_dns_service(ip),
+        )
+    };
+    let Some(wanted) = registry.services.ip_range.nth(KUBE_DNS_IP_INDEX) else {
+        tracing::warn!(range = %registry.services.ip_range,
+            "the service range has no tenth address; kube-system/kube-dns gets a dynamic one");
+        return create(None).await;
+    };
+    match create(Some(wanted)).await {
+        // 422 "provided IP is already allocated": a user's Service holds the address.
+        Err(e) if e.code == 422 => {
+            tracing::warn!(ip = %wanted, error = %e,
+                "the conventional DNS address is not available; kube-system/kube-dns gets a dynamic one");
+            create(None).await
+        }
+        other => other,
+    }
 }
 
 /// Write an object directly (create or replace), stamping uid and creation time if new.

@@ -164,6 +164,9 @@ pub enum AttemptError {
 pub struct ForwarderMetrics {
     /// Questions answered from the cache.
     pub cache_hits: u64,
+    /// Of `cache_hits`, those answered with a denial (NXDOMAIN, or NOERROR without answers) or
+    /// a failure; the rest were positive answers (CoreDNS's `type="denial"`/`"success"`).
+    pub cache_denial_hits: u64,
     /// Questions not in the cache (answered by an upstream exchange, their own or a shared one).
     pub cache_misses: u64,
     /// Misses that joined an exchange already in flight instead of starting one.
@@ -182,6 +185,7 @@ pub struct ForwarderMetrics {
 #[derive(Default)]
 struct Counters {
     cache_hits: AtomicU64,
+    cache_denial_hits: AtomicU64,
     cache_misses: AtomicU64,
     deduplicated: AtomicU64,
     overloaded: AtomicU64,
@@ -192,6 +196,39 @@ struct Counters {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Response codes counted one by one per upstream: 0-15 (the header's 4 bits) and BADVERS (16,
+/// the one extended code an upstream may send us); everything else lands in one slot.
+pub const RCODE_SLOTS: usize = 18;
+
+/// The slot of `rcode` among [`RCODE_SLOTS`]: its value up to 16, the last slot for the rest.
+pub fn rcode_slot(rcode: ResponseCode) -> usize {
+    usize::from(u16::from(rcode)).min(RCODE_SLOTS - 1)
+}
+
+/// The exchanges with one upstream (CoreDNS `forward`'s `requests_total{to}` and
+/// `responses_total{to,rcode}`).
+#[derive(Default)]
+struct UpstreamCounters {
+    requests: AtomicU64,
+    responses: [AtomicU64; RCODE_SLOTS],
+}
+
+/// Counters of one upstream, read with [`Forwarder::upstream_metrics`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamMetrics {
+    pub upstream: SocketAddr,
+    /// Exchanges started (UDP, and the TCP retry of a truncated reply).
+    pub requests: u64,
+    /// Matching replies received, by [`rcode_slot`].
+    pub responses: [u64; RCODE_SLOTS],
+}
+
+/// Whether `reply` is a positive answer (NOERROR with records in the answer section): CoreDNS's
+/// cache calls those `success` and everything else `denial`.
+fn is_positive(reply: &Message) -> bool {
+    reply.response_code == ResponseCode::NoError && !reply.answers.is_empty()
 }
 
 /// What an answer is cached under: the question, case-folded, and the two bits that change what
@@ -254,6 +291,14 @@ impl Cache {
     /// How many answers are held, expired ones not yet evicted included.
     fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// How many of the answers held are positive (see [`is_positive`]); the rest are denials.
+    fn positive_len(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|entry| is_positive(&entry.reply))
+            .count()
     }
 
     /// The answer for `key` at `now` with its TTLs counted down, unless absent or expired (an
@@ -385,6 +430,8 @@ struct Inner {
     /// One permit per upstream exchange in flight.
     exchange_permits: Arc<Semaphore>,
     counters: Counters,
+    /// One set of counters per entry of `config.upstreams`, same index.
+    upstream_counters: Vec<UpstreamCounters>,
 }
 
 /// A poisoned lock only means a panic elsewhere mid-operation; the cache and the in-flight map
@@ -424,6 +471,7 @@ impl std::fmt::Debug for Forwarder {
 impl Forwarder {
     /// A forwarder with an empty cache.
     pub fn new(config: ForwarderConfig) -> Self {
+        let upstreams = config.upstreams.len();
         let cache = Mutex::new(Cache::new(config.cache_capacity));
         let permits = config
             .max_concurrent_exchanges
@@ -436,6 +484,7 @@ impl Forwarder {
                 preferred_upstream: AtomicUsize::new(0),
                 exchange_permits: Arc::new(Semaphore::new(permits)),
                 counters: Counters::default(),
+                upstream_counters: config_upstreams_counters(upstreams),
             }),
         }
     }
@@ -451,6 +500,7 @@ impl Forwarder {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         ForwarderMetrics {
             cache_hits: read(&c.cache_hits),
+            cache_denial_hits: read(&c.cache_denial_hits),
             cache_misses: read(&c.cache_misses),
             deduplicated: read(&c.deduplicated),
             overloaded: read(&c.overloaded),
@@ -463,6 +513,30 @@ impl Forwarder {
     /// How many answers the cache holds.
     pub fn cache_len(&self) -> usize {
         lock(&self.inner.cache).len()
+    }
+
+    /// How many answers the cache holds, as (positive, denial). Walks the cache under its lock:
+    /// for a metrics scrape, not for the query path.
+    pub fn cache_len_by_kind(&self) -> (usize, usize) {
+        let cache = lock(&self.inner.cache);
+        let positive = cache.positive_len();
+        (positive, cache.len() - positive)
+    }
+
+    /// The counters of every upstream, in the configured order.
+    pub fn upstream_metrics(&self) -> Vec<UpstreamMetrics> {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        self.inner
+            .config
+            .upstreams
+            .iter()
+            .zip(&self.inner.upstream_counters)
+            .map(|(upstream, counters)| UpstreamMetrics {
+                upstream: *upstream,
+                requests: read(&counters.requests),
+                responses: std::array::from_fn(|slot| read(&counters.responses[slot])),
+            })
+            .collect()
     }
 
     /// The answer to `query`, from the cache or from an upstream, addressed to the asker: it
@@ -484,6 +558,9 @@ impl Forwarder {
         let counters = &self.inner.counters;
         if let Some(reply) = lock(&self.inner.cache).get(&key, Instant::now()) {
             bump(&counters.cache_hits);
+            if !is_positive(&reply) {
+                bump(&counters.cache_denial_hits);
+            }
             return Ok(reply_for_caller(query, question, &key, reply));
         }
         bump(&counters.cache_misses);
@@ -561,7 +638,11 @@ impl Inner {
         for attempt in 0..attempts {
             let index = (first + attempt) % upstreams.len();
             let upstream = upstreams[index];
-            match self.exchange_with(upstream, key).await {
+            let result = self.exchange_with(index, upstream, key).await;
+            if let Ok(reply) = &result {
+                bump(&self.upstream_counters[index].responses[rcode_slot(reply.response_code)]);
+            }
+            match result {
                 Ok(reply)
                     if matches!(
                         reply.response_code,
@@ -598,6 +679,7 @@ impl Inner {
     /// One exchange over UDP from a fresh socket, retried over TCP when the reply is truncated.
     async fn exchange_with(
         &self,
+        index: usize,
         upstream: SocketAddr,
         key: &CacheKey,
     ) -> Result<Message, AttemptError> {
@@ -615,6 +697,7 @@ impl Inner {
         let socket = UdpSocket::bind(local).await.map_err(AttemptError::Io)?;
         socket.connect(upstream).await.map_err(AttemptError::Io)?;
         bump(&self.counters.upstream_requests);
+        bump(&self.upstream_counters[index].requests);
         socket.send(&request).await.map_err(AttemptError::Io)?;
 
         let deadline = Instant::now() + self.config.timeout;
@@ -639,7 +722,7 @@ impl Inner {
             };
             if reply.truncation {
                 debug!(%upstream, name = %key.name, "truncated reply, retrying over TCP");
-                return self.exchange_over_tcp(upstream, key).await;
+                return self.exchange_over_tcp(index, upstream, key).await;
             }
             return Ok(reply);
         }
@@ -649,6 +732,7 @@ impl Inner {
     /// ([RFC 7766](https://www.rfc-editor.org/rfc/rfc7766) §8: two-byte length prefix).
     async fn exchange_over_tcp(
         &self,
+        index: usize,
         upstream: SocketAddr,
         key: &CacheKey,
     ) -> Result<Message, AttemptError> {
@@ -663,6 +747,7 @@ impl Inner {
             ))
         })?;
         bump(&self.counters.upstream_requests);
+        bump(&self.upstream_counters[index].requests);
         let exchange = async {
             let mut stream = TcpStream::connect(upstream).await?;
             let mut framed = Vec::with_capacity(request.len() + 2);
@@ -688,6 +773,12 @@ impl Inner {
             }
         }
     }
+}
+
+fn config_upstreams_counters(upstreams: usize) -> Vec<UpstreamCounters> {
+    (0..upstreams)
+        .map(|_| UpstreamCounters::default())
+        .collect()
 }
 
 /// The question sent upstream for `key`: recursion desired, EDNS(0) advertising

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use ipnet::IpNet;
@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::forward::{ForwardError, Forwarder, EDNS_UDP_PAYLOAD};
+use crate::metrics::{Metrics, Observation, PluginLabel, Proto, ZoneLabel};
 use crate::zone::Zone;
 
 /// The largest UDP reply to a client without EDNS(0) (RFC 1035 section 4.2.1).
@@ -46,13 +47,16 @@ pub struct Dns {
     forwarder: Forwarder,
     recursion_networks: Vec<IpNet>,
     tcp_idle_timeout: Duration,
+    metrics: Metrics,
 }
 
 impl Dns {
     /// A server answering from `zone` (not yet synced) and forwarding other names for clients in
     /// `recursion_networks` through `forwarder`.
     pub fn new(zone: Zone, forwarder: Forwarder, recursion_networks: Vec<IpNet>) -> Self {
+        let metrics = Metrics::new("dns://:53", zone.config().domain.to_string());
         Self {
+            metrics,
             zone: RwLock::new(zone),
             synced: AtomicBool::new(false),
             forwarder,
@@ -65,6 +69,23 @@ impl Dns {
     pub fn with_tcp_idle_timeout(mut self, timeout: Duration) -> Self {
         self.tcp_idle_timeout = timeout;
         self
+    }
+
+    /// Labels the metrics with `server` (CoreDNS's `dns://ADDR`, see
+    /// [`crate::metrics::server_label`]) instead of `dns://:53`.
+    pub fn with_server_label(mut self, server: impl Into<String>) -> Self {
+        self.metrics.set_server_label(server);
+        self
+    }
+
+    /// The query counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The forwarder for names outside the zone (for its counters).
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
     }
 
     /// Changes the zone under its write lock; queries see all of `change` or none of it.
@@ -93,6 +114,16 @@ impl Dns {
         client: SocketAddr,
         udp: bool,
     ) -> Option<Vec<u8>> {
+        let started = tokio::time::Instant::now();
+        let mut seen = Observation {
+            zone: ZoneLabel::Root,
+            plugin: PluginLabel::Server,
+            proto: if udp { Proto::Udp } else { Proto::Tcp },
+            ipv6_client: client.ip().to_canonical().is_ipv6(),
+            qtype: None,
+            rcode: ResponseCode::FormErr,
+            duration: Duration::ZERO,
+        };
         let query = match Message::from_vec(query_bytes) {
             Ok(query) => query,
             Err(error) => {
@@ -108,19 +139,32 @@ impl Dns {
                 );
                 reply.metadata.recursion_desired = header.metadata.recursion_desired;
                 reply.metadata.recursion_available = true;
+                seen.duration = started.elapsed();
+                self.metrics.record(&seen);
                 return reply.to_vec().ok();
             }
         };
         if query.metadata.message_type != MessageType::Query {
             return None;
         }
-        let reply = self.reply(&query, client).await;
-        encode(reply, reply_limit(&query, udp))
+        let (reply, zone, plugin) = self.reply(&query, client).await;
+        seen.zone = zone;
+        seen.plugin = plugin;
+        seen.qtype = query.queries.first().map(Query::query_type);
+        seen.rcode = reply.metadata.response_code;
+        let bytes = encode(reply, reply_limit(&query, udp));
+        seen.duration = started.elapsed();
+        self.metrics.record(&seen);
+        bytes
     }
 
     /// The reply to a decoded query, header and EDNS(0) set for the asker.
-    async fn reply(&self, query: &Message, client: SocketAddr) -> Message {
-        let mut reply = self.answer(query, client).await;
+    async fn reply(
+        &self,
+        query: &Message,
+        client: SocketAddr,
+    ) -> (Message, ZoneLabel, PluginLabel) {
+        let (mut reply, zone, plugin) = self.answer(query, client).await;
         reply.metadata.id = query.metadata.id;
         reply.metadata.message_type = MessageType::Response;
         reply.metadata.op_code = query.metadata.op_code;
@@ -136,13 +180,24 @@ impl Dns {
                 .set_dnssec_ok(theirs.flags().dnssec_ok);
             ours
         });
-        reply
+        (reply, zone, plugin)
     }
 
-    /// The rcode and sections of the reply to `query`.
-    async fn answer(&self, query: &Message, client: SocketAddr) -> Message {
+    /// The rcode and sections of the reply to `query`, and which zone and plugin (for the
+    /// metrics) answered it.
+    async fn answer(
+        &self,
+        query: &Message,
+        client: SocketAddr,
+    ) -> (Message, ZoneLabel, PluginLabel) {
         let op_code = query.metadata.op_code;
-        let refuse = |rcode| Message::error_msg(query.metadata.id, op_code, rcode);
+        let refuse = |rcode| {
+            (
+                Message::error_msg(query.metadata.id, op_code, rcode),
+                ZoneLabel::Root,
+                PluginLabel::Server,
+            )
+        };
         if op_code != OpCode::Query {
             return refuse(ResponseCode::NotImp);
         }
@@ -172,7 +227,11 @@ impl Dns {
         };
         match zone_answer {
             // Not yet listed: a client may retry SERVFAIL, but would cache a wrong NXDOMAIN.
-            Some(None) => refuse(ResponseCode::ServFail),
+            Some(None) => (
+                Message::error_msg(query.metadata.id, op_code, ResponseCode::ServFail),
+                ZoneLabel::Cluster,
+                PluginLabel::Kubernetes,
+            ),
             Some(Some(answer)) => {
                 let mut reply = Message::response(query.metadata.id, op_code);
                 reply.metadata.response_code = answer.rcode;
@@ -180,21 +239,30 @@ impl Dns {
                 reply.answers = answer.answers;
                 reply.authorities = answer.authority;
                 reply.additionals = answer.additionals;
-                reply
+                (reply, ZoneLabel::Cluster, PluginLabel::Kubernetes)
             }
             None if !self.may_recurse(client) => {
                 debug!(%client, %name, "recursion refused to a client outside recursion networks");
                 refuse(ResponseCode::Refused)
             }
-            None => match self.forwarder.resolve(query).await {
-                Ok(reply) => reply,
-                Err(ForwardError::Overloaded) => refuse(ResponseCode::Refused),
-                Err(ForwardError::Unsupported(_)) => refuse(ResponseCode::FormErr),
-                Err(error) => {
-                    debug!(%client, %name, %error, "forwarding failed");
-                    refuse(ResponseCode::ServFail)
+            None => {
+                let forwarded = |rcode| {
+                    (
+                        Message::error_msg(query.metadata.id, op_code, rcode),
+                        ZoneLabel::Root,
+                        PluginLabel::Forward,
+                    )
+                };
+                match self.forwarder.resolve(query).await {
+                    Ok(reply) => (reply, ZoneLabel::Root, PluginLabel::Forward),
+                    Err(ForwardError::Overloaded) => forwarded(ResponseCode::Refused),
+                    Err(ForwardError::Unsupported(_)) => forwarded(ResponseCode::FormErr),
+                    Err(error) => {
+                        debug!(%client, %name, %error, "forwarding failed");
+                        forwarded(ResponseCode::ServFail)
+                    }
                 }
-            },
+            }
         }
     }
 

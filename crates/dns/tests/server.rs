@@ -478,3 +478,206 @@ async fn malformed_and_unsupported_queries_get_formerr_notimp_or_nothing() -> Re
     );
     Ok(())
 }
+
+/// One HTTP/1.1 GET of `path` on `addr`: (status code, body).
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: dns\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .context("status line")?
+        .parse()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn metrics_count_queries_under_coredns_names_and_ready_waits_for_the_sync() -> Result<()> {
+    let api = InProcessServer::start().await?;
+    let client = api.client().await?;
+    let running = start_dns(None).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let metrics = listener.local_addr()?;
+    let http = tokio::spawn(switchyard_dns::metrics::serve_http(
+        Arc::clone(&running.dns),
+        listener,
+    ));
+    assert_eq!(http_get(metrics, "/healthz").await?.0, 200);
+    assert_eq!(http_get(metrics, "/ready").await?.0, 503, "not synced yet");
+
+    let watches = tokio::spawn(run_watches(client, Arc::clone(&running.dns)));
+    wait_for(WAIT, "/ready 200 after the first sync", || async {
+        (http_get(metrics, "/ready").await.ok()?.0 == 200).then_some(())
+    })
+    .await?;
+    let kubernetes = query("kubernetes.default.svc.cluster.local.", RecordType::A);
+    ask_udp(running.udp, &kubernetes).await?;
+    ask_tcp(running.tcp, &kubernetes).await?;
+    ask_udp(
+        running.udp,
+        &query("nope.default.svc.cluster.local.", RecordType::AAAA),
+    )
+    .await?;
+    // Twice: the second is a cache hit.
+    ask_udp(running.udp, &query("example.com.", RecordType::A)).await?;
+    ask_udp(running.udp, &query("example.com.", RecordType::A)).await?;
+
+    let (status, text) = http_get(metrics, "/metrics").await?;
+    assert_eq!(status, 200);
+    let value = |prefix: &str| -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    };
+    let server = "server=\"dns://:53\"";
+    for (series, expected) in [
+        (format!("coredns_dns_requests_total{{{server},zone=\"cluster.local.\",view=\"\",proto=\"udp\",family=\"1\",type=\"A\"}}"), 1.0),
+        (format!("coredns_dns_requests_total{{{server},zone=\"cluster.local.\",view=\"\",proto=\"tcp\",family=\"1\",type=\"A\"}}"), 1.0),
+        (format!("coredns_dns_requests_total{{{server},zone=\"cluster.local.\",view=\"\",proto=\"udp\",family=\"1\",type=\"AAAA\"}}"), 1.0),
+        (format!("coredns_dns_requests_total{{{server},zone=\".\",view=\"\",proto=\"udp\",family=\"1\",type=\"A\"}}"), 2.0),
+        (format!("coredns_dns_responses_total{{{server},zone=\"cluster.local.\",view=\"\",rcode=\"NOERROR\",plugin=\"kubernetes\"}}"), 2.0),
+        (format!("coredns_dns_responses_total{{{server},zone=\"cluster.local.\",view=\"\",rcode=\"NXDOMAIN\",plugin=\"kubernetes\"}}"), 1.0),
+        (format!("coredns_dns_responses_total{{{server},zone=\".\",view=\"\",rcode=\"NOERROR\",plugin=\"forward\"}}"), 2.0),
+        (format!("coredns_dns_request_duration_seconds_count{{{server},zone=\"cluster.local.\",view=\"\",type=\"A\"}}"), 2.0),
+        (format!("coredns_cache_hits_total{{{server},type=\"success\""), 1.0),
+        (format!("coredns_cache_misses_total{{{server}"), 1.0),
+        (format!("coredns_cache_entries{{{server},type=\"success\""), 1.0),
+        ("coredns_forward_requests_total{to=".to_string(), 1.0),
+        ("coredns_forward_responses_total{to=".to_string(), 1.0),
+        ("switchyard_dns_zone_synced ".to_string(), 1.0),
+        ("coredns_build_info{".to_string(), 1.0),
+    ] {
+        assert_eq!(value(&series), Some(expected), "{series} in\n{text}");
+    }
+    watches.abort();
+    http.abort();
+    Ok(())
+}
+
+/// The answer section as `TYPE data` lines, sorted (records of one set come in any order).
+fn rendered_answers(reply: &Message) -> Vec<String> {
+    let mut lines: Vec<String> = reply
+        .answers
+        .iter()
+        .map(|r| format!("{} {} {}", r.name, r.record_type(), r.data))
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Record shapes of the Kubernetes DNS specification 1.1.0 fed through the real watches of an
+/// API server and asked over the wire: UDP and TCP must give the same rcode, AA bit and
+/// answers, and negative answers carry the zone's SOA. (Every shape in detail, pods by
+/// hostname/subdomain included, is in the zone's own table test.)
+#[tokio::test]
+async fn specification_record_shapes_answer_alike_over_udp_and_tcp() -> Result<()> {
+    let api = InProcessServer::start().await?;
+    let client = api.client().await?;
+    let web_ip = create_service(&client, "web", false).await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "default");
+    for service in [
+        serde_json::json!({"metadata": {"name": "db"},
+            "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}}),
+        serde_json::json!({"metadata": {"name": "ext"},
+            "spec": {"type": "ExternalName", "externalName": "web.default.svc.cluster.local"}}),
+    ] {
+        services
+            .create(&PostParams::default(), &serde_json::from_value(service)?)
+            .await?;
+    }
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "default");
+    let slice = serde_json::json!({
+        "metadata": {"name": "db-manual", "labels": {"kubernetes.io/service-name": "db",
+                     "endpointslice.kubernetes.io/managed-by": "test"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["10.244.1.5"], "hostname": "db-0", "conditions": {"ready": true}},
+            {"addresses": ["10.244.1.6"], "conditions": {"ready": true}},
+            {"addresses": ["10.244.1.7"], "conditions": {"ready": false}}
+        ],
+        "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]
+    });
+    slices
+        .create(&PostParams::default(), &serde_json::from_value(slice)?)
+        .await?;
+    let running = start_dns(Some(client)).await?;
+    resolved(&running, "db-0.db.default.svc.cluster.local.").await?;
+    resolved(&running, "web.default.svc.cluster.local.").await?;
+
+    let web_ptr = {
+        let octets: Vec<&str> = web_ip.split('.').rev().collect();
+        format!("{}.in-addr.arpa.", octets.join("."))
+    };
+    let web = "web.default.svc.cluster.local.";
+    let cases: Vec<(&str, RecordType, ResponseCode, Vec<String>)> = vec![
+        ("dns-version.cluster.local.", RecordType::TXT, ResponseCode::NoError,
+            vec!["dns-version.cluster.local. TXT 1.1.0".into()]),
+        (web, RecordType::A, ResponseCode::NoError, vec![format!("{web} A {web_ip}")]),
+        ("WEB.default.svc.cluster.local.", RecordType::A, ResponseCode::NoError,
+            vec![format!("WEB.default.svc.cluster.local. A {web_ip}")]),
+        (web, RecordType::AAAA, ResponseCode::NoError, vec![]),
+        ("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV, ResponseCode::NoError,
+            vec![format!("_http._tcp.web.default.svc.cluster.local. SRV 0 100 80 {web}")]),
+        (&web_ptr, RecordType::PTR, ResponseCode::NoError, vec![format!("{web_ptr} PTR {web}")]),
+        ("db.default.svc.cluster.local.", RecordType::A, ResponseCode::NoError, vec![
+            "db.default.svc.cluster.local. A 10.244.1.5".into(),
+            "db.default.svc.cluster.local. A 10.244.1.6".into(),
+        ]),
+        ("db-0.db.default.svc.cluster.local.", RecordType::A, ResponseCode::NoError,
+            vec!["db-0.db.default.svc.cluster.local. A 10.244.1.5".into()]),
+        ("10-244-1-6.db.default.svc.cluster.local.", RecordType::A, ResponseCode::NoError,
+            vec!["10-244-1-6.db.default.svc.cluster.local. A 10.244.1.6".into()]),
+        ("10-244-1-7.db.default.svc.cluster.local.", RecordType::A, ResponseCode::NXDomain, vec![]),
+        ("_pg._tcp.db.default.svc.cluster.local.", RecordType::SRV, ResponseCode::NoError, vec![
+            "_pg._tcp.db.default.svc.cluster.local. SRV 0 50 5432 10-244-1-6.db.default.svc.cluster.local.".into(),
+            "_pg._tcp.db.default.svc.cluster.local. SRV 0 50 5432 db-0.db.default.svc.cluster.local.".into(),
+        ]),
+        ("5.1.244.10.in-addr.arpa.", RecordType::PTR, ResponseCode::NoError,
+            vec!["5.1.244.10.in-addr.arpa. PTR db-0.db.default.svc.cluster.local.".into()]),
+        ("ext.default.svc.cluster.local.", RecordType::A, ResponseCode::NoError, vec![
+            format!("ext.default.svc.cluster.local. CNAME {web}"),
+            format!("{web} A {web_ip}"),
+        ]),
+        ("10-244-0-9.default.pod.cluster.local.", RecordType::A, ResponseCode::NoError,
+            vec!["10-244-0-9.default.pod.cluster.local. A 10.244.0.9".into()]),
+        ("nope.default.svc.cluster.local.", RecordType::A, ResponseCode::NXDomain, vec![]),
+        ("default.svc.cluster.local.", RecordType::A, ResponseCode::NoError, vec![]),
+    ];
+    for (name, record_type, rcode, expected) in cases {
+        let question = query(name, record_type);
+        let udp = ask_udp(running.udp, &question).await?;
+        let tcp = ask_tcp(running.tcp, &question).await?;
+        for (transport, reply) in [("udp", &udp), ("tcp", &tcp)] {
+            let what = format!("{name} {record_type} over {transport}");
+            assert_eq!(reply.metadata.response_code, rcode, "{what}");
+            assert!(reply.metadata.authoritative, "{what}: AA");
+            let mut expected = expected.clone();
+            expected.sort();
+            assert_eq!(rendered_answers(reply), expected, "{what}");
+            if expected.is_empty() {
+                assert!(
+                    reply
+                        .authorities
+                        .iter()
+                        .any(|r| r.record_type() == RecordType::SOA),
+                    "{what}: SOA in the authority section"
+                );
+            }
+        }
+        assert_eq!(
+            rendered_answers(&udp),
+            rendered_answers(&tcp),
+            "{name} {record_type}"
+        );
+    }
+    Ok(())
+}

@@ -33,10 +33,21 @@ pub struct DnsArgs {
         default_value = "127.0.0.0/8,::1/128,10.96.0.0/12,10.244.0.0/16"
     )]
     recursion_networks: Vec<String>,
+    /// Address of `/metrics`, `/healthz` and `/ready` (CoreDNS's `prometheus :9153`).
+    #[arg(long, default_value = "127.0.0.1:9153")]
+    metrics_listen: std::net::SocketAddr,
+    /// Network namespace (by name, as `ip netns`) to open the DNS and metrics sockets in; the
+    /// API connection stays in this process's namespace.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Register this instance as an endpoint of kube-system/kube-dns at this address (an
+    /// EndpointSlice `kube-dns-<id>` and a Lease `switchyard-dns-<id>`, removed on shutdown).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
 }
 
 pub async fn run(args: DnsArgs) -> ExitCode {
-    use switchyard_dns::{forward, server, sources, zone};
+    use switchyard_dns::{forward, metrics, registration, server, sources, zone};
     let domain = match format!("{}.", args.cluster_domain.trim_end_matches('.'))
         .parse::<hickory_proto::rr::Name>()
     {
@@ -81,15 +92,39 @@ pub async fn run(args: DnsArgs) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let udp = tokio::net::UdpSocket::bind(args.listen).await;
-    let tcp = tokio::net::TcpListener::bind(args.listen).await;
-    let (udp, tcp) = match (udp, tcp) {
-        (Ok(u), Ok(t)) => (u, t),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("switchyard: cannot listen on {}: {e}", args.listen);
+    let netns = match &args.netns {
+        None => switchyard_netns::NetNs::current(),
+        Some(name) => match switchyard_netns::NetNs::open(name) {
+            Ok(ns) => ns,
+            Err(e) => {
+                eprintln!("switchyard: --netns {name:?}: {e:#}");
+                return ExitCode::from(64);
+            }
+        },
+    };
+    let (udp, tcp, metrics_listener) = match (
+        netns.bind_udp(args.listen),
+        netns.bind_tcp(args.listen),
+        netns.bind_tcp(args.metrics_listen),
+    ) {
+        (Ok(u), Ok(t), Ok(m)) => (u, t, m),
+        (Err(e), _, _) | (_, Err(e), _) => {
+            eprintln!("switchyard: cannot listen on {}: {e:#}", args.listen);
+            return ExitCode::from(64);
+        }
+        (_, _, Err(e)) => {
+            eprintln!(
+                "switchyard: cannot listen on {}: {e:#}",
+                args.metrics_listen
+            );
             return ExitCode::from(64);
         }
     };
+    // Port 0 asks for a free port; the endpoint must name the one we got.
+    let dns_port = tcp.local_addr().map_or(args.listen.port(), |a| a.port());
+    let metrics_port = metrics_listener
+        .local_addr()
+        .map_or(args.metrics_listen.port(), |a| a.port());
     let zone = zone::Zone::new(zone::ZoneConfig {
         domain,
         ttl: args.ttl,
@@ -99,19 +134,52 @@ pub async fn run(args: DnsArgs) -> ExitCode {
         upstreams,
         ..Default::default()
     });
-    let dns = Arc::new(server::Dns::new(zone, forwarder, networks));
-    let tasks = [
+    let dns = Arc::new(
+        server::Dns::new(zone, forwarder, networks)
+            .with_server_label(switchyard_dns::metrics::server_label(args.listen)),
+    );
+    let registration = args.advertise_address.map(|address| {
+        Arc::new(registration::Registration::new(
+            client.clone(),
+            registration::RegistrationConfig::for_address(address, dns_port, metrics_port),
+        ))
+    });
+    let mut tasks = vec![
         tokio::spawn(dns.clone().serve_udp(udp)),
         tokio::spawn(dns.clone().serve_tcp(tcp)),
-        tokio::spawn(sources::run_watches(client, dns)),
+        tokio::spawn(metrics::serve_http(dns.clone(), metrics_listener)),
+        tokio::spawn(sources::run_watches(client, dns.clone())),
     ];
+    if let Some(registration) = &registration {
+        let registration = Arc::clone(registration);
+        tasks.push(tokio::spawn(
+            async move { registration.maintain(dns).await },
+        ));
+    }
     eprintln!(
-        "switchyard: DNS on {} (UDP and TCP) for {}",
-        args.listen, args.cluster_domain
+        "switchyard: DNS on {} (UDP and TCP){} for {}, metrics on {}",
+        args.listen,
+        args.netns
+            .as_deref()
+            .map(|n| format!(" in netns {n}"))
+            .unwrap_or_default(),
+        args.cluster_domain,
+        args.metrics_listen
     );
     wait_for_signal().await;
     for t in tasks {
         t.abort();
+    }
+    if let Some(registration) = registration {
+        // Leave the Service's endpoints before exiting, so the proxy stops sending queries here
+        // now rather than when the Lease expires.
+        match tokio::time::timeout(std::time::Duration::from_secs(5), registration.deregister())
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("switchyard: removing the kube-dns endpoint: {e}"),
+            Err(_) => eprintln!("switchyard: removing the kube-dns endpoint timed out"),
+        }
     }
     ExitCode::SUCCESS
 }
