@@ -110,6 +110,9 @@ impl Agent {
         let shared = Arc::new(Shared {
             client,
             config,
+            kubelet_port: std::sync::atomic::AtomicU16::new(
+                switchyard_api::node::DEFAULT_KUBELET_PORT,
+            ),
             timings,
             node_ns,
             catalog,
@@ -149,6 +152,8 @@ impl Agent {
 struct Shared {
     client: Client,
     config: Config,
+    /// The kubelet endpoint's port once it listens (for `daemonEndpoints`).
+    kubelet_port: std::sync::atomic::AtomicU16,
     timings: Timings,
     node_ns: NetNs,
     catalog: ImageCatalog,
@@ -173,6 +178,10 @@ async fn run(shared: Arc<Shared>, phase: &watch::Sender<Phase>) -> anyhow::Resul
         .context("set up the pod network")?;
     let network = Arc::new(network);
     tracing::info!(node = %shared.config.node_name, %pod_cidr, "pod network ready");
+    let _kubelet = match &shared.config.kubelet {
+        Some(endpoint) => Some(serve_kubelet(&shared, endpoint, network.clone()).await?),
+        None => None,
+    };
     {
         let shared = shared.clone();
         let network = network.clone();
@@ -184,6 +193,49 @@ async fn run(shared: Arc<Shared>, phase: &watch::Sender<Phase>) -> anyhow::Resul
 }
 
 // ---- the Node ----
+
+/// Start the kubelet endpoint (logs, exec) and tell the API server where it is.
+async fn serve_kubelet(
+    shared: &Shared,
+    endpoint: &crate::KubeletEndpoint,
+    network: Arc<PodNetwork>,
+) -> anyhow::Result<crate::server::KubeletServer> {
+    let listener = tokio::net::TcpListener::bind(endpoint.listen)
+        .await
+        .with_context(|| format!("kubelet endpoint: listen on {}", endpoint.listen))?;
+    let lookup: crate::server::SandboxLookup = Arc::new(move |ns: &str, name: &str| {
+        network
+            .sandboxes()
+            .into_iter()
+            .find(|s| s.namespace == ns && s.name == name)
+    });
+    let server = crate::server::KubeletServer::start(
+        listener,
+        shared.config.root_dir.clone(),
+        &shared.config.node_name,
+        &endpoint.client_ca_pem,
+        lookup,
+    )?;
+    let addr = server.local_addr();
+    shared
+        .kubelet_port
+        .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
+    // Where the API server reaches it: the annotation unless it is the node's own address.
+    let annotation = (addr.ip() != shared.config.node_ip).then(|| addr.to_string());
+    let api: Api<Node> = Api::all(shared.client.clone());
+    let patch = json!({"metadata": {"annotations": {
+        switchyard_api::node::KUBELET_ENDPOINT_ANNOTATION: annotation}}});
+    api.patch(
+        &shared.config.node_name,
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .context("annotate the node with its kubelet endpoint")?;
+    post_node_status(shared).await?;
+    tracing::info!(node = %shared.config.node_name, %addr, "kubelet endpoint serving");
+    Ok(server)
+}
 
 fn arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -279,7 +331,12 @@ async fn register_node(shared: &Shared) -> anyhow::Result<Node> {
 
 /// The Node's status as kubelet posts it. Condition transition times are kept from `current`
 /// while a condition's status does not change.
-fn node_status(config: &Config, current: Option<&Node>, now: jiff::Timestamp) -> Value {
+fn node_status(
+    config: &Config,
+    kubelet_port: u16,
+    current: Option<&Node>,
+    now: jiff::Timestamp,
+) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let memory = memory_capacity();
     let resources =
@@ -320,7 +377,7 @@ fn node_status(config: &Config, current: Option<&Node>, now: jiff::Timestamp) ->
                 condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
                 condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             "nodeInfo": {
                 "machineID": read_trimmed("/etc/machine-id"),
                 "systemUUID": read_trimmed("/sys/class/dmi/id/product_uuid"),
@@ -341,7 +398,15 @@ async fn post_node_status(shared: &Shared) -> anyhow::Result<()> {
     let api: Api<Node> = Api::all(shared.client.clone());
     let name = &shared.config.node_name;
     let current = api.get_opt(name).await?;
-    let status = node_status(&shared.config, current.as_ref(), jiff::Timestamp::now());
+    let port = shared
+        .kubelet_port
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let status = node_status(
+        &shared.config,
+        port,
+        current.as_ref(),
+        jiff::Timestamp::now(),
+    );
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .context("post the node's status")?;

@@ -52,4 +52,18 @@ pub struct Config {
     pub image_catalog: Option<PathBuf>,
     /// The `switchyard` executable the built-in images run (`switchyard echo-server ...`).
     pub self_exe: PathBuf,
+    /// The kubelet endpoint (`kubectl logs`, `kubectl exec` through the API server); `None`
+    /// serves none.
+    pub kubelet: Option<KubeletEndpoint>,
+}
+
+/// Where the node's kubelet endpoint listens and whom it trusts.
+#[derive(Clone, Debug)]
+pub struct KubeletEndpoint {
+    /// Address in the agent's own namespace. When it is not the node's address (a node whose
+    /// data plane lives in a namespace listens on loopback), the Node says where it is with
+    /// the `switchyard.dev/kubelet-endpoint` annotation.
+    pub listen: std::net::SocketAddr,
+    /// The cluster CA (PEM) that certifies the API server's kubelet client.
+    pub client_ca_pem: Vec<u8>,
 }

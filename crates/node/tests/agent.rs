@@ -57,6 +57,7 @@ fn config(ns: &NetNs, node_ip: &str, root: &Path) -> Config {
         root_dir: root.to_path_buf(),
         image_catalog: None,
         self_exe: std::env::current_exe().expect("test exe"),
+        kubelet: None,
     }
 }
 

@@ -36,6 +36,39 @@ pub struct NodeArgs {
     /// An image catalog file (YAML) added to the built-in images.
     #[arg(long)]
     image_catalog: Option<PathBuf>,
+    /// Where the kubelet endpoint (logs, exec) listens, in this process's namespace (default:
+    /// NODE_IP:10250; with --netns, 127.0.0.1 on a free port).
+    #[arg(long)]
+    kubelet_listen: Option<std::net::SocketAddr>,
+}
+
+/// The cluster CA of the kubeconfig's current cluster (inline or as a file), PEM.
+fn kubeconfig_ca(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let kc = kube::config::Kubeconfig::read_from(path)?;
+    let context_name = kc.current_context.clone().unwrap_or_default();
+    let cluster_name = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .context("the current context names no cluster")?;
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .and_then(|c| c.cluster.as_ref())
+        .with_context(|| format!("cluster {cluster_name} not found"))?;
+    if let Some(data) = &cluster.certificate_authority_data {
+        use base64::Engine;
+        return Ok(base64::engine::general_purpose::STANDARD.decode(data.trim())?);
+    }
+    let file = cluster
+        .certificate_authority
+        .as_ref()
+        .context("the cluster has no certificate authority")?;
+    std::fs::read(file).with_context(|| format!("reading {file}"))
 }
 
 /// The host name, as kubelet's default node name (lower-cased).
@@ -140,6 +173,17 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return bad(format!("--kubeconfig {}: {e:#}", args.kubeconfig.display())),
     };
+    let client_ca_pem = match kubeconfig_ca(&args.kubeconfig) {
+        Ok(pem) => pem,
+        Err(e) => return bad(format!("--kubeconfig {}: {e:#}", args.kubeconfig.display())),
+    };
+    let listen = args.kubelet_listen.unwrap_or_else(|| {
+        if args.netns.is_some() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            std::net::SocketAddr::new(node_ip, switchyard_api::node::DEFAULT_KUBELET_PORT)
+        }
+    });
     let config = switchyard_node::Config {
         node_name: node_name.clone(),
         node_ip,
@@ -149,6 +193,10 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         root_dir: args.root_dir.clone(),
         image_catalog: args.image_catalog.clone(),
         self_exe,
+        kubelet: Some(switchyard_node::KubeletEndpoint {
+            listen,
+            client_ca_pem,
+        }),
     };
     let agent = match switchyard_node::agent::Agent::start(client, config).await {
         Ok(a) => a,

@@ -158,6 +158,11 @@ spec:
         .expect("echo answers");
     assert!(body.contains("echo"), "{body}");
     assert!(body.contains(&ip), "{body}");
+    // kubectl exec and logs reach the pod through the API server and the node's endpoint.
+    let host = kubectl.run(&["exec", "echo", "--", "hostname"]);
+    assert_eq!(host.stdout, "echo\n", "{host:?}");
+    let logs = kubectl.run(&["logs", "echo"]);
+    assert!(logs.success, "{logs:?}");
 
     // kill -9 of the agent: the pod keeps answering; a new agent keeps its IP.
     let _ = node.0.kill();
