@@ -56,6 +56,13 @@ struct State {
     last: Option<IpAddr>,
 }
 
+/// The pod CIDR recorded in `path` (an `ipam.json`), if there is one.
+pub fn recorded_cidr(path: &Path) -> Option<IpNet> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let state: State = serde_json::from_str(&text).ok()?;
+    state.cidr.parse().ok()
+}
+
 /// The IP allocations of one node.
 #[derive(Debug)]
 pub struct Ipam {

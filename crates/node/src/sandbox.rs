@@ -503,6 +503,18 @@ impl PodNetwork {
         Ok(())
     }
 
+    /// The pod network recorded in `state_dir`, if one was set up there (for the cleanup
+    /// command, which does not know the pod CIDR).
+    pub async fn open_existing(
+        node_ns: NetNs,
+        state_dir: &Path,
+    ) -> Result<Option<PodNetwork>, SandboxError> {
+        match crate::ipam::recorded_cidr(&state_dir.join("ipam.json")) {
+            Some(cidr) => Ok(Some(PodNetwork::setup(node_ns, cidr, state_dir).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Remove everything this pod network created (the node's cleanup command): every sandbox
     /// (processes killed, namespaces, veths, IPs), the routes it synced, the bridge, and its
     /// state files. Idempotent.

@@ -12,8 +12,8 @@ use crate::wait_for_signal;
 #[derive(clap::Args)]
 pub struct NodeArgs {
     /// Kubeconfig of the API server.
-    #[arg(long)]
-    kubeconfig: PathBuf,
+    #[arg(long, required_unless_present = "cleanup")]
+    kubeconfig: Option<PathBuf>,
     /// The Node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -40,6 +40,47 @@ pub struct NodeArgs {
     /// NODE_IP:10250; with --netns, 127.0.0.1 on a free port).
     #[arg(long)]
     kubelet_listen: Option<std::net::SocketAddr>,
+    /// Remove everything this node created (pod sandboxes and their processes, routes, the pod
+    /// bridge, state in --root-dir) and exit; needs only --root-dir (and --netns).
+    #[arg(long)]
+    cleanup: bool,
+}
+
+/// `--cleanup`: tear down the pod network recorded in the root dir.
+async fn cleanup(args: &NodeArgs) -> ExitCode {
+    let netns = match &args.netns {
+        Some(name) => match switchyard_netns::NetNs::open(name) {
+            Ok(ns) => ns,
+            Err(e) => return bad(format!("--netns {name}: {e}")),
+        },
+        None => switchyard_netns::NetNs::current(),
+    };
+    match switchyard_node::sandbox::PodNetwork::open_existing(netns, &args.root_dir).await {
+        Ok(None) => {
+            eprintln!(
+                "switchyard: nothing to clean up in {}",
+                args.root_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Some(network)) => match network.teardown().await {
+            Ok(()) => {
+                eprintln!(
+                    "switchyard: removed the pods and the pod network of {}",
+                    args.root_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchyard: cleanup: {e}");
+                ExitCode::from(70)
+            }
+        },
+        Err(e) => {
+            eprintln!("switchyard: cleanup: {e}");
+            ExitCode::from(70)
+        }
+    }
 }
 
 /// The cluster CA of the kubeconfig's current cluster (inline or as a file), PEM.
@@ -117,6 +158,12 @@ fn valid_node_name(name: &str) -> bool {
 }
 
 pub async fn run(args: NodeArgs) -> ExitCode {
+    if args.cleanup {
+        return cleanup(&args).await;
+    }
+    let Some(kubeconfig) = args.kubeconfig.clone() else {
+        return bad("--kubeconfig is required".into());
+    };
     let Some(node_name) = args.node_name.clone().or_else(host_name) else {
         return bad("--node-name: cannot determine the host name; pass --node-name".into());
     };
@@ -169,13 +216,13 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return bad(format!("cannot find the switchyard executable: {e}")),
     };
-    let client = match switchyard_controllers::client_from_kubeconfig(&args.kubeconfig).await {
+    let client = match switchyard_controllers::client_from_kubeconfig(&kubeconfig).await {
         Ok(c) => c,
-        Err(e) => return bad(format!("--kubeconfig {}: {e:#}", args.kubeconfig.display())),
+        Err(e) => return bad(format!("--kubeconfig {}: {e:#}", kubeconfig.display())),
     };
-    let client_ca_pem = match kubeconfig_ca(&args.kubeconfig) {
+    let client_ca_pem = match kubeconfig_ca(&kubeconfig) {
         Ok(pem) => pem,
-        Err(e) => return bad(format!("--kubeconfig {}: {e:#}", args.kubeconfig.display())),
+        Err(e) => return bad(format!("--kubeconfig {}: {e:#}", kubeconfig.display())),
     };
     let listen = args.kubelet_listen.unwrap_or_else(|| {
         if args.netns.is_some() {

@@ -523,7 +523,11 @@ async fn a_full_cluster_ip_range_refuses_the_next_service_until_one_is_deleted()
         );
     }
     let all = all_services(&client).await?;
-    assert_eq!(all.len(), FREE + 1, "the kubernetes service and ours in default");
+    assert_eq!(
+        all.len(),
+        FREE + 1,
+        "the kubernetes service and ours in default"
+    );
     assert_no_shared_allocations(all.values());
     for s in all.values() {
         assert!(

@@ -171,7 +171,7 @@ spec:
         http_get(&ns, addr).await.is_some(),
         "pod answers with the agent dead"
     );
-    let _node2 = start_node(&server.kubeconfig(), &ns, root.path());
+    let mut node2 = start_node(&server.kubeconfig(), &ns, root.path());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let out = kubectl.run(&["get", "pod", "echo", "-o", "jsonpath={.status.podIP}"]);
     assert_eq!(out.stdout.trim(), ip);
@@ -190,5 +190,29 @@ spec:
     assert!(
         http_get(&ns, addr).await.is_none(),
         "nothing answers on the old IP"
+    );
+
+    // The cleanup command removes what the node made: the pod bridge and its state.
+    let _ = node2.0.kill();
+    let _ = node2.0.wait();
+    assert!(ns.ip(&["link", "show", "sy-br0"]).await.is_ok());
+    let out = Command::new(binary())
+        .args(["node", "--cleanup", "--netns", ns.name().expect("named")])
+        .arg("--root-dir")
+        .arg(root.path())
+        .output()
+        .expect("cleanup runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        ns.ip(&["link", "show", "sy-br0"]).await.is_err(),
+        "the bridge is gone"
+    );
+    assert!(
+        !root.path().join("ipam.json").exists(),
+        "the IPAM state is gone"
     );
 }
