@@ -143,9 +143,18 @@ async fn rules_follow_services_and_slices_with_one_full_sync_then_partial_ones()
             && !t.contains(&no_endpoints)
     })
     .await;
-    let m = proxy.metrics();
+    // The counters are updated just after the rules are applied.
+    let m = wait_for(
+        Duration::from_secs(10),
+        "two partial syncs counted",
+        || async {
+            let m = proxy.metrics();
+            (m.partial_syncs >= 2).then_some(m)
+        },
+    )
+    .await
+    .expect("partial syncs");
     assert_eq!(m.full_syncs, 1, "{m:?}");
-    assert!(m.partial_syncs >= 2, "{m:?}");
     assert_eq!(m.sync_errors, 0, "{m:?}");
 
     // Services of another proxy get nothing; a later ordinary one proves a sync happened.
