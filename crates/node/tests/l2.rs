@@ -83,7 +83,12 @@ async fn only_the_announcer_answers_and_a_takeover_moves_the_neighbour() {
     .await
     .expect("resolved");
     assert_eq!(resolved, mac_a, "the announcing node answered");
-    assert!(speaker_a.metrics().replies_sent >= 1);
+    // Counted right after the reply left.
+    wait_for(Duration::from_secs(5), "a's reply counted", || async {
+        (speaker_a.metrics().replies_sent >= 1).then_some(())
+    })
+    .await
+    .expect("counted");
     assert_eq!(
         speaker_b.metrics().replies_sent,
         0,
@@ -106,7 +111,13 @@ async fn only_the_announcer_answers_and_a_takeover_moves_the_neighbour() {
     .await
     .expect("moved");
     eprintln!("takeover seen by the client after {:?}", started.elapsed());
-    assert!(speaker_b.metrics().gratuitous_sent >= 1);
+    wait_for(
+        Duration::from_secs(5),
+        "b's gratuitous ARP counted",
+        || async { (speaker_b.metrics().gratuitous_sent >= 1).then_some(()) },
+    )
+    .await
+    .expect("counted");
     assert_eq!(speaker_b.metrics().takeovers, 1);
 
     // Only b answers fresh requests now: flush the entry and resolve again.
