@@ -401,9 +401,34 @@ impl NsGuard {
 }
 
 impl Drop for NsGuard {
+    /// Kills what still runs in each namespace (processes the test started there: pods,
+    /// servers), then deletes it.
     fn drop(&mut self) {
         for name in self.names.iter().rev() {
+            kill_processes_in(name);
             NetNs::delete_blocking(name);
+        }
+    }
+}
+
+/// SIGKILL every process whose network namespace is `name` (`ip netns pids`).
+fn kill_processes_in(name: &str) {
+    if !NetNs::exists(name) {
+        return;
+    }
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["netns", "pids", name])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

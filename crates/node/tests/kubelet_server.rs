@@ -9,6 +9,32 @@ use switchyard_node::logs::container_log_path;
 use switchyard_node::server::KubeletServer;
 use switchyard_testkit::{kubectl_path, InProcessServer, Kubectl};
 
+/// Node `node-1` whose kubelet endpoint is `kubelet`, and `pod` (bound to it) in `default`.
+async fn node_with_pod(
+    client: &kube::Client,
+    kubelet: std::net::SocketAddr,
+    pod: serde_json::Value,
+) -> Api<Pod> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = serde_json::json!({"metadata": {"name": "node-1", "annotations": {
+        switchyard_api::node::KUBELET_ENDPOINT_ANNOTATION: kubelet.to_string()}}});
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(node).expect("node"),
+        )
+        .await
+        .expect("create node");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod).expect("pod"),
+    )
+    .await
+    .expect("create pod");
+    pods
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_reads_the_nodes_files() {
     let Some(kubectl) = kubectl_path() else {
@@ -43,30 +69,16 @@ async fn kubectl_logs_reads_the_nodes_files() {
     )
     .expect("kubelet");
 
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "node-1", "annotations": {
-                    switchyard_api::node::KUBELET_ENDPOINT_ANNOTATION: kubelet.local_addr().to_string()}},
-            }))
-            .expect("node"),
-        )
-        .await
-        .expect("create node");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    pods.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web"},
-            "spec": {"nodeName": "node-1", "containers": [
-                {"name": "app", "image": "myapp:v1"}, {"name": "side", "image": "busybox"}]},
-        }))
-        .expect("pod"),
+    let pods = node_with_pod(
+        &client,
+        kubelet.local_addr(),
+        serde_json::json!({
+                "metadata": {"name": "web"},
+                "spec": {"nodeName": "node-1", "containers": [
+                    {"name": "app", "image": "myapp:v1"}, {"name": "side", "image": "busybox"}]},
+        }),
     )
-    .await
-    .expect("create pod");
+    .await;
     let status = serde_json::json!({"status": {"phase": "Running", "containerStatuses": [
         {"name": "app", "image": "myapp:v1", "imageID": "", "ready": true, "restartCount": 0,
          "state": {"running": {"startedAt": "2026-11-22T07:00:00Z"}}},
@@ -152,28 +164,6 @@ async fn kubectl_logs_reads_the_nodes_files() {
     assert_eq!(seen[..3], ["first line", "second line", "third line"]);
 }
 
-/// Kills what runs in a pod namespace and deletes it when dropped.
-struct PodNsGuard(String);
-
-impl Drop for PodNsGuard {
-    fn drop(&mut self) {
-        if let Ok(out) = std::process::Command::new("ip")
-            .args(["netns", "pids", &self.0])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-        switchyard_netns::NetNs::delete_blocking(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_runs_in_the_pods_sandbox() {
     use switchyard_node::sandbox::{netns_name, PodNetwork, SandboxSpec};
@@ -199,7 +189,7 @@ async fn kubectl_exec_runs_in_the_pods_sandbox() {
     .await
     .expect("pod network");
     let uid = format!("exec-{}", std::process::id());
-    let _pod_ns = PodNsGuard(netns_name(&uid));
+    guard.adopt(&netns_name(&uid));
     let sandbox = network
         .create_sandbox(&SandboxSpec {
             pod_uid: uid.clone(),
@@ -230,29 +220,15 @@ async fn kubectl_exec_runs_in_the_pods_sandbox() {
         }),
     )
     .expect("kubelet");
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "node-1", "annotations": {
-                    switchyard_api::node::KUBELET_ENDPOINT_ANNOTATION: kubelet.local_addr().to_string()}},
-            }))
-            .expect("node"),
-        )
-        .await
-        .expect("create node");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    pods.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "shell"},
-            "spec": {"nodeName": "node-1", "containers": [{"name": "sh", "image": "busybox"}]},
-        }))
-        .expect("pod"),
+    node_with_pod(
+        &client,
+        kubelet.local_addr(),
+        serde_json::json!({
+                "metadata": {"name": "shell"},
+                "spec": {"nodeName": "node-1", "containers": [{"name": "sh", "image": "busybox"}]},
+        }),
     )
-    .await
-    .expect("create pod");
+    .await;
 
     let k = Kubectl::new(kubectl, server.kubeconfig());
     // The pod's UTS and network namespaces.

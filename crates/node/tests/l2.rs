@@ -28,6 +28,26 @@ async fn neighbour(client: &NetNs, ip: &str) -> Option<String> {
     words.next().map(str::to_string)
 }
 
+/// Send to `vip` from the client until its neighbour entry names one of `macs`; that MAC.
+async fn resolve(
+    client: &NetNs,
+    probe: &tokio::net::UdpSocket,
+    vip: &str,
+    macs: &[String],
+) -> String {
+    let target: std::net::SocketAddr = format!("{vip}:9").parse().expect("addr");
+    wait_for(
+        Duration::from_secs(10),
+        "the client resolves the IP",
+        || async {
+            let _ = probe.send_to(b"x", target).await;
+            neighbour(client, vip).await.filter(|m| macs.contains(m))
+        },
+    )
+    .await
+    .expect("resolved")
+}
+
 fn announce(ip: &str) -> Vec<Announcement> {
     vec![Announcement {
         ip: ip.parse().expect("ip"),
@@ -69,19 +89,8 @@ async fn only_the_announcer_answers_and_a_takeover_moves_the_neighbour() {
     let probe = client
         .bind_udp("0.0.0.0:0".parse().expect("addr"))
         .expect("udp");
-    let target: std::net::SocketAddr = format!("{vip}:9").parse().expect("addr");
-    let resolved = wait_for(
-        Duration::from_secs(5),
-        "the client resolves the IP",
-        || async {
-            let _ = probe.send_to(b"x", target).await;
-            neighbour(client, vip)
-                .await
-                .filter(|m| *m == mac_a || *m == mac_b)
-        },
-    )
-    .await
-    .expect("resolved");
+    let macs = [mac_a.clone(), mac_b.clone()];
+    let resolved = resolve(client, &probe, vip, &macs).await;
     assert_eq!(resolved, mac_a, "the announcing node answered");
     // Counted right after the reply left.
     wait_for(Duration::from_secs(5), "a's reply counted", || async {
@@ -126,18 +135,7 @@ async fn only_the_announcer_answers_and_a_takeover_moves_the_neighbour() {
         .await
         .expect("flush");
     let replies_a = speaker_a.metrics().replies_sent;
-    let again = wait_for(
-        Duration::from_secs(5),
-        "the client resolves again",
-        || async {
-            let _ = probe.send_to(b"x", target).await;
-            neighbour(client, vip)
-                .await
-                .filter(|m| *m == mac_a || *m == mac_b)
-        },
-    )
-    .await
-    .expect("resolved");
+    let again = resolve(client, &probe, vip, &macs).await;
     assert_eq!(again, mac_b);
     assert_eq!(speaker_a.metrics().replies_sent, replies_a);
     let announced: BTreeSet<IpAddr> = [vip.parse().expect("ip")].into();
@@ -273,19 +271,7 @@ mod failover {
         let probe = client_ns
             .bind_udp("0.0.0.0:0".parse().expect("addr"))
             .expect("udp");
-        let target: std::net::SocketAddr = format!("{vip}:80").parse().expect("addr");
-        let owner_mac = wait_for(
-            Duration::from_secs(10),
-            "the client resolves the LB IP",
-            || async {
-                let _ = probe.send_to(b"x", target).await;
-                neighbour(&client_ns, vip)
-                    .await
-                    .filter(|m| macs.contains(m))
-            },
-        )
-        .await
-        .expect("resolved");
+        let owner_mac = resolve(&client_ns, &probe, vip, &macs).await;
         let owner = macs
             .iter()
             .position(|m| *m == owner_mac)
