@@ -226,7 +226,22 @@ pub fn stream_container(pod: &Value, container: Option<&str>) -> Result<String, 
             }
         },
     };
-    if !containers.contains(&container) {
+    check_container_on_node(pod, name, &[containers.as_slice()], container)?;
+    Ok(container.to_string())
+}
+
+/// kube-apiserver's checks before reaching a container through its node: the container is the
+/// pod's and the pod is bound to a node.
+fn check_container_on_node(
+    pod: &Value,
+    name: &str,
+    known: &[&[impl AsRef<str>]],
+    container: &str,
+) -> Result<(), StatusError> {
+    if !known
+        .iter()
+        .any(|set| set.iter().any(|c| c.as_ref() == container))
+    {
         return Err(StatusError::bad_request(format!(
             "container {container} is not valid for pod {name}"
         )));
@@ -240,7 +255,7 @@ pub fn stream_container(pod: &Value, container: Option<&str>) -> Result<String, 
             "pod {name} does not have a host assigned"
         )));
     }
-    Ok(container.to_string())
+    Ok(())
 }
 
 /// Checks of a `pods/log` request against the pod, with kube-apiserver's messages; the
@@ -288,20 +303,12 @@ pub fn log_container(pod: &Value, query_container: Option<&str>) -> Result<Strin
             }
         }
     };
-    if !containers.contains(&container) && !init.contains(&container) {
-        return Err(StatusError::bad_request(format!(
-            "container {container} is not valid for pod {name}"
-        )));
-    }
-    if pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
-        return Err(StatusError::bad_request(format!(
-            "pod {name} does not have a host assigned"
-        )));
-    }
+    check_container_on_node(
+        pod,
+        name,
+        &[containers.as_slice(), init.as_slice()],
+        &container,
+    )?;
     // A container that has never run has no log yet.
     let statuses = ["/status/containerStatuses", "/status/initContainerStatuses"]
         .iter()
