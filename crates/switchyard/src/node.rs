@@ -44,6 +44,15 @@ pub struct NodeArgs {
     /// bridge, state in --root-dir) and exit; needs only --root-dir (and --netns).
     #[arg(long)]
     cleanup: bool,
+    /// Run the service proxy (kube-proxy's role) for this node, programming the node's namespace.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    proxy: bool,
+    /// Answer ARP for the LoadBalancer IPs this node announces (MetalLB's L2 mode), with
+    /// heartbeats to the other nodes for sub-second failover.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    l2_announcer: bool,
+    #[command(flatten)]
+    proxy_flags: crate::proxy::ProxyFlags,
 }
 
 /// `--cleanup`: tear down the pod network recorded in the root dir.
@@ -245,9 +254,49 @@ pub async fn run(args: NodeArgs) -> ExitCode {
             client_ca_pem,
         }),
     };
-    let agent = match switchyard_node::agent::Agent::start(client, config).await {
+    let proxy_config = if args.proxy {
+        match args
+            .proxy_flags
+            .config(node_name.clone(), netns.clone())
+            .await
+        {
+            Ok(c) => Some(c),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let agent = match switchyard_node::agent::Agent::start(client.clone(), config).await {
         Ok(a) => a,
         Err(e) => return bad(format!("{e:#}")),
+    };
+    let proxy = match proxy_config {
+        Some(config) => {
+            if matches!(config.mode, switchyard_proxy::ProxyMode::Userspace(_)) {
+                // The userspace proxy puts service IPs on the loopback: only the announcing
+                // node may answer ARP for a LoadBalancer IP (strict ARP).
+                let mut sysctl = netns.command("sysctl");
+                sysctl.args(["-qw", "net.ipv4.conf.all.arp_ignore=1"]);
+                if let Err(e) = switchyard_netns::run_checked(&mut sysctl).await {
+                    return bad(format!("cannot set arp_ignore for the userspace proxy: {e}"));
+                }
+            }
+            eprintln!(
+                "switchyard: proxy ({}) for node {node_name}",
+                crate::proxy::mode_name(config.mode)
+            );
+            Some(switchyard_proxy::Proxy::start(client.clone(), config))
+        }
+        None => None,
+    };
+    let announcer = if args.l2_announcer {
+        let config = switchyard_node::announcer::AnnouncerConfig::new(&node_name, node_ip);
+        match switchyard_node::announcer::Announcer::start(client.clone(), &netns, config) {
+            Ok(a) => Some(a),
+            Err(e) => return bad(format!("cannot start the L2 announcer: {e:#}")),
+        }
+    } else {
+        None
     };
     eprintln!(
         "switchyard: node {node_name} ({node_ip}) starting{}",
@@ -267,6 +316,8 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         _ = wait_for_signal() => return ExitCode::SUCCESS,
     }
     wait_for_signal().await;
+    drop(announcer);
+    drop(proxy);
     drop(agent);
     ExitCode::SUCCESS
 }

@@ -1,7 +1,7 @@
 //! `switchyard proxy`: the service proxy (kube-proxy role, issue 5) against any API server.
 //! Flags are named as kube-proxy's where one exists. Bad values exit 64 with one line before
 //! anything connects; the API connection stays in this process's namespace, only the rules go
-//! to `--netns`.
+//! to `--netns`. `switchyard node` runs the same proxy with the same flags ([`ProxyFlags`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +20,13 @@ pub struct ProxyArgs {
     /// Program the nftables of this named network namespace (default: this process's).
     #[arg(long)]
     netns: Option<String>,
+    #[command(flatten)]
+    proxy: ProxyFlags,
+}
+
+/// The data-plane flags of the proxy, shared by `switchyard proxy` and `switchyard node`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ProxyFlags {
     /// The pod network; traffic to ClusterIPs from outside it is masqueraded.
     #[arg(long)]
     cluster_cidr: Option<String>,
@@ -56,44 +63,103 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
-pub async fn run(args: ProxyArgs) -> ExitCode {
-    let explicit_mode = match args.proxy_mode.trim() {
-        "" => None,
-        m @ ("nftables" | "userspace") => Some(m.to_string()),
-        other => {
-            return usage(format!(
-                "--proxy-mode {other:?}: must be nftables or userspace"
-            ))
-        }
-    };
-    let least_connections = args.ipvs_scheduler.trim() == "lc";
-    let scheduler: switchyard_proxy::Scheduler = if least_connections {
-        switchyard_proxy::Scheduler::default()
-    } else {
-        match args.ipvs_scheduler.parse() {
-            Ok(s) => s,
-            Err(e) => return usage(format!("--ipvs-scheduler: {e}")),
-        }
-    };
-    let cluster_cidr = match args.cluster_cidr.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(c) => match c.parse::<ipnet::IpNet>() {
-            Ok(net) => Some(net.trunc()),
-            Err(_) => return usage(format!("--cluster-cidr: {c:?} is not a CIDR")),
-        },
-    };
-    let mut node_port_addresses = Vec::new();
-    for a in args
-        .nodeport_addresses
-        .iter()
-        .map(|a| a.trim())
-        .filter(|a| !a.is_empty())
-    {
-        match a.parse::<ipnet::IpNet>() {
-            Ok(net) => node_port_addresses.push(net.trunc()),
-            Err(_) => return usage(format!("--nodeport-addresses: {a:?} is not a CIDR")),
-        }
+/// The name of a proxy mode, for log lines.
+pub fn mode_name(mode: switchyard_proxy::ProxyMode) -> &'static str {
+    match mode {
+        switchyard_proxy::ProxyMode::Nftables => "nftables",
+        switchyard_proxy::ProxyMode::Userspace(_) => "userspace",
     }
+}
+
+impl ProxyFlags {
+    /// Check the flags and build the proxy's configuration for `node_name`, programming
+    /// `netns`. Picks the nftables data plane when `nft` runs (unless told otherwise). On bad
+    /// input: the exit code, after a one-line message.
+    pub async fn config(
+        &self,
+        node_name: String,
+        netns: switchyard_netns::NetNs,
+    ) -> Result<switchyard_proxy::ProxyConfig, ExitCode> {
+        let explicit_mode = match self.proxy_mode.trim() {
+            "" => None,
+            m @ ("nftables" | "userspace") => Some(m.to_string()),
+            other => {
+                return Err(usage(format!(
+                    "--proxy-mode {other:?}: must be nftables or userspace"
+                )))
+            }
+        };
+        let least_connections = self.ipvs_scheduler.trim() == "lc";
+        let scheduler: switchyard_proxy::Scheduler = if least_connections {
+            switchyard_proxy::Scheduler::default()
+        } else {
+            match self.ipvs_scheduler.parse() {
+                Ok(s) => s,
+                Err(e) => return Err(usage(format!("--ipvs-scheduler: {e}"))),
+            }
+        };
+        let cluster_cidr = match self.cluster_cidr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(c) => match c.parse::<ipnet::IpNet>() {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => return Err(usage(format!("--cluster-cidr: {c:?} is not a CIDR"))),
+            },
+        };
+        let mut node_port_addresses = Vec::new();
+        for a in self
+            .nodeport_addresses
+            .iter()
+            .map(|a| a.trim())
+            .filter(|a| !a.is_empty())
+        {
+            match a.parse::<ipnet::IpNet>() {
+                Ok(net) => node_port_addresses.push(net.trunc()),
+                Err(_) => return Err(usage(format!("--nodeport-addresses: {a:?} is not a CIDR"))),
+            }
+        }
+        let have_nft = netns.nft(&["--version"], None).await;
+        let userspace = match (explicit_mode.as_deref(), &have_nft) {
+            (Some("userspace"), _) => true,
+            (Some(_), Err(e)) => {
+                eprintln!("switchyard: nft is needed for --proxy-mode nftables: {e}");
+                return Err(ExitCode::from(69));
+            }
+            (_, Ok(_)) => false,
+            (None, Err(e)) => {
+                eprintln!("switchyard: nft is not available ({e}); using the userspace proxy");
+                true
+            }
+        };
+        let mode = if userspace {
+            use switchyard_proxy::userspace::Balance;
+            switchyard_proxy::ProxyMode::Userspace(match self.ipvs_scheduler.trim() {
+                "lc" => Balance::LeastConnections,
+                "rr" => Balance::RoundRobin,
+                "sh" => Balance::SourceHash,
+                _ => Balance::Random,
+            })
+        } else if least_connections {
+            return Err(usage(
+                "--ipvs-scheduler lc: least connections needs --proxy-mode userspace",
+            ));
+        } else {
+            switchyard_proxy::ProxyMode::Nftables
+        };
+        Ok(switchyard_proxy::ProxyConfig {
+            node_name,
+            netns,
+            cluster_cidr,
+            node_port_addresses,
+            masquerade_all: self.masquerade_all,
+            sync_period: self.sync_period.max(Duration::from_secs(1)),
+            min_sync_period: self.min_sync_period,
+            scheduler,
+            mode,
+        })
+    }
+}
+
+pub async fn run(args: ProxyArgs) -> ExitCode {
     let node_name = args
         .hostname_override
         .clone()
@@ -110,32 +176,9 @@ pub async fn run(args: ProxyArgs) -> ExitCode {
             Err(e) => return usage(format!("--netns: {e}")),
         },
     };
-    let have_nft = netns.nft(&["--version"], None).await;
-    let mode = match (explicit_mode.as_deref(), &have_nft) {
-        (Some("userspace"), _) => "userspace",
-        (Some(_), Err(e)) => {
-            eprintln!("switchyard: nft is needed for --proxy-mode nftables: {e}");
-            return ExitCode::from(69);
-        }
-        (Some(_), Ok(_)) => "nftables",
-        (None, Ok(_)) => "nftables",
-        (None, Err(e)) => {
-            eprintln!("switchyard: nft is not available ({e}); using the userspace proxy");
-            "userspace"
-        }
-    };
-    let mode = if mode == "userspace" {
-        use switchyard_proxy::userspace::Balance;
-        switchyard_proxy::ProxyMode::Userspace(match args.ipvs_scheduler.trim() {
-            "lc" => Balance::LeastConnections,
-            "rr" => Balance::RoundRobin,
-            "sh" => Balance::SourceHash,
-            _ => Balance::Random,
-        })
-    } else if least_connections {
-        return usage("--ipvs-scheduler lc: least connections needs --proxy-mode userspace");
-    } else {
-        switchyard_proxy::ProxyMode::Nftables
+    let config = match args.proxy.config(node_name.clone(), netns.clone()).await {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let client = match &args.kubeconfig {
         Some(path) => switchyard_controllers::client_from_kubeconfig(path).await,
@@ -147,22 +190,8 @@ pub async fn run(args: ProxyArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(format!("{e:#}")),
     };
-    let config = switchyard_proxy::ProxyConfig {
-        node_name: node_name.clone(),
-        netns: netns.clone(),
-        cluster_cidr,
-        node_port_addresses,
-        masquerade_all: args.masquerade_all,
-        sync_period: args.sync_period.max(Duration::from_secs(1)),
-        min_sync_period: args.min_sync_period,
-        scheduler,
-        mode,
-    };
+    let mode = mode_name(config.mode);
     let proxy = switchyard_proxy::Proxy::start(client, config);
-    let mode = match mode {
-        switchyard_proxy::ProxyMode::Nftables => "nftables",
-        switchyard_proxy::ProxyMode::Userspace(_) => "userspace",
-    };
     eprintln!(
         "switchyard: proxy ({mode}) for node {node_name} in namespace {}",
         netns.display_name()
