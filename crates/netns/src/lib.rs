@@ -411,8 +411,9 @@ impl Drop for NsGuard {
     }
 }
 
-/// SIGKILL every process whose network namespace is `name` (`ip netns pids`).
-fn kill_processes_in(name: &str) {
+/// SIGKILL every process whose network namespace is `name` (`ip netns pids`): for namespaces
+/// this program made, whose processes are its own.
+pub fn kill_processes_in(name: &str) {
     if !NetNs::exists(name) {
         return;
     }

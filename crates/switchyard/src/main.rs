@@ -14,6 +14,7 @@ mod echo;
 mod flags;
 mod node;
 mod proxy;
+mod up;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +40,11 @@ enum Command {
     Node(node::NodeArgs),
     /// Run the service proxy (the kube-proxy role) against any API server.
     Proxy(proxy::ProxyArgs),
+    /// Bring up a whole cluster on this machine: the API server, N nodes each in its own
+    /// network namespace on one L2 segment, the DNS, a client namespace and the example workload.
+    Up(up::UpArgs),
+    /// Stop a cluster `up` started and remove its network namespaces (after a crash).
+    Down(up::DownArgs),
     /// The built-in echo server run by the catalog's echo images inside pods.
     #[command(hide = true)]
     EchoServer(echo::EchoArgs),
@@ -157,6 +163,8 @@ fn main() -> ExitCode {
         Command::Dns(args) => runtime.block_on(dns::run(args)),
         Command::Node(args) => runtime.block_on(node::run(args)),
         Command::Proxy(args) => runtime.block_on(proxy::run(args)),
+        Command::Up(args) => runtime.block_on(up::up(args)),
+        Command::Down(args) => runtime.block_on(up::down(args)),
         Command::EchoServer(args) => runtime.block_on(echo::run(args)),
     }
 }
