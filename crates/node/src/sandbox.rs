@@ -4,7 +4,10 @@
 //! Layout, all inside the node's network namespace (`--netns`, or the agent's own):
 //! - bridge `sy-br0` holding the gateway address (the pod CIDR's first host); `ip_forward` and
 //!   `bridge-nf-call-iptables` set in that namespace only; routes to other nodes' pod CIDRs
-//!   (`cidr via node_ip`, [`PodNetwork::sync_routes`]);
+//!   (`cidr via node_ip`, [`PodNetwork::sync_routes`]); the nftables table `switchyard-node`
+//!   masquerading pod traffic to destinations outside every pod CIDR (servers outside the
+//!   cluster cannot route replies to pod IPs; pod-to-pod traffic keeps its source), as CNI
+//!   plugins' `ipMasq` does;
 //! - per pod: network namespace `sy-p-<10 hex of sha256(uid)>`, veth pair (host side
 //!   `syv<8 hex>` on the bridge with hairpin on, pod side renamed `eth0`), the pod IP on eth0,
 //!   default route via the gateway, lo up;
@@ -42,6 +45,9 @@ use crate::runtime::{Container, ContainerRecord, ContainerSpec, ExecOutput};
 
 /// The bridge every pod's veth is attached to.
 pub const BRIDGE: &str = "sy-br0";
+
+/// The node's own nftables table (pod egress masquerade), apart from the proxy's.
+pub const NODE_TABLE: &str = "switchyard-node";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -299,6 +305,7 @@ impl PodNetwork {
                 }
             }
         }
+        self.sync_egress_masquerade(routes).await;
         *synced = routes.to_vec();
         let persisted: Vec<(String, IpAddr)> =
             synced.iter().map(|(c, v)| (c.to_string(), *v)).collect();
@@ -308,6 +315,35 @@ impl PodNetwork {
         })?;
         crate::ipam::write_atomically(&self.inner.state_dir.join("routes.json"), &bytes)
             .map_err(io("persist routes"))
+    }
+
+    /// The `switchyard-node` table: masquerade what leaves this node's pod CIDR for an
+    /// address outside every pod CIDR (this node's and `routes`'). Replaced atomically. Without
+    /// `nft` pods still reach every pod and service, only not servers outside the cluster.
+    async fn sync_egress_masquerade(&self, routes: &[(IpNet, IpAddr)]) {
+        let own = self.inner.cidr.trunc();
+        let (family, addr_type) = match own {
+            IpNet::V4(_) => ("ip", "ipv4_addr"),
+            IpNet::V6(_) => ("ip6", "ipv6_addr"),
+        };
+        let cidrs: Vec<String> = std::iter::once(own)
+            .chain(routes.iter().map(|(c, _)| c.trunc()))
+            .filter(|c| c.addr().is_ipv4() == own.addr().is_ipv4())
+            .map(|c| c.to_string())
+            .collect();
+        let ruleset = format!(
+            "add table {family} {NODE_TABLE}\ndelete table {family} {NODE_TABLE}\n\
+             table {family} {NODE_TABLE} {{\n\
+             \tset pod-cidrs {{ type {addr_type}; flags interval; elements = {{ {} }} }}\n\
+             \tchain egress {{\n\
+             \t\ttype nat hook postrouting priority srcnat + 10; policy accept;\n\
+             \t\t{family} saddr {own} {family} daddr != @pod-cidrs masquerade\n\
+             \t}}\n}}\n",
+            cidrs.join(", ")
+        );
+        if let Err(e) = self.inner.node_ns.nft(&["-f", "-"], Some(&ruleset)).await {
+            tracing::warn!(error = %e, "cannot install the pod egress masquerade");
+        }
     }
 
     fn op_lock(&self, pod_uid: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -524,6 +560,13 @@ impl PodNetwork {
             self.destroy_sandbox(&uid).await?;
         }
         self.sync_routes(&[]).await?;
+        for family in ["ip", "ip6"] {
+            let _ = self
+                .inner
+                .node_ns
+                .nft(&["delete", "table", family, NODE_TABLE], None)
+                .await;
+        }
         if self
             .inner
             .node_ns

@@ -1,5 +1,10 @@
 //! `switchyard echo-server` (hidden): the built-in echo server the image catalog's `myapp`,
 //! `nginx` and `switchyard/echo` images run inside pods (see `switchyard_node::echo`).
+//!
+//! On SIGTERM it keeps serving for `--shutdown-delay` before exiting 0, as a well-behaved
+//! server behind a Service does: the pod turns terminating at once, but the proxies of every
+//! node need a moment to stop sending new connections here, so a rolling update or a pod
+//! deletion loses no request.
 
 use std::process::ExitCode;
 
@@ -14,6 +19,9 @@ pub struct EchoArgs {
     /// The pod as `namespace/name` (the catalog passes it in SWITCHYARD_POD).
     #[arg(long, env = "SWITCHYARD_POD", default_value = "")]
     pod: String,
+    /// How long to keep serving after SIGTERM.
+    #[arg(long, default_value = "3s", value_parser = crate::flags::duration)]
+    shutdown_delay: std::time::Duration,
 }
 
 pub async fn run(args: EchoArgs) -> ExitCode {
@@ -27,7 +35,29 @@ pub async fn run(args: EchoArgs) -> ExitCode {
         version: args.version,
         pod,
     };
-    match switchyard_node::echo::run(config).await {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("switchyard echo-server: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let serve = switchyard_node::echo::run(config);
+    tokio::pin!(serve);
+    let result = tokio::select! {
+        result = &mut serve => result,
+        _ = term.recv() => {
+            eprintln!(
+                "echo-server: SIGTERM; serving {:?} more, then exiting",
+                args.shutdown_delay
+            );
+            match tokio::time::timeout(args.shutdown_delay, &mut serve).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard echo-server: {e}");

@@ -59,7 +59,7 @@ pub struct UpArgs {
     /// How many nodes (1-9), each in its own network namespace.
     #[arg(long, default_value_t = 1)]
     nodes: u8,
-    /// The API server's HTTPS port on 127.0.0.1.
+    /// The API server's HTTPS port on 127.0.0.1 (0: any free port; see the kubeconfig).
     #[arg(long, default_value_t = 6443)]
     secure_port: u16,
     /// Port range NodePorts are allocated from.
@@ -106,10 +106,9 @@ impl Record {
     fn load(data_dir: &Path) -> Result<Option<Record>> {
         let path = record_path(data_dir);
         match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("{} is not Switchyard's record", path.display()))?,
-            )),
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is not Switchyard's record", path.display())
+            })?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -311,7 +310,10 @@ pub async fn up(args: UpArgs) -> ExitCode {
     eprintln!("switchyard: stopping...");
     tear_down(&cluster.record).await;
     let _ = std::fs::remove_file(record_path(&data_dir));
-    eprintln!("switchyard: stopped; the cluster's data stays in {}", data_dir.display());
+    eprintln!(
+        "switchyard: stopped; the cluster's data stays in {}",
+        data_dir.display()
+    );
     code
 }
 
@@ -473,10 +475,12 @@ impl Cluster {
                 kubeconfig.clone(),
                 "--netns".into(),
                 dns_ns.clone(),
+                // The node's own address: 10.96.0.10:53 on the same node stays free for a
+                // userspace proxy.
                 "--listen".into(),
-                "0.0.0.0:53".into(),
+                format!("{dns_ip}:53"),
                 "--metrics-listen".into(),
-                "0.0.0.0:9153".into(),
+                format!("{dns_ip}:9153"),
                 "--advertise-address".into(),
                 dns_ip.clone(),
             ],
@@ -489,8 +493,8 @@ impl Cluster {
                     .await
                     .with_context(|| format!("applying {file}"))?;
             }
-            self.wait_for_example(&client).await?;
         }
+        self.wait_for_example(&client).await?;
         self.summary(&client, args).await;
         Ok(())
     }
@@ -518,8 +522,11 @@ impl Cluster {
         }
     }
 
+    /// Wait until `want` nodes report Ready with a heartbeat from this run (a restarted
+    /// cluster's Nodes still say Ready from before).
     async fn wait_for_nodes(&mut self, client: &kube::Client, want: usize) -> Result<()> {
         let nodes: Api<Node> = Api::all(client.clone());
+        let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut shown = usize::MAX;
         loop {
@@ -531,7 +538,7 @@ impl Cluster {
             let ready = nodes
                 .list(&ListParams::default())
                 .await
-                .map(|l| l.items.iter().filter(|n| node_ready(n)).count())
+                .map(|l| l.items.iter().filter(|n| node_ready(n, since)).count())
                 .unwrap_or(0);
             if ready != shown {
                 step(&format!("nodes Ready: {ready}/{want}"));
@@ -555,7 +562,10 @@ impl Cluster {
         loop {
             let (ready, want) = match deployments.get_opt("myapp").await? {
                 Some(d) => (
-                    d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+                    d.status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0),
                     d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
                 ),
                 None => return Ok(()),
@@ -626,9 +636,14 @@ impl Cluster {
                 ));
             }
         }
+        let url = kube::config::Kubeconfig::read_from(&kubeconfig)
+            .ok()
+            .and_then(|k| k.clusters.into_iter().next())
+            .and_then(|c| c.cluster)
+            .and_then(|c| c.server)
+            .unwrap_or_else(|| format!("https://127.0.0.1:{}", args.secure_port));
         println!(
-            "\nSwitchyard is up: API server https://127.0.0.1:{port}, {n} node(s) ({prefix}node-1..{n} at {LAN_PREFIX}.{first}..), DNS 10.96.0.10, client namespace {prefix}client ({LAN_PREFIX}.{CLIENT_HOST}).\n\n  export KUBECONFIG={kc}\n  kubectl get nodes,pods,svc -o wide\n{lines}\n\nLogs: {logs}/logs. Ctrl-C stops everything and removes the namespaces (after a crash: switchyard down --data-dir {dd}).",
-            port = args.secure_port,
+            "\nSwitchyard is up: API server {url}, {n} node(s) ({prefix}node-1..{n} at {LAN_PREFIX}.{first}..), DNS 10.96.0.10, client namespace {prefix}client ({LAN_PREFIX}.{CLIENT_HOST}).\n\n  export KUBECONFIG={kc}\n  kubectl get nodes,pods,svc -o wide\n{lines}\n\nLogs: {logs}/logs. Ctrl-C stops everything and removes the namespaces (after a crash: switchyard down --data-dir {dd}).",
             n = args.nodes,
             first = FIRST_NODE_HOST + 1,
             kc = kubeconfig.display(),
@@ -650,13 +665,17 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-fn node_ready(node: &Node) -> bool {
+/// Whether the node is Ready by a heartbeat at or after `since`.
+fn node_ready(node: &Node, since: jiff::Timestamp) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
+            cs.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.status == "True"
+                    && c.last_heartbeat_time.as_ref().is_some_and(|t| t.0 >= since)
+            })
         })
 }
 
@@ -671,10 +690,17 @@ pub async fn apply(client: &kube::Client, yaml: &str) -> Result<()> {
         }
         let object: DynamicObject =
             serde_json::from_value(value.clone()).context("not a Kubernetes object")?;
-        let types = object.types.clone().context("a document without apiVersion/kind")?;
+        let types = object
+            .types
+            .clone()
+            .context("a document without apiVersion/kind")?;
         let gvk = kube::api::GroupVersionKind::try_from(&types)?;
         let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
-        let name = object.metadata.name.clone().context("a document without a name")?;
+        let name = object
+            .metadata
+            .name
+            .clone()
+            .context("a document without a name")?;
         let api: Api<DynamicObject> = match caps.scope {
             kube::discovery::Scope::Namespaced => Api::namespaced_with(
                 client.clone(),

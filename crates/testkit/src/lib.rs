@@ -5,6 +5,8 @@
 //! Every server a test starts is stopped when its handle drops, also when the test fails: child
 //! processes are killed by their own PID, never by name.
 
+pub mod up;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

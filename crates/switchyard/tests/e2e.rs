@@ -1,0 +1,507 @@
+//! The seeds' scenarios end to end (MISSION.md 1-9), as a user runs them: `switchyard up --nodes 2`,
+//! the manifests of `examples/` applied with real kubectl, and real packets from a pod, a node
+//! and the client namespace (a machine outside the cluster on the same L2 network).
+//!
+//! One cluster per test function (each test is a process under nextest); every namespace
+//! carries the cluster's own prefix and is removed when the fixture drops.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchyard_testkit::up::UpCluster;
+use switchyard_testkit::Kubectl;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+fn example(name: &str) -> String {
+    let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name);
+    path.to_str().expect("a UTF-8 path").to_string()
+}
+
+/// Whether this machine can run the cluster (root, iproute2, nft, kubectl), else a loud skip.
+fn prerequisites() -> bool {
+    if !switchyard_netns::can_create_namespaces() {
+        eprintln!("!!!!!! SKIPPING: needs root and iproute2 to create network namespaces !!!!!!");
+        return false;
+    }
+    for tool in ["nft", "curl", "dig"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            eprintln!("!!!!!! SKIPPING: {tool} is missing; ./scripts/test installs it !!!!!!");
+            return false;
+        }
+    }
+    switchyard_testkit::kubectl_path().is_some()
+}
+
+/// Poll `check` every 100 ms until it gives `Some`, or panic with `what` after `timeout`.
+fn until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn json(k: &Kubectl, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&k.ok(&all).expect("kubectl get")).expect("JSON")
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The pod name the echo server reports (`pod: default/NAME`), if the request got an answer.
+fn answered_by(body: &str) -> Option<String> {
+    body.lines()
+        .find_map(|l| l.strip_prefix("pod: "))
+        .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+}
+
+/// `curl` inside cluster namespace `ns`; the answering pod.
+fn curl(c: &UpCluster, ns: &str, url: &str) -> Option<String> {
+    let out = c.exec(ns, &["curl", "-sS", "-m", "3", url]);
+    out.status
+        .success()
+        .then(|| answered_by(&text(&out)))
+        .flatten()
+}
+
+/// `wget` from inside pod `pod` via kubectl exec; the answering pod.
+fn from_pod(k: &Kubectl, pod: &str, url: &str) -> Option<String> {
+    let out = k.run(&["exec", pod, "--", "wget", "-qO-", "-T", "3", url]);
+    out.success.then(|| answered_by(&out.stdout)).flatten()
+}
+
+fn running_pods(k: &Kubectl, selector: &str) -> Vec<(String, String)> {
+    let list = json(k, &["get", "pods", "-l", selector]);
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                p["status"]["podIP"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Apply scenario 1 (6 replicas) and wait until all six are Ready and in the Service.
+fn six_replicas(k: &Kubectl) -> Vec<(String, String)> {
+    k.ok(&["apply", "-f", &example("01-clusterip.yaml")])
+        .expect("apply 01");
+    k.ok(&["rollout", "status", "deployment/myapp", "--timeout=180s"])
+        .expect("rollout");
+    until(Duration::from_secs(60), "6 ready myapp pods", || {
+        let pods = running_pods(k, "app=myapp");
+        (pods.len() == 6).then_some(pods)
+    })
+}
+
+fn service_field(k: &Kubectl, name: &str, pointer: &str) -> String {
+    let svc = json(k, &["get", "svc", name]);
+    match svc.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        other => panic!("service {name}: {pointer} is {other:?}"),
+    }
+}
+
+/// Several pods answer through `url` from namespace `ns` within `tries` requests.
+fn spread(c: &UpCluster, ns: &str, url: &str, tries: usize) -> BTreeSet<String> {
+    (0..tries).filter_map(|_| curl(c, ns, url)).collect()
+}
+
+fn dig(c: &UpCluster, ns: &str, args: &[&str]) -> String {
+    let mut all = vec!["dig", "+short", "+time=2", "+tries=2", "@10.96.0.10"];
+    all.extend(args);
+    text(&c.exec(ns, &all))
+}
+
+#[test]
+fn the_seed_scenarios_work_end_to_end_on_two_nodes() {
+    if !prerequisites() {
+        return;
+    }
+    let c = UpCluster::start(binary(), 2, &[]).expect("switchyard up --nodes 2");
+    let k = c.kubectl().expect("kubectl");
+
+    // `up` itself: two Ready nodes, the example workload of every service type.
+    let nodes = json(&k, &["get", "nodes"]);
+    assert_eq!(nodes["items"].as_array().map(Vec::len), Some(2), "{nodes}");
+    for name in [
+        "myapp",
+        "myapp-headless",
+        "myapp-nodeport",
+        "myapp-lb",
+        "my-service",
+    ] {
+        k.ok(&["get", "svc", name]).expect(name);
+    }
+
+    // 1. Six replicas behind a ClusterIP: several pods answer from a node, from a pod and from
+    // the client (routed to the ClusterIP range through node 1, masqueraded there).
+    let pods = six_replicas(&k);
+    let pod_names: BTreeSet<String> = pods.iter().map(|(n, _)| n.clone()).collect();
+    let cluster_ip = service_field(&k, "myapp", "/spec/clusterIP");
+    let url = format!("http://{cluster_ip}/");
+    for ns in ["node-1", "node-2"] {
+        let seen = spread(&c, ns, &url, 20);
+        assert!(seen.len() >= 2, "from {ns} only {seen:?} answered");
+        assert!(seen.is_subset(&pod_names), "{seen:?} vs {pod_names:?}");
+    }
+    let probe_pod = pods[0].0.clone();
+    let seen: BTreeSet<String> = (0..20)
+        .filter_map(|_| from_pod(&k, &probe_pod, "http://myapp/"))
+        .collect();
+    assert!(seen.len() >= 2, "from a pod only {seen:?} answered");
+    assert!(c
+        .exec(
+            "client",
+            &["ip", "route", "add", "10.96.0.0/12", "via", "192.168.67.11"]
+        )
+        .status
+        .success());
+    let seen = spread(&c, "client", &url, 20);
+    assert!(seen.len() >= 2, "from the client only {seen:?} answered");
+    let answer = dig(&c, "node-2", &["myapp.default.svc.cluster.local"]);
+    assert_eq!(answer.trim(), cluster_ip, "dig from a node");
+    let out = k.run(&[
+        "exec",
+        &probe_pod,
+        "--",
+        "dig",
+        "+short",
+        "+time=2",
+        "myapp.default.svc.cluster.local",
+    ]);
+    assert_eq!(
+        out.stdout.trim(),
+        cluster_ip,
+        "dig from a pod: {}",
+        out.stderr
+    );
+
+    // 2. Headless: every pod IP, no virtual IP.
+    k.ok(&["apply", "-f", &example("02-headless.yaml")])
+        .expect("apply 02");
+    assert_eq!(
+        service_field(&k, "myapp-headless", "/spec/clusterIP"),
+        "None"
+    );
+    let want: BTreeSet<String> = pods.iter().map(|(_, ip)| ip.clone()).collect();
+    let got: BTreeSet<String> = until(Duration::from_secs(20), "headless answers", || {
+        let got: BTreeSet<String> =
+            dig(&c, "node-1", &["myapp-headless.default.svc.cluster.local"])
+                .lines()
+                .map(str::to_string)
+                .collect();
+        (got == want).then_some(got)
+    });
+    assert_eq!(got.len(), 6);
+
+    // 3. NodePort on every node's IP, from outside; 33333 is outside the default range.
+    k.ok(&["apply", "-f", &example("03-nodeport.yaml")])
+        .expect("apply 03");
+    let node_port = service_field(&k, "myapp-nodeport", "/spec/ports/0/nodePort");
+    for node_ip in ["192.168.67.11", "192.168.67.12"] {
+        let seen = spread(&c, "client", &format!("http://{node_ip}:{node_port}/"), 10);
+        assert!(!seen.is_empty(), "NodePort on {node_ip} did not answer");
+    }
+    let out = k.run(&["apply", "-f", &example("03-nodeport-33333.yaml")]);
+    assert!(!out.success, "nodePort 33333 was accepted");
+    assert!(
+        out.stderr.contains(
+            "provided port is not in the valid range. The range of valid ports is 30000-32767"
+        ),
+        "{}",
+        out.stderr
+    );
+
+    // 4. LoadBalancer from the seeds' pool, reached from the client; one MAC answers ARP.
+    k.ok(&["apply", "-f", &example("04-loadbalancer.yaml")])
+        .expect("apply 04");
+    let lb_ip = until(Duration::from_secs(20), "a LoadBalancer IP", || {
+        let svc = json(&k, &["get", "svc", "myapp-lb"]);
+        svc.pointer("/status/loadBalancer/ingress/0/ip")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let last: u8 = lb_ip.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        lb_ip.starts_with("192.168.67.") && (120..=200).contains(&last),
+        "{lb_ip}"
+    );
+    let seen = until(
+        Duration::from_secs(20),
+        "the LoadBalancer IP answers",
+        || {
+            let seen = spread(&c, "client", &format!("http://{lb_ip}/"), 10);
+            (!seen.is_empty()).then_some(seen)
+        },
+    );
+    assert!(seen.is_subset(&pod_names), "{seen:?}");
+    if Command::new("sh")
+        .args(["-c", "command -v arping"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let out = c.exec(
+            "client",
+            &["arping", "-c", "3", "-w", "4", "-I", "eth0", &lb_ip],
+        );
+        let macs: BTreeSet<String> = text(&out)
+            .lines()
+            .filter_map(|l| {
+                let start = l.find(" from ")? + 6;
+                let rest = &l[start..];
+                Some(rest.split_whitespace().nth(1)?.to_string())
+            })
+            .collect();
+        assert_eq!(macs.len(), 1, "ARP answers from {macs:?}:\n{}", text(&out));
+    } else {
+        eprintln!("!!!!!! arping missing: the one-MAC check is skipped; ./scripts/test installs it !!!!!!");
+    }
+
+    // 5. ExternalName: a CNAME.
+    k.ok(&["apply", "-f", &example("05-externalname.yaml")])
+        .expect("apply 05");
+    let answer = dig(
+        &c,
+        "node-1",
+        &["my-service.default.svc.cluster.local", "CNAME"],
+    );
+    assert_eq!(answer.trim(), "my.database.example.com.");
+
+    // 6. ClientIP affinity: one pod answers every request from one client.
+    k.ok(&["apply", "-f", &example("06-session-affinity.yaml")])
+        .expect("apply 06");
+    let sticky_ip = service_field(&k, "myapp-sticky", "/spec/clusterIP");
+    let sticky = format!("http://{sticky_ip}/");
+    until(
+        Duration::from_secs(20),
+        "the sticky service answers",
+        || curl(&c, "node-2", &sticky),
+    );
+    let seen = spread(&c, "node-2", &sticky, 15);
+    assert_eq!(seen.len(), 1, "affinity broke: {seen:?}");
+
+    // 7. A selector-less Service with hand-written Endpoints reaches a server in the client
+    // namespace.
+    let server = Command::new("ip")
+        .args(["netns", "exec", &c.ns("client")])
+        .arg(binary())
+        .args(["echo-server", "--port", "8080", "--pod", "outside/db"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("echo server in the client namespace");
+    let _server = switchyard_testkit::ChildGuard(server);
+    k.ok(&["apply", "-f", &example("07-selectorless.yaml")])
+        .expect("apply 07");
+    let answer = until(Duration::from_secs(20), "the selector-less service", || {
+        from_pod(&k, &probe_pod, "http://external-db/")
+    });
+    assert_eq!(answer, "db");
+
+    // 8. A pod created after the services sees their variables.
+    k.ok(&["apply", "-f", &example("08-env-vars.yaml")])
+        .expect("apply 08");
+    let env = until(Duration::from_secs(60), "envcheck's output", || {
+        let out = k.run(&["logs", "envcheck"]);
+        (out.success && out.stdout.contains("KUBERNETES_SERVICE_HOST")).then_some(out.stdout)
+    });
+    assert!(
+        env.contains(&format!("MYAPP_SERVICE_HOST={cluster_ip}")),
+        "{env}"
+    );
+    assert!(env.contains("MYAPP_SERVICE_PORT=80"), "{env}");
+    assert!(
+        env.contains(&format!("MYAPP_PORT=tcp://{cluster_ip}:80")),
+        "{env}"
+    );
+
+    // 9. A rolling update and pod deletions under steady traffic from the client: no request
+    // fails, and only live pods answer.
+    let load = Load::start(&c, &format!("http://192.168.67.11:{node_port}/"));
+    k.ok(&["set", "image", "deployment/myapp", "myapp=myapp:v2"])
+        .expect("set image");
+    k.ok(&["rollout", "status", "deployment/myapp", "--timeout=180s"])
+        .expect("rollout of v2");
+    let v2 = until(Duration::from_secs(60), "6 ready v2 pods", || {
+        let pods = running_pods(&k, "app=myapp");
+        (pods.len() == 6).then_some(pods)
+    });
+    for (name, _) in v2.iter().take(2) {
+        k.ok(&["delete", "pod", name]).expect("delete pod");
+    }
+    until(Duration::from_secs(60), "6 ready pods again", || {
+        (running_pods(&k, "app=myapp").len() == 6).then_some(())
+    });
+    let (ok, failed) = load.stop();
+    assert!(ok > 50, "only {ok} requests ran");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    let v2_answer = curl(&c, "node-1", &url).expect("an answer after the update");
+    assert!(
+        running_pods(&k, "app=myapp")
+            .iter()
+            .any(|(n, _)| *n == v2_answer),
+        "{v2_answer} is not a live pod"
+    );
+}
+
+/// Sequential HTTP requests from the client namespace, until stopped.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    worker: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Load {
+    fn start(c: &UpCluster, url: &str) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, ns, url) = (stop.clone(), c.ns("client"), url.to_string());
+        let worker = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns, "curl", "-sS", "-m", "3", &url])
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("curl");
+                if out.status.success()
+                    && answered_by(&String::from_utf8_lossy(&out.stdout)).is_some()
+                {
+                    ok += 1;
+                } else {
+                    failed.push(String::from_utf8_lossy(&out.stderr).trim().to_string());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        });
+        Load { stop, worker }
+    }
+
+    fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.worker.join().expect("load thread")
+    }
+}
+
+/// `up` lifecycle: the default NodePort range rejects 33333 and a wider one accepts it after a
+/// restart on the same data dir (which brings the same cluster back); Ctrl-C removes every
+/// namespace; after a crash `switchyard down` does.
+#[test]
+fn up_restarts_with_the_same_data_and_down_cleans_up_after_a_crash() {
+    if !prerequisites() {
+        return;
+    }
+    let mut c = UpCluster::start(binary(), 1, &["--no-example"]).expect("switchyard up");
+    let k = c.kubectl().expect("kubectl");
+    assert!(
+        k.ok(&["get", "svc", "myapp"]).is_err(),
+        "--no-example applied the example"
+    );
+    k.ok(&["apply", "-f", &example("01-clusterip.yaml")])
+        .expect("apply 01");
+    let out = k.run(&["apply", "-f", &example("03-nodeport-33333.yaml")]);
+    assert!(
+        !out.success && out.stderr.contains("30000-32767"),
+        "{}",
+        out.stderr
+    );
+    let uid = service_field(&k, "myapp", "/metadata/uid");
+
+    let status = c.stop().expect("Ctrl-C stops up");
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        c.namespaces(),
+        Vec::<String>::new(),
+        "namespaces left after Ctrl-C"
+    );
+
+    c.launch(&["--service-node-port-range", "30000-50000"])
+        .expect("up again on the same data dir");
+    assert_eq!(
+        service_field(&k, "myapp", "/metadata/uid"),
+        uid,
+        "a different cluster came back"
+    );
+    k.ok(&["apply", "-f", &example("03-nodeport-33333.yaml")])
+        .expect("nodePort 33333 under 30000-50000");
+    assert_eq!(
+        service_field(&k, "myapp-33333", "/spec/ports/0/nodePort"),
+        "33333"
+    );
+    until(
+        Duration::from_secs(120),
+        "a pod answers on nodePort 33333",
+        || curl(&c, "client", "http://192.168.67.11:33333/"),
+    );
+
+    // A second `up` on the same data dir refuses while the first runs.
+    let out = Command::new(binary())
+        .arg("up")
+        .arg("--data-dir")
+        .arg(c.data_dir())
+        .args(["--name-prefix", &c.prefix])
+        .output()
+        .expect("second up");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is running"));
+
+    c.crash();
+    assert!(
+        !c.namespaces().is_empty(),
+        "the crash removed the namespaces"
+    );
+    let out = Command::new(binary())
+        .arg("down")
+        .arg("--data-dir")
+        .arg(c.data_dir())
+        .output()
+        .expect("switchyard down");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        c.namespaces(),
+        Vec::<String>::new(),
+        "namespaces left after down"
+    );
+}
