@@ -738,8 +738,8 @@ mod tests {
         use serde::Deserialize as _;
         for (file, yaml) in EXAMPLES {
             for document in serde_yaml::Deserializer::from_str(yaml) {
-                let value = serde_json::Value::deserialize(document).unwrap();
-                let object: DynamicObject = serde_json::from_value(value).unwrap();
+                let value = serde_json::Value::deserialize(document).expect("YAML");
+                let object: DynamicObject = serde_json::from_value(value).expect("an object");
                 assert!(object.types.is_some(), "{file}");
                 assert!(object.metadata.name.is_some(), "{file}");
             }

@@ -256,7 +256,11 @@ fn the_seed_scenarios_work_end_to_end_on_two_nodes() {
             .and_then(Value::as_str)
             .map(str::to_string)
     });
-    let last: u8 = lb_ip.rsplit('.').next().unwrap().parse().unwrap();
+    let last: u8 = lb_ip
+        .rsplit('.')
+        .next()
+        .and_then(|l| l.parse().ok())
+        .expect("an IPv4 address");
     assert!(
         lb_ip.starts_with("192.168.67.") && (120..=200).contains(&last),
         "{lb_ip}"
