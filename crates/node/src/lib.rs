@@ -25,6 +25,7 @@ pub mod heartbeat;
 pub mod ipam;
 pub mod l2;
 pub mod logs;
+pub mod ndp;
 pub mod probes;
 pub mod runtime;
 pub mod sandbox;
