@@ -262,6 +262,7 @@ mod announcer {
     use switchyard_testkit::InProcessServer;
 
     const VIP: &str = "192.168.67.150";
+    const VIP6: &str = "fd00:67::150";
 
     async fn create<K>(api: &Api<K>, json: serde_json::Value) -> K
     where
@@ -289,6 +290,7 @@ mod announcer {
     struct Cluster {
         // Dropped first: the announcers stop before their namespaces go.
         announcers: Vec<Option<Announcer>>,
+        vip: &'static str,
         client: kube::Client,
         cm: kube::Client,
         nodes_ns: Vec<NetNs>,
@@ -299,8 +301,8 @@ mod announcer {
     }
 
     impl Cluster {
-        /// `None` (the test skips) where namespaces cannot be created.
-        async fn start() -> Option<Cluster> {
+        /// `None` (the test skips) where namespaces cannot be created. `web` will have `vip`.
+        async fn start(vip: &'static str) -> Option<Cluster> {
             if !can_create_namespaces() {
                 eprintln!("SKIPPED: needs root and iproute2 to create network namespaces");
                 return None;
@@ -336,7 +338,7 @@ mod announcer {
                 ),
                 json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
                 "metadata": {"name": "first-pool"},
-                "spec": {"addresses": ["192.168.67.120-192.168.67.200"]}}),
+                "spec": {"addresses": ["192.168.67.120-192.168.67.200", "fd00:67::120-fd00:67::200"]}}),
             )
             .await;
             create(
@@ -351,6 +353,7 @@ mod announcer {
             .await;
             Some(Cluster {
                 announcers: Vec::new(),
+                vip,
                 client,
                 cm,
                 nodes_ns: hosts,
@@ -369,7 +372,7 @@ mod announcer {
             Api::namespaced(self.client.clone(), "default")
         }
 
-        /// The LoadBalancer Service `web` with `externalTrafficPolicy: policy`, given [`VIP`]
+        /// The LoadBalancer Service `web` with `externalTrafficPolicy: policy`, given the IP
         /// (as the LoadBalancer controller would).
         async fn create_service(&self, policy: &str) {
             create(
@@ -379,8 +382,7 @@ mod announcer {
                          "ports": [{"port": 80}]}}),
             )
             .await;
-            let lb =
-                json!({"status": {"loadBalancer": {"ingress": [{"ip": VIP, "ipMode": "VIP"}]}}});
+            let lb = json!({"status": {"loadBalancer": {"ingress": [{"ip": self.vip, "ipMode": "VIP"}]}}});
             Api::<Service>::namespaced(self.cm.clone(), "default")
                 .patch_status("web", &PatchParams::default(), &Patch::Merge(&lb))
                 .await
@@ -462,12 +464,12 @@ mod announcer {
         }
 
         fn probe(&self) -> tokio::net::UdpSocket {
-            probe_socket(&self.client_ns, VIP)
+            probe_socket(&self.client_ns, self.vip)
         }
 
         /// The node whose MAC the client resolves the IP to.
         async fn resolve(&self, probe: &tokio::net::UdpSocket) -> usize {
-            let mac = resolve(&self.client_ns, probe, VIP, &self.macs).await;
+            let mac = resolve(&self.client_ns, probe, self.vip, &self.macs).await;
             self.macs
                 .iter()
                 .position(|m| *m == mac)
@@ -481,7 +483,7 @@ mod announcer {
                 Duration::from_secs(10),
                 &format!("the client's entry to move to {}", node_name(i)),
                 || async {
-                    (neighbour(&self.client_ns, VIP).await.as_ref() == Some(&self.macs[i]))
+                    (neighbour(&self.client_ns, self.vip).await.as_ref() == Some(&self.macs[i]))
                         .then_some(())
                 },
             )
@@ -509,9 +511,8 @@ mod announcer {
 
     /// Three nodes announce one LoadBalancer IP: exactly one answers; when it dies (agent and
     /// link), another takes over and the client's neighbour entry follows.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_announcer_and_sub_second_failover() {
-        let Some(mut cluster) = Cluster::start().await else {
+    async fn one_announcer_and_sub_second_failover(vip: &'static str) {
+        let Some(mut cluster) = Cluster::start(vip).await else {
             return;
         };
         cluster.create_service("Cluster").await;
@@ -552,7 +553,7 @@ mod announcer {
             Duration::from_secs(10),
             "another node takes over",
             || async {
-                neighbour(&cluster.client_ns, VIP)
+                neighbour(&cluster.client_ns, cluster.vip)
                     .await
                     .filter(|m| *m != owner_mac && cluster.macs.contains(m))
             },
@@ -564,11 +565,21 @@ mod announcer {
         assert!(took < Duration::from_secs(2), "failover took {took:?}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ipv4_one_announcer_and_sub_second_failover() {
+        one_announcer_and_sub_second_failover(VIP).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ipv6_one_announcer_and_sub_second_failover() {
+        one_announcer_and_sub_second_failover(VIP6).await;
+    }
+
     /// `externalTrafficPolicy: Local`: only the node with the ready local endpoint announces,
     /// and when the endpoint moves to another node, so does the announcement.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_policy_announces_from_the_endpoints_node_and_follows_it() {
-        let Some(mut cluster) = Cluster::start().await else {
+        let Some(mut cluster) = Cluster::start(VIP).await else {
             return;
         };
         cluster.create_service("Local").await;
@@ -600,7 +611,7 @@ mod announcer {
     /// Deleting the Service stops every announcement: the client's ARP goes unanswered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deleting_the_service_stops_all_announcements() {
-        let Some(mut cluster) = Cluster::start().await else {
+        let Some(mut cluster) = Cluster::start(VIP).await else {
             return;
         };
         cluster.create_service("Cluster").await;
@@ -621,7 +632,7 @@ mod announcer {
         .await
         .expect("withdrawn");
         let replies = cluster.replies();
-        resolution_fails(&cluster.client_ns, &probe, VIP).await;
+        resolution_fails(&cluster.client_ns, &probe, cluster.vip).await;
         assert_eq!(cluster.replies(), replies, "nobody answered");
     }
 
@@ -629,7 +640,7 @@ mod announcer {
     /// announces: not when it would win the election, not when it is the last other node.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_excluded_node_never_announces() {
-        let Some(mut cluster) = Cluster::start().await else {
+        let Some(mut cluster) = Cluster::start(VIP).await else {
             return;
         };
         let names: Vec<String> = (0..3).map(node_name).collect();
