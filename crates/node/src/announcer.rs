@@ -3,9 +3,32 @@
 //! IPs this node answers for, and drives the [`Speaker`].
 //!
 //! A node counts as alive for the election when its Node is Ready and its agent's heartbeat is
-//! heard ([`heartbeat`]); this node itself acts only once its heartbeat has warmed up and while
-//! it hears a majority of the other Ready nodes (the split-brain bound). Every change is
-//! recomputed at once: an object change, a heartbeat appearing or going silent.
+//! heard ([`heartbeat`]); this node itself acts only once its heartbeat has warmed up (one
+//! `timeout` after start: silence before that means nothing) and while it hears at least half
+//! of the other Ready nodes. Every change is recomputed at once: an object change, a heartbeat
+//! appearing or going silent.
+//!
+//! # How long two nodes can answer for one IP (split brain)
+//!
+//! With the defaults (`interval` 150 ms, `timeout` 600 ms; silence is noticed on the next
+//! send tick, so within `timeout` + `interval` = 750 ms of the last datagram heard):
+//! - **Clean partition** (the node network splits into groups that cannot hear each other): a
+//!   node acts only while its group is a strict majority of the Ready nodes (it hears at least
+//!   half of the others), and at most one group can be. The old owner, if cut off in a
+//!   minority, withdraws within 750 ms of the last heartbeat it heard; the majority's new owner
+//!   starts within 750 ms of the last heartbeat it heard from the old one. Those last
+//!   heartbeats were sent within one interval of each other, and each side notices on its own
+//!   tick, so both answer together for at most about two intervals (300 ms). The newer owner's
+//!   gratuitous ARP / unsolicited NA is the latest word for neighbours' caches. A split with no
+//!   strict majority (2 + 2, or two nodes) announces nothing until the Node objects change (a
+//!   node marked not Ready is no longer expected): unavailability rather than split brain.
+//! - **Partial partition** (A and C cannot hear each other but both hear B): each counts the
+//!   other dead while holding quorum, so both may announce until the link heals (or one of
+//!   them also loses the API server and is marked not Ready after the 40 s grace period). The
+//!   heartbeat cannot bound this; MetalLB's memberlist has the same limit.
+//! - **Object changes** (a Service, EndpointSlice or label edited) reach the nodes' informers
+//!   at slightly different times: the old and new owner overlap for that skew (milliseconds on
+//!   one API server), or there is a gap of the same length.
 //!
 //! Each change is logged, and an Event `nodeAssigned` ("announcing from node X with protocol
 //! layer2", MetalLB's wording) is recorded on the Service when this node takes an IP.
@@ -52,6 +75,7 @@ impl AnnouncerConfig {
 
 /// A running announcer; dropping it stops answering at once.
 pub struct Announcer {
+    node_name: String,
     speaker: Arc<Speaker>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -110,6 +134,7 @@ impl Announcer {
             pools,
             ads,
         };
+        let node_name = config.node_name.clone();
         let speaker_ = speaker.clone();
         tasks.push(tokio::spawn(async move {
             sources.wait_synced().await;
@@ -136,11 +161,21 @@ impl Announcer {
                 }
             }
         }));
-        Ok(Announcer { speaker, tasks })
+        Ok(Announcer {
+            node_name,
+            speaker,
+            tasks,
+        })
     }
 
     pub fn metrics(&self) -> L2Metrics {
         self.speaker.metrics()
+    }
+
+    /// Appends this node's announcements and L2 counters as Prometheus text, under MetalLB's
+    /// speaker metric names (see [`crate::l2::render_metrics`]).
+    pub fn render_metrics(&self, out: &mut String) {
+        self.speaker.render_metrics(&self.node_name, out);
     }
 }
 

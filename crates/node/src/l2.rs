@@ -1,22 +1,38 @@
-//! The L2 speaker: answers ARP for the LoadBalancer IPs this node announces (see [`announce`])
-//! and sends gratuitous ARP when it takes one over, as MetalLB's speaker does in layer-2 mode.
+//! The L2 speaker: answers ARP (IPv4) and Neighbor Solicitations (IPv6, [`ndp`]) for the
+//! LoadBalancer IPs this node announces (see [`announce`]), and tells the segment when it takes
+//! one over, as MetalLB's speaker does in layer-2 mode.
 //!
 //! One packet socket per interface of the node's namespace (a thread each, inside the
-//! namespace), reading ARP requests and answering those for an announced IP with the
-//! interface's MAC. Nothing is added to the kernel: the IP stays virtual (the proxy's rules take
-//! the packets), and when the agent dies its answers stop with it: no stale address keeps
-//! answering. The kernel must not answer for these IPs either: the node sets `arp_ignore=1` so an
-//! address on the loopback (the userspace proxy's) is never announced by the kernel.
+//! namespace), reading requests and answering those for an announced IP with the interface's
+//! MAC; nothing else is ever answered (strict). Nothing is added to the kernel: the IP stays
+//! virtual (the proxy's rules take the packets), and when the agent dies its answers stop with
+//! it: no stale address keeps answering. The kernel must not answer for these IPs either: the
+//! node sets `arp_ignore=1` so an address on the loopback (the userspace proxy's) is never
+//! announced by ARP, and Linux answers a solicitation only for an address on the interface it
+//! arrived on.
 //!
-//! A takeover sends a gratuitous ARP (a request from and for the IP, broadcast) at once and
-//! repeats it after 250 ms and 1 s, so neighbours' caches move to this node even if one is lost.
+//! Solicitations are sent to the target's solicited-node multicast group, which a NIC (or a
+//! snooping bridge) delivers only to members: each responder joins, on its interface, the
+//! groups of the IPv6 addresses it answers for (with an ordinary UDP socket of the node's
+//! namespace, so the join is the namespace's own and ends with the agent) and leaves them when
+//! the last such address is withdrawn.
+//!
+//! A takeover announces the IP at once and again after 250 ms and 1 s, so neighbours' caches
+//! move to this node even if one is lost: a gratuitous ARP (a request from and for the IP,
+//! broadcast) for IPv4, an unsolicited Neighbor Advertisement to all nodes (override set) for
+//! IPv6.
+//!
+//! Counters are kept per IP under MetalLB's names ([`Speaker::render_metrics`]) and survive a
+//! withdrawal, as Prometheus counters must.
 //!
 //! [`announce`]: crate::announce
+//! [`ndp`]: crate::ndp
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, RwLock};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use pnet_datalink::{Channel, Config, MacAddr, NetworkInterface};
@@ -26,14 +42,16 @@ use pnet_packet::{MutablePacket, Packet};
 use switchyard_netns::NetNs;
 
 use crate::announce::Announcement;
+use crate::ndp::{self, Advertisement, Solicitation};
 
-/// When gratuitous ARPs go out after a takeover.
+/// When a takeover is announced (gratuitous ARP, unsolicited NA).
 const GARP_SCHEDULE: [Duration; 3] = [
     Duration::ZERO,
     Duration::from_millis(250),
     Duration::from_secs(1),
 ];
-/// How often a responder thread wakes without traffic (to send scheduled ARPs and to stop).
+/// How often a responder thread wakes without traffic (to send scheduled announcements and to
+/// stop).
 const WAKE: Duration = Duration::from_millis(50);
 const ARP_FRAME: usize = 42;
 
@@ -46,15 +64,20 @@ fn is_announce_capable(iface: &NetworkInterface) -> bool {
         && !iface.name.starts_with("syv")
 }
 
-#[derive(Debug, Default)]
-pub struct L2Counters {
-    pub requests_received: AtomicU64,
-    pub replies_sent: AtomicU64,
-    pub gratuitous_sent: AtomicU64,
-    pub takeovers: AtomicU64,
+/// What the speaker did for one IP, MetalLB's per-IP counters plus takeovers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpCounters {
+    /// ARP requests and Neighbor Solicitations received for the IP while announcing it.
+    pub requests_received: u64,
+    /// Replies and solicited advertisements sent.
+    pub responses_sent: u64,
+    /// Gratuitous ARPs and unsolicited advertisements sent after takeovers.
+    pub gratuitous_sent: u64,
+    /// Times this node started announcing the IP (each one a takeover on the segment).
+    pub takeovers: u64,
 }
 
-/// A snapshot of the speaker's counters (for `/metrics`).
+/// A snapshot of the speaker's counters, summed over IPs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct L2Metrics {
     pub announced: usize,
@@ -67,25 +90,72 @@ pub struct L2Metrics {
 /// What changed in a sync, for log lines and Events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    Announcing { ip: Ipv4Addr, service: String },
-    Withdrawn { ip: Ipv4Addr, service: String },
+    Announcing { ip: IpAddr, service: String },
+    Withdrawn { ip: IpAddr, service: String },
 }
 
-/// IP → the interfaces it is answered on.
-type Table = BTreeMap<Ipv4Addr, (String, Option<BTreeSet<String>>)>;
+/// IP → (`namespace/name` of its Service, the interfaces it is answered on; `None`: all).
+type Table = BTreeMap<IpAddr, (String, Option<BTreeSet<String>>)>;
+
+/// What the responder threads share with the [`Speaker`].
+#[derive(Default)]
+struct State {
+    table: RwLock<Table>,
+    counters: Mutex<BTreeMap<IpAddr, IpCounters>>,
+    stop: AtomicBool,
+}
+
+impl State {
+    fn serves(&self, ip: IpAddr, iface: &str) -> bool {
+        self.table
+            .read()
+            .map(|t| serves(&t, ip, iface))
+            .unwrap_or(false)
+    }
+
+    fn count(&self, ip: IpAddr, bump: impl FnOnce(&mut IpCounters)) {
+        let mut counters = match self.counters.lock() {
+            Ok(c) => c,
+            Err(e) => e.into_inner(),
+        };
+        bump(counters.entry(ip).or_default());
+    }
+
+    /// The solicited-node groups `iface` must receive: those of the IPv6 addresses it answers.
+    fn groups_of(&self, iface: &str) -> BTreeSet<Ipv6Addr> {
+        let Ok(table) = self.table.read() else {
+            return BTreeSet::new();
+        };
+        table
+            .keys()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(v6) if serves(&table, *ip, iface) => {
+                    Some(ndp::solicited_node_multicast(*v6))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// What [`Speaker::sync`] tells a responder thread.
+enum Command {
+    /// Announce this IP now (and on the takeover schedule).
+    Takeover(IpAddr),
+    /// The table changed: join and leave multicast groups to match.
+    Refresh,
+}
 
 pub struct Speaker {
-    table: Arc<RwLock<Table>>,
-    counters: Arc<L2Counters>,
-    stop: Arc<AtomicBool>,
-    /// Per interface: where to ask for gratuitous ARPs.
-    garp: BTreeMap<String, mpsc::Sender<Ipv4Addr>>,
+    state: Arc<State>,
+    /// Per interface: where to send [`Command`]s.
+    commands: BTreeMap<String, mpsc::Sender<Command>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Speaker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.state.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -112,18 +182,14 @@ impl Speaker {
             .filter(is_announce_capable)
             .collect();
         let mut speaker = Speaker {
-            table: Arc::default(),
-            counters: Arc::default(),
-            stop: Arc::new(AtomicBool::new(false)),
-            garp: BTreeMap::new(),
+            state: Arc::default(),
+            commands: BTreeMap::new(),
             threads: Vec::new(),
         };
         for iface in interfaces {
             let (tx, rx) = mpsc::channel();
             let (opened_tx, opened_rx) = mpsc::channel();
-            let table = speaker.table.clone();
-            let counters = speaker.counters.clone();
-            let stop = speaker.stop.clone();
+            let state = speaker.state.clone();
             let name = iface.name.clone();
             let thread = ns.spawn_thread(&format!("sy-l2-{}", iface.name), move || {
                 let config = Config {
@@ -134,7 +200,9 @@ impl Speaker {
                 match pnet_datalink::channel(&iface, config) {
                     Ok(Channel::Ethernet(tx, rx_frames)) => {
                         let _ = opened_tx.send(Ok(()));
-                        respond(&iface, tx, rx_frames, &rx, &table, &counters, &stop);
+                        if let Some(mut responder) = Responder::new(&iface, tx) {
+                            responder.run(rx_frames, &rx, &state);
+                        }
                     }
                     Ok(_) => {
                         let _ =
@@ -155,7 +223,7 @@ impl Speaker {
                     source,
                 });
             }
-            speaker.garp.insert(name, tx);
+            speaker.commands.insert(name, tx);
             speaker.threads.push(thread);
         }
         Ok(speaker)
@@ -163,23 +231,20 @@ impl Speaker {
 
     /// The interfaces the speaker listens on.
     pub fn interfaces(&self) -> Vec<String> {
-        self.garp.keys().cloned().collect()
+        self.commands.keys().cloned().collect()
     }
 
-    /// Answer for exactly `wanted` (IPv4 entries; others are skipped). New IPs are announced
-    /// with gratuitous ARP.
+    /// Answer for exactly `wanted`. New IPs are announced (gratuitous ARP, unsolicited NA).
     pub fn sync(&self, wanted: &[Announcement]) -> Vec<Change> {
-        let mut next = Table::new();
-        for a in wanted {
-            if let std::net::IpAddr::V4(ip) = a.ip {
-                next.insert(ip, (a.service.clone(), a.interfaces.clone()));
-            }
-        }
-        let mut changes = Vec::new();
-        let previous = match self.table.write() {
+        let next: Table = wanted
+            .iter()
+            .map(|a| (a.ip, (a.service.clone(), a.interfaces.clone())))
+            .collect();
+        let previous = match self.state.table.write() {
             Ok(mut t) => std::mem::replace(&mut *t, next.clone()),
             Err(e) => std::mem::replace(&mut *e.into_inner(), next.clone()),
         };
+        let mut changes = Vec::new();
         for (ip, (service, _)) in &previous {
             if !next.contains_key(ip) {
                 changes.push(Change::Withdrawn {
@@ -192,10 +257,10 @@ impl Speaker {
             if previous.contains_key(ip) {
                 continue;
             }
-            self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
-            for (name, tx) in &self.garp {
+            self.state.count(*ip, |c| c.takeovers += 1);
+            for (name, tx) in &self.commands {
                 if ifaces.as_ref().is_none_or(|set| set.contains(name)) {
-                    let _ = tx.send(*ip);
+                    let _ = tx.send(Command::Takeover(*ip));
                 }
             }
             changes.push(Change::Announcing {
@@ -203,96 +268,335 @@ impl Speaker {
                 service: service.clone(),
             });
         }
+        if previous != next {
+            for tx in self.commands.values() {
+                let _ = tx.send(Command::Refresh);
+            }
+        }
         changes
     }
 
     pub fn metrics(&self) -> L2Metrics {
-        let c = &self.counters;
+        let announced = self.state.table.read().map(|t| t.len()).unwrap_or(0);
+        let counters = self.counters();
+        let sum = |f: fn(&IpCounters) -> u64| counters.values().map(f).sum();
         L2Metrics {
-            announced: self.table.read().map(|t| t.len()).unwrap_or(0),
-            requests_received: c.requests_received.load(Ordering::Relaxed),
-            replies_sent: c.replies_sent.load(Ordering::Relaxed),
-            gratuitous_sent: c.gratuitous_sent.load(Ordering::Relaxed),
-            takeovers: c.takeovers.load(Ordering::Relaxed),
+            announced,
+            requests_received: sum(|c| c.requests_received),
+            replies_sent: sum(|c| c.responses_sent),
+            gratuitous_sent: sum(|c| c.gratuitous_sent),
+            takeovers: sum(|c| c.takeovers),
+        }
+    }
+
+    /// The counters of every IP this speaker ever announced.
+    pub fn counters(&self) -> BTreeMap<IpAddr, IpCounters> {
+        match self.state.counters.lock() {
+            Ok(c) => c.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
+    /// Prometheus text for node `node` (see [`render_metrics`]).
+    pub fn render_metrics(&self, node: &str, out: &mut String) {
+        let announced: Vec<(IpAddr, String)> = self
+            .state
+            .table
+            .read()
+            .map(|t| t.iter().map(|(ip, (svc, _))| (*ip, svc.clone())).collect())
+            .unwrap_or_default();
+        render_metrics(node, &announced, &self.counters(), out);
+    }
+}
+
+/// A per-IP counter family of [`render_metrics`].
+struct CounterFamily {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&IpCounters) -> u64,
+}
+
+/// MetalLB's help texts, and ours for the takeovers.
+const PER_IP_COUNTERS: [CounterFamily; 4] = [
+    CounterFamily {
+        name: "metallb_layer2_requests_received",
+        help: "Number of layer2 requests received for owned IPs",
+        value: |c| c.requests_received,
+    },
+    CounterFamily {
+        name: "metallb_layer2_responses_sent",
+        help: "Number of layer2 responses sent for owned IPs in response to requests",
+        value: |c| c.responses_sent,
+    },
+    CounterFamily {
+        name: "metallb_layer2_gratuitous_sent",
+        help: "Number of gratuitous layer2 packets sent for owned IPs as a result of failovers",
+        value: |c| c.gratuitous_sent,
+    },
+    CounterFamily {
+        name: "switchyard_l2_takeovers_total",
+        help: "Times this node started announcing the IP (a failover, or the first assignment)",
+        value: |c| c.takeovers,
+    },
+];
+
+/// Prometheus text exposition of the speaker: MetalLB's names and labels
+/// (`metallb_speaker_announced` from its speaker, the `metallb_layer2_*` counters from
+/// `internal/layer2/stats.go`), so MetalLB dashboards and alerts work unchanged, plus
+/// Switchyard's takeover counter. Labels are in Prometheus' sorted order.
+pub fn render_metrics(
+    node: &str,
+    announced: &[(IpAddr, String)],
+    counters: &BTreeMap<IpAddr, IpCounters>,
+    out: &mut String,
+) {
+    family(
+        out,
+        "metallb_speaker_announced",
+        "gauge",
+        "Services being announced from this node. This is desired state, it does not \
+         guarantee that the routing protocols have converged.",
+    );
+    for (ip, service) in announced {
+        let _ = writeln!(
+            out,
+            "metallb_speaker_announced{{ip=\"{}\",node=\"{}\",protocol=\"layer2\",service=\"{}\"}} 1",
+            escape(&ip.to_string()),
+            escape(node),
+            escape(service)
+        );
+    }
+    for counter in &PER_IP_COUNTERS {
+        family(out, counter.name, "counter", counter.help);
+        for (ip, c) in counters {
+            let _ = writeln!(
+                out,
+                "{}{{ip=\"{}\"}} {}",
+                counter.name,
+                escape(&ip.to_string()),
+                (counter.value)(c)
+            );
         }
     }
 }
 
-/// The responder loop of one interface.
-fn respond(
-    iface: &NetworkInterface,
-    mut tx: Box<dyn pnet_datalink::DataLinkSender>,
-    mut rx: Box<dyn pnet_datalink::DataLinkReceiver>,
-    garp_requests: &mpsc::Receiver<Ipv4Addr>,
-    table: &RwLock<Table>,
-    counters: &L2Counters,
-    stop: &AtomicBool,
-) {
-    let Some(mac) = iface.mac else { return };
-    let mut scheduled: Vec<(Instant, Ipv4Addr)> = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        while let Ok(ip) = garp_requests.try_recv() {
-            scheduled.extend(GARP_SCHEDULE.iter().map(|d| (now + *d, ip)));
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+/// One interface's multicast memberships, held by a UDP socket of the node's namespace (opened
+/// with the first group: a node without IPv6 LoadBalancer IPs needs none).
+struct Groups {
+    socket: Option<UdpSocket>,
+    index: u32,
+    joined: BTreeSet<Ipv6Addr>,
+}
+
+impl Groups {
+    fn new(index: u32) -> Groups {
+        Groups {
+            socket: None,
+            index,
+            joined: BTreeSet::new(),
         }
-        scheduled.retain(|(at, ip)| {
-            if *at > now {
-                return true;
-            }
-            // Only while still announced here.
-            let announced = table
-                .read()
-                .map(|t| serves(&t, *ip, &iface.name))
-                .unwrap_or(false);
-            if announced {
-                let frame = arp_frame(
-                    ArpOperations::Request,
-                    mac,
-                    *ip,
-                    MacAddr::broadcast(),
-                    *ip,
-                    MacAddr::broadcast(),
-                );
-                if let Some(Ok(())) = tx.send_to(&frame, None) {
-                    counters.gratuitous_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Join `wanted` and leave the rest.
+    fn sync(&mut self, iface: &str, wanted: BTreeSet<Ipv6Addr>) {
+        if self.socket.is_none() && !wanted.is_empty() {
+            match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)) {
+                Ok(socket) => self.socket = Some(socket),
+                Err(error) => {
+                    tracing::warn!(interface = iface, %error, "no IPv6 socket to join multicast groups with");
+                    return;
                 }
             }
-            false
+        }
+        let Some(socket) = &self.socket else { return };
+        for group in self.joined.difference(&wanted) {
+            if let Err(error) = socket.leave_multicast_v6(group, self.index) {
+                tracing::warn!(interface = iface, %group, %error, "cannot leave multicast group");
+            }
+        }
+        self.joined.retain(|g| wanted.contains(g));
+        for group in wanted {
+            if self.joined.contains(&group) {
+                continue;
+            }
+            match socket.join_multicast_v6(&group, self.index) {
+                Ok(()) => {
+                    self.joined.insert(group);
+                }
+                Err(error) => {
+                    tracing::warn!(interface = iface, %group, %error, "cannot join multicast group: solicitations may not arrive");
+                }
+            }
+        }
+    }
+}
+
+/// The responder of one interface.
+struct Responder {
+    iface: String,
+    mac: MacAddr,
+    /// The source of advertisements (MetalLB uses the link-local address too); without one
+    /// (IPv6 not yet configured), the announced address itself.
+    link_local: Option<Ipv6Addr>,
+    tx: Box<dyn pnet_datalink::DataLinkSender>,
+    groups: Groups,
+    scheduled: Vec<(Instant, IpAddr)>,
+}
+
+impl Responder {
+    fn new(iface: &NetworkInterface, tx: Box<dyn pnet_datalink::DataLinkSender>) -> Option<Self> {
+        let link_local = iface.ips.iter().find_map(|net| match net.ip() {
+            IpAddr::V6(ip) if ndp::is_link_local(ip) => Some(ip),
+            _ => None,
         });
-        let frame = match rx.next() {
-            Ok(f) => f,
-            Err(_) => continue,
-        };
-        let Some((requester_mac, requester_ip, target_ip)) = arp_request(frame) else {
-            continue;
-        };
-        if requester_ip == target_ip {
-            // Someone else's gratuitous ARP.
-            continue;
+        Some(Responder {
+            iface: iface.name.clone(),
+            mac: iface.mac?,
+            link_local,
+            tx,
+            groups: Groups::new(iface.index),
+            scheduled: Vec::new(),
+        })
+    }
+
+    fn run(
+        &mut self,
+        mut rx: Box<dyn pnet_datalink::DataLinkReceiver>,
+        commands: &mpsc::Receiver<Command>,
+        state: &State,
+    ) {
+        while !state.stop.load(Ordering::Relaxed) {
+            self.take_commands(commands, state);
+            self.send_due(state);
+            if let Ok(frame) = rx.next() {
+                self.answer(frame, state);
+            }
         }
-        let answer = table
-            .read()
-            .map(|t| serves(&t, target_ip, &iface.name))
-            .unwrap_or(false);
-        if !answer {
-            continue;
+    }
+
+    fn take_commands(&mut self, commands: &mpsc::Receiver<Command>, state: &State) {
+        let now = Instant::now();
+        let mut refresh = false;
+        while let Ok(command) = commands.try_recv() {
+            match command {
+                Command::Takeover(ip) => self
+                    .scheduled
+                    .extend(GARP_SCHEDULE.iter().map(|d| (now + *d, ip))),
+                Command::Refresh => refresh = true,
+            }
         }
-        counters.requests_received.fetch_add(1, Ordering::Relaxed);
+        if refresh {
+            let wanted = state.groups_of(&self.iface);
+            self.groups.sync(&self.iface, wanted);
+        }
+    }
+
+    /// Scheduled announcements that are due, for IPs still announced here.
+    fn send_due(&mut self, state: &State) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.scheduled.drain(..).partition(|(at, _)| *at <= now);
+        self.scheduled = later;
+        for (_, ip) in due {
+            if !state.serves(ip, &self.iface) {
+                continue;
+            }
+            let frame = match ip {
+                IpAddr::V4(v4) => arp_frame(
+                    ArpOperations::Request,
+                    self.mac,
+                    v4,
+                    MacAddr::broadcast(),
+                    v4,
+                    MacAddr::broadcast(),
+                ),
+                IpAddr::V6(v6) => ndp::advertisement(
+                    Advertisement::Unsolicited,
+                    self.mac,
+                    self.link_local.unwrap_or(v6),
+                    v6,
+                ),
+            };
+            if self.send(&frame) {
+                state.count(ip, |c| c.gratuitous_sent += 1);
+            }
+        }
+    }
+
+    fn answer(&mut self, frame: &[u8], state: &State) {
+        // Frames this interface sent come back on a packet socket too.
+        if EthernetPacket::new(frame).is_none_or(|eth| eth.get_source() == self.mac) {
+            return;
+        }
+        if let Some((requester_mac, requester_ip, target_ip)) = arp_request(frame) {
+            self.answer_arp(requester_mac, requester_ip, target_ip, state);
+        } else if let Some(ns) = ndp::solicitation(frame) {
+            self.answer_solicitation(ns, state);
+        }
+    }
+
+    fn answer_arp(
+        &mut self,
+        requester_mac: MacAddr,
+        requester_ip: Ipv4Addr,
+        target_ip: Ipv4Addr,
+        state: &State,
+    ) {
+        let ip = IpAddr::V4(target_ip);
+        // A requester asking for itself is someone else's gratuitous ARP.
+        if requester_ip == target_ip || !state.serves(ip, &self.iface) {
+            return;
+        }
+        state.count(ip, |c| c.requests_received += 1);
         let reply = arp_frame(
             ArpOperations::Reply,
-            mac,
+            self.mac,
             target_ip,
             requester_mac,
             requester_ip,
             requester_mac,
         );
-        if let Some(Ok(())) = tx.send_to(&reply, None) {
-            counters.replies_sent.fetch_add(1, Ordering::Relaxed);
+        if self.send(&reply) {
+            state.count(ip, |c| c.responses_sent += 1);
         }
+    }
+
+    fn answer_solicitation(&mut self, ns: Solicitation, state: &State) {
+        let ip = IpAddr::V6(ns.target);
+        if !state.serves(ip, &self.iface) {
+            return;
+        }
+        state.count(ip, |c| c.requests_received += 1);
+        let reply = ndp::advertisement(
+            Advertisement::Reply(ns),
+            self.mac,
+            self.link_local.unwrap_or(ns.target),
+            ns.target,
+        );
+        if self.send(&reply) {
+            state.count(ip, |c| c.responses_sent += 1);
+        }
+    }
+
+    fn send(&mut self, frame: &[u8]) -> bool {
+        matches!(self.tx.send_to(frame, None), Some(Ok(())))
     }
 }
 
-fn serves(table: &Table, ip: Ipv4Addr, iface: &str) -> bool {
+fn serves(table: &Table, ip: IpAddr, iface: &str) -> bool {
     table
         .get(&ip)
         .is_some_and(|(_, ifaces)| ifaces.as_ref().is_none_or(|s| s.contains(iface)))
@@ -378,7 +682,7 @@ mod tests {
     #[test]
     fn table_interfaces() {
         let mut t = Table::new();
-        let ip: Ipv4Addr = "192.168.67.150".parse().expect("ip");
+        let ip: IpAddr = "192.168.67.150".parse().expect("ip");
         t.insert(ip, ("default/web".into(), None));
         assert!(serves(&t, ip, "eth0") && serves(&t, ip, "eth1"));
         t.insert(
@@ -389,5 +693,78 @@ mod tests {
             ),
         );
         assert!(!serves(&t, ip, "eth0") && serves(&t, ip, "eth1"));
+    }
+
+    #[test]
+    fn metrics_render_with_metallbs_names_and_labels() {
+        let v4: IpAddr = "192.168.67.150".parse().expect("ip");
+        let v6: IpAddr = "fd00:67::150".parse().expect("ip");
+        let counters = BTreeMap::from([
+            (
+                v4,
+                IpCounters {
+                    requests_received: 3,
+                    responses_sent: 2,
+                    gratuitous_sent: 3,
+                    takeovers: 1,
+                },
+            ),
+            (
+                v6,
+                IpCounters {
+                    requests_received: 1,
+                    responses_sent: 1,
+                    gratuitous_sent: 6,
+                    takeovers: 2,
+                },
+            ),
+        ]);
+        let mut out = String::new();
+        render_metrics(
+            "node-1",
+            &[(v6, "default/web6".into())],
+            &counters,
+            &mut out,
+        );
+        let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                r#"metallb_speaker_announced{ip="fd00:67::150",node="node-1",protocol="layer2",service="default/web6"} 1"#,
+                r#"metallb_layer2_requests_received{ip="192.168.67.150"} 3"#,
+                r#"metallb_layer2_requests_received{ip="fd00:67::150"} 1"#,
+                r#"metallb_layer2_responses_sent{ip="192.168.67.150"} 2"#,
+                r#"metallb_layer2_responses_sent{ip="fd00:67::150"} 1"#,
+                r#"metallb_layer2_gratuitous_sent{ip="192.168.67.150"} 3"#,
+                r#"metallb_layer2_gratuitous_sent{ip="fd00:67::150"} 6"#,
+                r#"switchyard_l2_takeovers_total{ip="192.168.67.150"} 1"#,
+                r#"switchyard_l2_takeovers_total{ip="fd00:67::150"} 2"#,
+            ]
+        );
+        let types: Vec<&str> = out.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        assert_eq!(
+            types,
+            [
+                "# TYPE metallb_speaker_announced gauge",
+                "# TYPE metallb_layer2_requests_received counter",
+                "# TYPE metallb_layer2_responses_sent counter",
+                "# TYPE metallb_layer2_gratuitous_sent counter",
+                "# TYPE switchyard_l2_takeovers_total counter",
+            ]
+        );
+        assert_eq!(out.lines().filter(|l| l.starts_with("# HELP")).count(), 5);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        let ip: IpAddr = "192.168.67.150".parse().expect("ip");
+        render_metrics(
+            "a\"b\\c\nd",
+            &[(ip, "default/web".into())],
+            &BTreeMap::new(),
+            &mut out,
+        );
+        assert!(out.contains(r#"node="a\"b\\c\nd""#), "{out}");
     }
 }

@@ -12,6 +12,9 @@
 //! - [`probes`]: readiness, liveness and startup probes.
 //! - [`agent`]: the loop: node registration and status, the Lease, the pods of this node, their
 //!   status, graceful termination.
+//! - [`announcer`]: LoadBalancer IPs announced on the node's segment, MetalLB's L2 mode: who
+//!   announces ([`announce`], pure), who is alive ([`heartbeat`]), and the [`l2`] speaker that
+//!   answers ARP and Neighbor Solicitations ([`ndp`]).
 
 pub mod agent;
 pub mod announce;
@@ -25,6 +28,7 @@ pub mod heartbeat;
 pub mod ipam;
 pub mod l2;
 pub mod logs;
+pub mod ndp;
 pub mod probes;
 pub mod runtime;
 pub mod sandbox;
