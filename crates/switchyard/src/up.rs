@@ -278,7 +278,7 @@ pub async fn up(args: UpArgs) -> ExitCode {
     let mut cluster = Cluster {
         data_dir: data_dir.clone(),
         record: Record::default(),
-        children: Vec::new(),
+        components: Vec::new(),
     };
     let result = tokio::select! {
         r = cluster.start(&args) => r,
@@ -286,20 +286,11 @@ pub async fn up(args: UpArgs) -> ExitCode {
     };
     let code = match result {
         Ok(()) => {
-            let exited = tokio::select! {
-                _ = wait_for_signal() => None,
-                exited = cluster.wait_any_exit() => Some(exited),
-            };
-            match exited {
-                None => ExitCode::SUCCESS,
-                Some(what) => {
-                    eprintln!(
-                        "switchyard: {what}; see {}/logs; stopping the cluster",
-                        data_dir.display()
-                    );
-                    ExitCode::FAILURE
-                }
+            tokio::select! {
+                _ = wait_for_signal() => {}
+                _ = cluster.supervise() => {}
             }
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("switchyard: {e:#}");
@@ -320,8 +311,24 @@ pub async fn up(args: UpArgs) -> ExitCode {
 struct Cluster {
     data_dir: PathBuf,
     record: Record,
-    children: Vec<(String, tokio::process::Child)>,
+    components: Vec<Component>,
 }
+
+/// One child process and how to start it again.
+struct Component {
+    what: String,
+    log: String,
+    args: Vec<String>,
+    child: tokio::process::Child,
+    started: Instant,
+    /// The wait before the next restart after a quick exit (doubling to 30 s).
+    backoff: Duration,
+}
+
+/// A component that ran at least this long restarts after the shortest back-off.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Cluster {
     fn kubeconfig(&self) -> PathBuf {
@@ -335,6 +342,19 @@ impl Cluster {
 
     /// Start `switchyard ARGS` with its output in `logs/<log>.log`.
     fn spawn(&mut self, what: &str, log: &str, args: &[String]) -> Result<()> {
+        let child = self.launch(what, log, args)?;
+        self.components.push(Component {
+            what: what.to_string(),
+            log: log.to_string(),
+            args: args.to_vec(),
+            child,
+            started: Instant::now(),
+            backoff: FIRST_BACKOFF,
+        });
+        Ok(())
+    }
+
+    fn launch(&mut self, what: &str, log: &str, args: &[String]) -> Result<tokio::process::Child> {
         let exe = std::env::current_exe().context("finding the switchyard executable")?;
         let log_path = self.data_dir.join("logs").join(format!("{log}.log"));
         let out = std::fs::OpenOptions::new()
@@ -352,21 +372,53 @@ impl Cluster {
             .spawn()
             .with_context(|| format!("starting {what}"))?;
         let pid = child.id().context("the child has no pid")?;
+        self.record.processes.retain(|(_, w)| w != what);
         self.record.processes.push((pid, what.to_string()));
         self.record.save(&self.data_dir)?;
-        self.children.push((what.to_string(), child));
-        Ok(())
+        Ok(child)
     }
 
-    /// The first child to exit, described.
-    async fn wait_any_exit(&mut self) -> String {
-        let waits = self.children.iter_mut().map(|(what, child)| {
-            Box::pin(async move {
-                let status = child.wait().await;
-                format!("{what} exited ({})", describe(status))
-            })
-        });
-        futures::future::select_all(waits).await.0
+    /// Keep every component running: one that exits (a crash, a `kill`) is started again after
+    /// a back-off, as a service manager would, and the restart is logged. Runs until cancelled.
+    async fn supervise(&mut self) {
+        loop {
+            let waits = self
+                .components
+                .iter_mut()
+                .enumerate()
+                .map(|(i, c)| Box::pin(async move { (i, describe(c.child.wait().await)) }));
+            let ((i, status), _, _) = futures::future::select_all(waits).await;
+            let component = &mut self.components[i];
+            if component.started.elapsed() >= STABLE_RUN {
+                component.backoff = FIRST_BACKOFF;
+            }
+            let wait = component.backoff;
+            component.backoff = (wait * 2).min(MAX_BACKOFF);
+            step(&format!(
+                "{} exited ({status}); starting it again in {wait:?} (log: {}/logs/{}.log)",
+                component.what,
+                self.data_dir.display(),
+                component.log
+            ));
+            tokio::time::sleep(wait).await;
+            let (what, log, args) = {
+                let c = &self.components[i];
+                (c.what.clone(), c.log.clone(), c.args.clone())
+            };
+            match self.launch(&what, &log, &args) {
+                Ok(child) => {
+                    let c = &mut self.components[i];
+                    c.child = child;
+                    c.started = Instant::now();
+                }
+                Err(e) => {
+                    step(&format!("cannot start {what} again: {e:#}"));
+                    // Try again after the next back-off.
+                    let c = &mut self.components[i];
+                    tokio::time::sleep(c.backoff).await;
+                }
+            }
+        }
     }
 
     async fn start(&mut self, args: &UpArgs) -> Result<()> {
@@ -503,7 +555,7 @@ impl Cluster {
     async fn wait_for_api(&mut self) -> Result<kube::Client> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = self.children[0].1.try_wait()? {
+            if let Some(status) = self.components[0].child.try_wait()? {
                 bail!("the API server exited ({})", describe(Ok(status)));
             }
             if self.kubeconfig().exists() {
@@ -530,9 +582,9 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut shown = usize::MAX;
         loop {
-            for (what, child) in &mut self.children {
-                if let Some(status) = child.try_wait()? {
-                    bail!("{what} exited ({})", describe(Ok(status)));
+            for c in &mut self.components {
+                if let Some(status) = c.child.try_wait()? {
+                    bail!("{} exited ({})", c.what, describe(Ok(status)));
                 }
             }
             let ready = nodes

@@ -153,6 +153,25 @@ impl UpCluster {
         }
     }
 
+    /// The PID of a component `up` runs, as its record names it ("the API server",
+    /// "node node-1", "the DNS").
+    pub fn pid_of(&self, what: &str) -> Option<u32> {
+        let bytes = std::fs::read(self.data_dir().join("up.json")).ok()?;
+        let record: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        record["processes"]
+            .as_array()?
+            .iter()
+            .find(|p| p[1] == what)
+            .and_then(|p| p[0].as_u64())
+            .map(|p| p as u32)
+    }
+
+    /// The log of a component (`server`, `node-1`, `dns`).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.data_dir().join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+
     /// The namespaces on this machine that carry this cluster's prefix.
     pub fn namespaces(&self) -> Vec<String> {
         std::fs::read_dir("/run/netns")
