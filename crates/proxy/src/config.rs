@@ -232,7 +232,10 @@ impl Conntrack {
         let mut out = Vec::new();
         if self.max_per_core > 0 {
             let scaled = u64::from(self.max_per_core) * cpus as u64;
-            out.push(("net.netfilter.nf_conntrack_max", scaled.max(u64::from(self.min))));
+            out.push((
+                "net.netfilter.nf_conntrack_max",
+                scaled.max(u64::from(self.min)),
+            ));
         }
         for (name, value) in [
             (
@@ -473,7 +476,9 @@ impl KubeProxyConfiguration {
                 other => node_port_addresses.push(
                     other
                         .parse::<IpNet>()
-                        .map_err(|_| invalid("nodePortAddresses", format!("{other:?} is not a CIDR")))?
+                        .map_err(|_| {
+                            invalid("nodePortAddresses", format!("{other:?} is not a CIDR"))
+                        })?
                         .trunc(),
                 ),
             }
@@ -482,7 +487,9 @@ impl KubeProxyConfiguration {
             match value.map(str::trim) {
                 // kube-proxy's defaulting: an empty address is the default one.
                 None | Some("") => Ok(Some(default)),
-                Some(text) => parse_bind_address(text, default.port()).map_err(|m| invalid(field, m)),
+                Some(text) => {
+                    parse_bind_address(text, default.port()).map_err(|m| invalid(field, m))
+                }
             }
         };
         let healthz_bind_address = listener(
@@ -505,15 +512,17 @@ impl KubeProxyConfiguration {
         let scheduler: Scheduler = if least_connections {
             Scheduler::default()
         } else {
-            scheduler_name
-                .parse()
-                .map_err(|e: String| invalid("ipvs.scheduler", e.replace("use random", "use random, lc")))?
+            scheduler_name.parse().map_err(|e: String| {
+                invalid("ipvs.scheduler", e.replace("use random", "use random, lc"))
+            })?
         };
         let userspace = match self.mode() {
             "userspace" => true,
             "" => {
                 if let Err(e) = node.netns.nft(&["--version"], None).await {
-                    warnings.push(format!("nft is not available ({e}); using the userspace proxy"));
+                    warnings.push(format!(
+                        "nft is not available ({e}); using the userspace proxy"
+                    ));
                     true
                 } else {
                     false
@@ -667,7 +676,8 @@ winkernel:
             .to_string()
     }
 
-    const HEAD: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n";
+    const HEAD: &str =
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n";
 
     #[test]
     fn go_durations_parse_as_time_parse_duration() {
@@ -694,11 +704,20 @@ winkernel:
         assert_eq!(s.proxy.node_name, "node-a");
         assert_eq!(s.proxy.sync_period, Duration::from_secs(30));
         assert_eq!(s.proxy.min_sync_period, Duration::from_secs(1));
-        assert_eq!(s.proxy.cluster_cidr, Some("10.244.0.0/16".parse().expect("cidr")));
+        assert_eq!(
+            s.proxy.cluster_cidr,
+            Some("10.244.0.0/16".parse().expect("cidr"))
+        );
         assert!(!s.proxy.masquerade_all);
         assert_eq!(s.proxy.scheduler, Scheduler::Random);
-        assert_eq!(s.healthz_bind_address, Some("0.0.0.0:10256".parse().expect("addr")));
-        assert_eq!(s.metrics_bind_address, Some("127.0.0.1:10249".parse().expect("addr")));
+        assert_eq!(
+            s.healthz_bind_address,
+            Some("0.0.0.0:10256".parse().expect("addr"))
+        );
+        assert_eq!(
+            s.metrics_bind_address,
+            Some("127.0.0.1:10249".parse().expect("addr"))
+        );
         assert_eq!(s.conntrack, Conntrack::default());
         assert!(s.conntrack.sysctls(4).is_empty());
         assert_eq!(
@@ -724,8 +743,14 @@ winkernel:
         assert_eq!(s.proxy.min_sync_period, Duration::from_millis(250));
         assert!(s.proxy.masquerade_all);
         assert_eq!(s.proxy.scheduler, Scheduler::RoundRobin);
-        assert_eq!(s.metrics_bind_address, Some("0.0.0.0:10249".parse().expect("addr")));
-        assert_eq!(s.healthz_bind_address, Some("127.0.0.1:1234".parse().expect("addr")));
+        assert_eq!(
+            s.metrics_bind_address,
+            Some("0.0.0.0:10249".parse().expect("addr"))
+        );
+        assert_eq!(
+            s.healthz_bind_address,
+            Some("127.0.0.1:1234".parse().expect("addr"))
+        );
 
         // Any other mode reads the iptables section (kube-proxy's conversion).
         let text = format!("{HEAD}mode: userspace\nnftables:\n  masqueradeAll: true\niptables:\n  syncPeriod: 5s\n");
@@ -736,7 +761,10 @@ winkernel:
             .expect("resolves");
         assert_eq!(s.proxy.sync_period, Duration::from_secs(5));
         assert!(!s.proxy.masquerade_all);
-        assert!(matches!(s.proxy.mode, ProxyMode::Userspace(Balance::Random)));
+        assert!(matches!(
+            s.proxy.mode,
+            ProxyMode::Userspace(Balance::Random)
+        ));
     }
 
     #[test]

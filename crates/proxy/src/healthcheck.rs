@@ -61,7 +61,11 @@ impl HealthState {
     ) -> ProbeAnswer {
         let healthy =
             self.is_healthy(now, timeout) && self.last_updated.is_some() && self.node_eligible;
-        let last = if healthy { Some(wall) } else { self.last_updated.map(|(_, w)| w) };
+        let last = if healthy {
+            Some(wall)
+        } else {
+            self.last_updated.map(|(_, w)| w)
+        };
         ProbeAnswer {
             code: if healthy { 200 } else { 503 },
             body: format!(
@@ -81,7 +85,11 @@ impl HealthState {
         timeout: Duration,
     ) -> ProbeAnswer {
         let healthy = self.is_healthy(now, timeout);
-        let last = if healthy { Some(wall) } else { self.last_updated.map(|(_, w)| w) };
+        let last = if healthy {
+            Some(wall)
+        } else {
+            self.last_updated.map(|(_, w)| w)
+        };
         ProbeAnswer {
             code: if healthy { 200 } else { 503 },
             body: format!(
@@ -176,13 +184,19 @@ impl ProxierHealth {
 
     /// The answers of `/healthz` and `/livez` now.
     pub fn healthz(&self) -> ProbeAnswer {
-        self.state()
-            .healthz(tokio::time::Instant::now(), SystemTime::now(), self.timeout())
+        self.state().healthz(
+            tokio::time::Instant::now(),
+            SystemTime::now(),
+            self.timeout(),
+        )
     }
 
     pub fn livez(&self) -> ProbeAnswer {
-        self.state()
-            .livez(tokio::time::Instant::now(), SystemTime::now(), self.timeout())
+        self.state().livez(
+            tokio::time::Instant::now(),
+            SystemTime::now(),
+            self.timeout(),
+        )
     }
 }
 
@@ -345,7 +359,11 @@ mod tests {
             r#"{"lastUpdated": "0001-01-01 00:00:00 +0000 UTC","currentTime": "1970-01-01 00:00:10 +0000 UTC", "nodeEligible": true}"#
         );
         // Still live while the start is younger than the timeout.
-        assert_eq!(s.livez(start + Duration::from_secs(1), wall(10), TIMEOUT).code, 200);
+        assert_eq!(
+            s.livez(start + Duration::from_secs(1), wall(10), TIMEOUT)
+                .code,
+            200
+        );
         assert_eq!(s.livez(start + TIMEOUT, wall(70), TIMEOUT).code, 503);
 
         s.last_updated = Some((start + Duration::from_secs(2), wall(11)));
@@ -353,7 +371,9 @@ mod tests {
         let after = s.healthz(start + Duration::from_secs(500), wall(510), TIMEOUT);
         assert_eq!(after.code, 200);
         // As kube-proxy: healthy means "updated now".
-        assert!(after.body.starts_with(r#"{"lastUpdated": "1970-01-01 00:08:30 +0000 UTC""#));
+        assert!(after
+            .body
+            .starts_with(r#"{"lastUpdated": "1970-01-01 00:08:30 +0000 UTC""#));
     }
 
     #[test]
@@ -369,7 +389,9 @@ mod tests {
         let late = s.healthz(waited(60), wall(65), TIMEOUT);
         assert_eq!(late.code, 503);
         // The body then reports the last sync.
-        assert!(late.body.starts_with(r#"{"lastUpdated": "1970-01-01 00:00:00 +0000 UTC""#));
+        assert!(late
+            .body
+            .starts_with(r#"{"lastUpdated": "1970-01-01 00:00:00 +0000 UTC""#));
         assert_eq!(s.livez(waited(60), wall(65), TIMEOUT).code, 503);
     }
 

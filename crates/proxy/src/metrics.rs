@@ -83,7 +83,12 @@ impl Histogram {
         }
         let count = self.count();
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{} {}", series(&format!("{name}_sum"), labels), self.sum);
+        let _ = writeln!(
+            out,
+            "{} {}",
+            series(&format!("{name}_sum"), labels),
+            self.sum
+        );
         let _ = writeln!(out, "{} {count}", series(&format!("{name}_count"), labels));
     }
 }
@@ -461,7 +466,9 @@ mod tests {
         let at = |name: &str| sample(name, &text).unwrap_or_else(|| panic!("{name}:\n{text}"));
         let family = "{ip_family=\"IPv4\"}";
         assert_eq!(
-            at(&format!("kubeproxy_sync_proxy_rules_duration_seconds_count{family}")),
+            at(&format!(
+                "kubeproxy_sync_proxy_rules_duration_seconds_count{family}"
+            )),
             2.0
         );
         assert_eq!(
@@ -473,16 +480,22 @@ mod tests {
             2.0
         );
         assert_eq!(
-            at(&format!("kubeproxy_sync_full_proxy_rules_duration_seconds_count{family}")),
+            at(&format!(
+                "kubeproxy_sync_full_proxy_rules_duration_seconds_count{family}"
+            )),
             1.0
         );
         assert_eq!(
-            at(&format!("kubeproxy_sync_partial_proxy_rules_duration_seconds_count{family}")),
+            at(&format!(
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{family}"
+            )),
             1.0
         );
         // Only the successful sync's changes count as programmed.
         assert_eq!(
-            at(&format!("kubeproxy_network_programming_duration_seconds_count{family}")),
+            at(&format!(
+                "kubeproxy_network_programming_duration_seconds_count{family}"
+            )),
             2.0
         );
         assert_eq!(
@@ -494,17 +507,23 @@ mod tests {
             2.0
         );
         assert_eq!(
-            at(&format!("kubeproxy_sync_proxy_rules_last_timestamp_seconds{family}")),
+            at(&format!(
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds{family}"
+            )),
             101.0
         );
         assert_eq!(
-            at(&format!("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{family}")),
+            at(&format!(
+                "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{family}"
+            )),
             100.0
         );
         assert_eq!(at("kubeproxy_sync_proxy_rules_endpoint_changes_total"), 2.0);
         assert_eq!(at("kubeproxy_sync_proxy_rules_service_changes_total"), 1.0);
         assert_eq!(
-            at(&format!("kubeproxy_sync_proxy_rules_nftables_sync_failures_total{family}")),
+            at(&format!(
+                "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{family}"
+            )),
             1.0
         );
         assert_eq!(at("kubeproxy_proxy_healthz_total{code=\"503\"}"), 1.0);

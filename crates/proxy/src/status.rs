@@ -171,7 +171,9 @@ mod tests {
         let s = sources();
         let m = answer(Server::Metrics, &s, "/metrics");
         assert_eq!(m.status, StatusCode::OK);
-        assert!(m.body.contains("# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram"));
+        assert!(m
+            .body
+            .contains("# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram"));
         assert!(m.body.ends_with("node_agent_pods 3\n"), "{}", m.body);
         assert_eq!(answer(Server::Metrics, &s, "/proxyMode").body, "nftables");
         assert_eq!(answer(Server::Metrics, &s, "/healthz").body, "ok");
@@ -189,10 +191,22 @@ mod tests {
         assert_eq!(h.content_type, "application/json");
         assert_eq!(answer(Server::Health, &s, "/livez").status, StatusCode::OK);
         s.health.updated();
-        assert_eq!(answer(Server::Health, &s, "/healthz").status, StatusCode::OK);
+        assert_eq!(
+            answer(Server::Health, &s, "/healthz").status,
+            StatusCode::OK
+        );
         let text = s.render_metrics();
-        assert!(text.contains("kubeproxy_proxy_healthz_total{code=\"503\"} 1\n"), "{text}");
-        assert!(text.contains("kubeproxy_proxy_healthz_total{code=\"200\"} 1\n"), "{text}");
-        assert!(text.contains("kubeproxy_proxy_livez_total{code=\"200\"} 1\n"), "{text}");
+        assert!(
+            text.contains("kubeproxy_proxy_healthz_total{code=\"503\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubeproxy_proxy_healthz_total{code=\"200\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubeproxy_proxy_livez_total{code=\"200\"} 1\n"),
+            "{text}"
+        );
     }
 }

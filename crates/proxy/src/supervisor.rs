@@ -19,7 +19,9 @@ use switchyard_controllers::runtime::{Change, Informer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::{ConfigError, KubeProxyConfiguration, NodeIdentity, ProxySettings, CONFIG_MAP_KEY};
+use crate::config::{
+    ConfigError, KubeProxyConfiguration, NodeIdentity, ProxySettings, CONFIG_MAP_KEY,
+};
 use crate::proxier::{Observer, Proxy, ProxyMode};
 use crate::status::{Renderer, Server, StatusServer, StatusSources};
 

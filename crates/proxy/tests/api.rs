@@ -277,7 +277,9 @@ async fn metrics_and_health_answer_inside_the_namespace_after_a_sync() {
     .expect("healthy");
     let fields: serde_json::Value = serde_json::from_str(&healthz).expect("json body");
     assert_eq!(fields["nodeEligible"], true, "{healthz}");
-    assert!(fields["lastUpdated"].as_str().is_some_and(|t| t.ends_with(" +0000 UTC")));
+    assert!(fields["lastUpdated"]
+        .as_str()
+        .is_some_and(|t| t.ends_with(" +0000 UTC")));
     assert!(fields["currentTime"].is_string(), "{healthz}");
     let (code, livez) = get(&ns, addr(HEALTHZ), "/livez").await.expect("livez");
     assert_eq!(code, 200, "{livez}");
@@ -349,7 +351,10 @@ async fn metrics_and_health_answer_inside_the_namespace_after_a_sync() {
         ),
         Some(0.0)
     );
-    assert!(text.contains("kubeproxy_proxy_healthz_total{code=\"200\"} 1\n"), "{text}");
+    assert!(
+        text.contains("kubeproxy_proxy_healthz_total{code=\"200\"} 1\n"),
+        "{text}"
+    );
     assert!(text.ends_with("node_agent_up 1\n"), "{text}");
     assert_eq!(
         get(&ns, addr(METRICS), "/proxyMode").await,
@@ -379,11 +384,15 @@ async fn healthz_is_503_and_livez_200_while_the_first_sync_has_not_happened() {
         "{body}"
     );
     // Not late yet: the health timeout is 2 × the sync period (an hour here).
-    assert_eq!(get(&ns, addr(HEALTHZ), "/livez").await.map(|a| a.0), Some(200));
+    assert_eq!(
+        get(&ns, addr(HEALTHZ), "/livez").await.map(|a| a.0),
+        Some(200)
+    );
     assert!(!supervisor.is_synced());
 }
 
-const CONFIG_HEAD: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n";
+const CONFIG_HEAD: &str =
+    "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n";
 
 fn kube_proxy_config_map(text: &str) -> ConfigMap {
     ConfigMap {
@@ -463,7 +472,8 @@ async fn a_config_map_change_is_applied_and_an_invalid_one_keeps_the_running_rul
         )
         .await
         .expect("create slice");
-    let from_outside = format!("ip daddr {ip} tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade");
+    let from_outside =
+        format!("ip daddr {ip} tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade");
     let all = format!("ip daddr {ip} tcp dport 80 jump mark-for-masquerade");
     wait_table(&ns, "web with random choice", |t| {
         t.contains(&from_outside) && t.contains("numgen random mod 2") && !t.contains(&all)
@@ -489,8 +499,11 @@ async fn a_config_map_change_is_applied_and_an_invalid_one_keeps_the_running_rul
     .await;
     let applied = wait_for(Duration::from_secs(10), "reload counted", || async {
         let (_, text) = get(&ns, addr(METRICS), "/metrics").await?;
-        sample(&text, "switchyard_proxy_config_reloads_total{result=\"applied\"}")
-            .filter(|n| *n >= 1.0)
+        sample(
+            &text,
+            "switchyard_proxy_config_reloads_total{result=\"applied\"}",
+        )
+        .filter(|n| *n >= 1.0)
     })
     .await
     .expect("applied");
@@ -507,14 +520,20 @@ async fn a_config_map_change_is_applied_and_an_invalid_one_keeps_the_running_rul
     .expect("replace");
     let text = wait_for(Duration::from_secs(30), "rejection counted", || async {
         let (_, text) = get(&ns, addr(METRICS), "/metrics").await?;
-        sample(&text, "switchyard_proxy_config_reloads_total{result=\"rejected\"}")
-            .filter(|n| *n >= 1.0)
-            .map(|_| text)
+        sample(
+            &text,
+            "switchyard_proxy_config_reloads_total{result=\"rejected\"}",
+        )
+        .filter(|n| *n >= 1.0)
+        .map(|_| text)
     })
     .await
     .expect("rejected");
     assert_eq!(
-        sample(&text, "switchyard_proxy_config_reloads_total{result=\"applied\"}"),
+        sample(
+            &text,
+            "switchyard_proxy_config_reloads_total{result=\"applied\"}"
+        ),
         Some(1.0)
     );
     let t = table(&ns).await;

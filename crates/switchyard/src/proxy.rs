@@ -211,7 +211,7 @@ fn config_error(source: &str, e: &ConfigError) -> ExitCode {
 impl ProxySourceFlags {
     /// Settings from `--config`, or from `flags` and the listener flags; `None` with
     /// `--config-map`, which is read once a client exists
-    /// ([`ProxySourceFlags::from_config_map`]).
+    /// ([`ProxySourceFlags::config_map_settings`]).
     pub async fn settings(
         &self,
         flags: &ProxyFlags,
@@ -224,7 +224,8 @@ impl ProxySourceFlags {
         }
         if let Some(path) = &self.config {
             let source = format!("--config {}", path.display());
-            let text = std::fs::read_to_string(path).map_err(|e| usage(format!("{source}: {e}")))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| usage(format!("{source}: {e}")))?;
             let parsed =
                 KubeProxyConfiguration::parse(&text).map_err(|e| config_error(&source, &e))?;
             return parsed
@@ -244,7 +245,9 @@ impl ProxySourceFlags {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| identity.host_name.clone());
         if node_name.is_empty() {
-            return Err(usage("cannot tell this node's name; pass --hostname-override"));
+            return Err(usage(
+                "cannot tell this node's name; pass --hostname-override",
+            ));
         }
         let proxy = flags.config(node_name, identity.netns.clone()).await?;
         Ok(Some(ProxySettings {
@@ -265,7 +268,7 @@ impl ProxySourceFlags {
 
     /// The settings in `--config-map`'s ConfigMap and the source to follow (after
     /// [`ProxySourceFlags::settings`] answered `None`).
-    pub async fn from_config_map(
+    pub async fn config_map_settings(
         &self,
         client: &kube::Client,
         identity: &NodeIdentity,
@@ -327,7 +330,7 @@ pub async fn run(args: ProxyArgs) -> ExitCode {
     };
     let (settings, config_map) = match settings {
         Some(s) => (s, None),
-        None => match args.sources.from_config_map(&client, &identity).await {
+        None => match args.sources.config_map_settings(&client, &identity).await {
             Ok((s, source)) => (s, Some(source)),
             Err(code) => return code,
         },
