@@ -46,7 +46,7 @@ pub struct ProxySourceFlags {
     /// kube-proxy: the file decides every setting and the data-plane and listener flags are
     /// ignored; --hostname-override wins over its hostnameOverride, --kubeconfig over its
     /// clientConnection.kubeconfig. Unknown fields are errors.
-    #[arg(long, conflicts_with = "config_map")]
+    #[arg(long)]
     config: Option<PathBuf>,
     /// Follow ConfigMap NAMESPACE/NAME (key config.conf, as kubeadm's kube-system/kube-proxy):
     /// read at start like --config; on each change a valid configuration replaces the running
@@ -217,6 +217,11 @@ impl ProxySourceFlags {
         flags: &ProxyFlags,
         identity: &NodeIdentity,
     ) -> Result<Option<ProxySettings>, ExitCode> {
+        if self.config.is_some() && self.config_map.is_some() {
+            return Err(usage(
+                "--config and --config-map: give one configuration source",
+            ));
+        }
         if self.config_map.is_some() {
             // Checked before connecting.
             self.config_map_reference()?;

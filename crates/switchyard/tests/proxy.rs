@@ -34,6 +34,15 @@ fn bad_proxy_flags_exit_64_with_one_line_naming_the_flag() {
         ),
         (&["--config-map", "kube-proxy"][..], "--config-map"),
         (
+            &[
+                "--config-map",
+                "kube-system/kube-proxy",
+                "--config",
+                "x.yaml",
+            ][..],
+            "--config-map",
+        ),
+        (
             &["--config", "/nonexistent/kube-proxy.yaml"][..],
             "--config",
         ),
