@@ -6,7 +6,9 @@
 //! kube-proxy has no family for the size of its nftables table (only the iptables mode's
 //! `kubeproxy_sync_proxy_rules_iptables_total`), so the chain and element counts are ours:
 //! `switchyard_proxy_nftables_chains` and `switchyard_proxy_nftables_elements`, as are the
-//! counters of configuration reloads.
+//! counters of configuration reloads. In userspace mode a failed sync of the userspace data
+//! plane also counts in `kubeproxy_sync_proxy_rules_nftables_sync_failures_total` (the only
+//! failure counter dashboards know), and the table counts stay 0.
 //!
 //! Recording is cheap: watch events bump relaxed atomics, and a sync takes one small lock once
 //! to add its observations to the histograms. Nothing here runs per packet. This module never
