@@ -9,11 +9,20 @@
 //!
 //! [`userspace`] is the backend for machines without nftables (`--proxy-mode userspace`): an L4
 //! proxy listening on the service addresses, driven by the same watches.
+//!
+//! Around the proxy, as kube-proxy: [`metrics`] (Prometheus families under kube-proxy's names),
+//! [`healthcheck`] (`/healthz`, `/livez` and the `healthCheckNodePort` servers), [`status`] (the
+//! two HTTP listeners), [`config`] (`KubeProxyConfiguration` files) and [`supervisor`] (listeners,
+//! conntrack sysctls and a ConfigMap-driven swap of the running proxy).
 
+pub mod config;
 pub mod healthcheck;
+pub mod metrics;
 pub mod model;
 pub mod nftables;
 pub mod proxier;
+pub mod status;
+pub mod supervisor;
 pub mod userspace;
 
 pub use model::{
@@ -21,4 +30,5 @@ pub use model::{
     Snapshot,
 };
 pub use nftables::{NodeConfig, Ruleset, Scheduler};
-pub use proxier::{NftApplier, Proxy, ProxyConfig, ProxyMetrics, ProxyMode};
+pub use proxier::{NftApplier, Observer, Proxy, ProxyConfig, ProxyMetrics, ProxyMode};
+pub use supervisor::ProxySupervisor;

@@ -8,12 +8,16 @@
 //!   failure are full (the table is replaced atomically); all others touch only the services
 //!   that changed;
 //! - syncs are at least `min_sync_period` apart, so a burst of events costs one sync.
+//!
+//! Every sync is recorded in an [`Observer`] (the Prometheus [`Metrics`] and the
+//! [`ProxierHealth`] behind `/healthz`), which outlives the proxy when a new configuration
+//! replaces it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use kube::api::Api;
@@ -26,7 +30,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::healthcheck::HealthServers;
+use crate::healthcheck::{HealthServers, ProxierHealth};
+use crate::metrics::{Metrics, SyncRecord, SyncScope};
 use crate::model::{self, ChangeTracker, ServiceKey, Snapshot, LABEL_SERVICE_NAME};
 use crate::nftables::{self, NodeConfig, Ruleset, Scheduler, ServiceRules, UdpFlow};
 
@@ -294,6 +299,40 @@ impl NftDataPlane {
 struct Shared {
     synced: AtomicBool,
     metrics: Mutex<ProxyMetrics>,
+    observer: Observer,
+}
+
+/// Where a proxy reports: shared with the status servers, and kept across a configuration
+/// change (so counters continue and health covers the new proxy's first sync).
+#[derive(Clone, Debug)]
+pub struct Observer {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<ProxierHealth>,
+}
+
+impl Observer {
+    /// Fresh metrics, and health with kube-proxy's timeout of 2 × `sync_period`.
+    pub fn new(sync_period: Duration) -> Self {
+        Observer {
+            metrics: Arc::new(Metrics::default()),
+            health: Arc::new(ProxierHealth::new(sync_period * 2)),
+        }
+    }
+}
+
+/// Oldest `endpoints.kubernetes.io/last-change-trigger-time` per service not yet programmed.
+type TriggerTimes = Arc<Mutex<HashMap<ServiceKey, SystemTime>>>;
+
+/// The trigger time of a slice, if it is later than `since` (kube-proxy ignores those from
+/// before it started: they would count the proxy's downtime as programming latency).
+fn trigger_time(slice: &EndpointSlice, since: SystemTime) -> Option<SystemTime> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(switchyard_controllers::endpointslice::ANNOTATION_TRIGGER_TIME)?;
+    let at: SystemTime = text.parse::<jiff::Timestamp>().ok()?.into();
+    (at > since).then_some(at)
 }
 
 /// The running proxy. Dropping it stops the watches and the sync loop; the rules stay in place
@@ -315,15 +354,23 @@ impl Proxy {
     /// Watch Services, EndpointSlices and the own Node through `client`; program the
     /// namespace's nftables; never from a partial initial list.
     pub fn start(client: kube::Client, config: ProxyConfig) -> Proxy {
+        let observer = Observer::new(config.sync_period);
+        Proxy::start_observed(client, config, observer)
+    }
+
+    /// [`Proxy::start`], reporting to `observer`.
+    pub fn start_observed(client: kube::Client, config: ProxyConfig, observer: Observer) -> Proxy {
         let services: Informer<Service> = Informer::new(Api::all(client.clone()), false);
         let slices: Informer<EndpointSlice> = Informer::new(Api::all(client.clone()), true);
         let nodes: Informer<Node> = Informer::new(Api::all(client), false);
         let tracker = Arc::new(Mutex::new(ChangeTracker::<Instant>::new()));
         let wake = Arc::new(Notify::new());
         let node_changed = Arc::new(AtomicBool::new(true));
+        let triggers: TriggerTimes = Arc::default();
+        let started = SystemTime::now();
 
         {
-            let (tracker, wake) = (tracker.clone(), wake.clone());
+            let (tracker, wake, observer) = (tracker.clone(), wake.clone(), observer.clone());
             services.on_change(move |change| {
                 let key = ServiceKey::new(
                     change
@@ -335,11 +382,15 @@ impl Proxy {
                     change.object().metadata.name.clone().unwrap_or_default(),
                 );
                 lock(&tracker).record(key, Instant::now());
+                observer.metrics.service_changed();
+                observer.metrics.queued(SystemTime::now());
+                observer.health.queued();
                 wake.notify_one();
             });
         }
         {
-            let (tracker, wake) = (tracker.clone(), wake.clone());
+            let (tracker, wake, observer) = (tracker.clone(), wake.clone(), observer.clone());
+            let triggers = triggers.clone();
             slices.on_change(move |change| {
                 let mut keys = Vec::new();
                 for slice in [Some(change.object()), change.old()].into_iter().flatten() {
@@ -347,6 +398,18 @@ impl Proxy {
                         keys.push(key);
                     }
                 }
+                if let (Change::Added(slice) | Change::Updated { new: slice, .. }, Some(key)) =
+                    (&change, keys.first())
+                {
+                    if let Some(at) = trigger_time(slice, started) {
+                        let mut t = lock(&triggers);
+                        let oldest = t.entry(key.clone()).or_insert(at);
+                        *oldest = (*oldest).min(at);
+                    }
+                }
+                observer.metrics.endpoints_changed();
+                observer.metrics.queued(SystemTime::now());
+                observer.health.queued();
                 let mut t = lock(&tracker);
                 for key in keys {
                     t.record(key, Instant::now());
@@ -358,8 +421,13 @@ impl Proxy {
         {
             let (node_changed, wake, name) =
                 (node_changed.clone(), wake.clone(), config.node_name.clone());
+            let health = observer.health.clone();
             nodes.on_change(move |change: Change<'_, Node>| {
                 if change.object().metadata.name.as_deref() == Some(name.as_str()) {
+                    health.set_node_eligible(
+                        !matches!(change, Change::Deleted(_))
+                            && crate::healthcheck::node_eligible(change.object()),
+                    );
                     node_changed.store(true, Ordering::Release);
                     wake.notify_one();
                 }
@@ -369,6 +437,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             synced: AtomicBool::new(false),
             metrics: Mutex::new(ProxyMetrics::default()),
+            observer,
         });
         let mut tasks = vec![
             tokio::spawn(services.clone().run()),
@@ -381,6 +450,7 @@ impl Proxy {
             slices,
             nodes,
             tracker,
+            triggers,
             wake,
             node_changed,
             shared: shared.clone(),
@@ -396,6 +466,11 @@ impl Proxy {
 
     pub fn metrics(&self) -> ProxyMetrics {
         lock(&self.shared.metrics).clone()
+    }
+
+    /// Where this proxy reports (Prometheus metrics and health).
+    pub fn observer(&self) -> &Observer {
+        &self.shared.observer
     }
 }
 
@@ -417,6 +492,7 @@ struct SyncLoop {
     slices: Informer<EndpointSlice>,
     nodes: Informer<Node>,
     tracker: Arc<Mutex<ChangeTracker<Instant>>>,
+    triggers: TriggerTimes,
     wake: Arc<Notify>,
     node_changed: Arc<AtomicBool>,
     shared: Arc<Shared>,
@@ -443,6 +519,7 @@ impl SyncLoop {
                 plane.set_node(self.node_config().await);
             }
             let changes = lock(&self.tracker).take();
+            let triggered = std::mem::take(&mut *lock(&self.triggers));
             let oldest = changes.values().min().copied();
             let full = force_full
                 || plane.needs_full_sync()
@@ -477,6 +554,17 @@ impl SyncLoop {
                     .map_err(|e| std::io::Error::other(e.to_string()))
             });
             let elapsed = started.elapsed();
+            self.record(
+                if matches!(result, Ok(SyncKind::Full)) || (full && result.is_err()) {
+                    SyncScope::Full
+                } else {
+                    SyncScope::Partial
+                },
+                elapsed,
+                result.is_ok(),
+                &triggered,
+                plane.applied().map(Ruleset::counts).unwrap_or_default(),
+            );
             {
                 let mut m = lock(&self.shared.metrics);
                 match &result {
@@ -534,6 +622,43 @@ impl SyncLoop {
         }
     }
 
+    /// Records a finished sync in the observer: durations, network programming latency of
+    /// the changes it programmed, and health.
+    fn record(
+        &self,
+        scope: SyncScope,
+        duration: Duration,
+        succeeded: bool,
+        triggered: &HashMap<ServiceKey, SystemTime>,
+        (chains, elements): (usize, usize),
+    ) {
+        let at = SystemTime::now();
+        let observer = &self.shared.observer;
+        observer.metrics.record_sync(&SyncRecord {
+            scope,
+            duration,
+            succeeded,
+            at,
+            // A trigger time after now is clock skew between the node and the controller.
+            programming: triggered
+                .values()
+                .filter_map(|t| at.duration_since(*t).ok())
+                .collect(),
+            chains,
+            elements,
+        });
+        if succeeded {
+            observer.health.updated();
+        } else if !triggered.is_empty() {
+            // Not programmed: keep them for the next sync's latency.
+            let mut t = lock(&self.triggers);
+            for (key, at) in triggered {
+                let oldest = t.entry(key.clone()).or_insert(*at);
+                *oldest = (*oldest).min(*at);
+            }
+        }
+    }
+
     fn build_one(
         &self,
         key: &ServiceKey,
@@ -572,10 +697,18 @@ impl SyncLoop {
                 node = self.node_config().await;
             }
             let changes = lock(&self.tracker).take();
+            let triggered = std::mem::take(&mut *lock(&self.triggers));
             let oldest = changes.values().min().copied();
             let (snapshot, _) = self.snapshot_all(&node);
             let desired = crate::userspace::frontends(&snapshot, &node, balance);
             let result = proxy.sync(&desired).await;
+            self.record(
+                SyncScope::Full,
+                started.elapsed(),
+                result.is_ok(),
+                &triggered,
+                (0, 0),
+            );
             {
                 let mut m = lock(&self.shared.metrics);
                 m.full_syncs += 1;

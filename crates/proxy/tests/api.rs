@@ -1,16 +1,24 @@
 //! The proxy end to end against the in-process API server: watches → change tracking → rules
-//! in a namespace's nftables, with full and partial syncs counted.
+//! in a namespace's nftables, with full and partial syncs counted; the supervisor's `/metrics`,
+//! `/healthz` and `/livez` answering inside the namespace, and its ConfigMap source applying
+//! valid changes and rejecting invalid ones.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams};
 use switchyard_netns::{can_create_namespaces, unique_name, NetNs, NsGuard};
-use switchyard_proxy::{Proxy, ProxyConfig};
+use switchyard_proxy::config::{KubeProxyConfiguration, NodeIdentity, ProxySettings};
+use switchyard_proxy::supervisor::{read_config_map, ConfigMapSource};
+use switchyard_proxy::{Proxy, ProxyConfig, ProxySupervisor};
 use switchyard_testkit::{wait_for, InProcessServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 macro_rules! require_namespaces {
     () => {
@@ -57,6 +65,10 @@ fn service(name: &str, labels: &[(&str, &str)]) -> Service {
 }
 
 fn slice(service: &str, ip: &str) -> EndpointSlice {
+    slice_of(service, &[ip])
+}
+
+fn slice_of(service: &str, ips: &[&str]) -> EndpointSlice {
     EndpointSlice {
         metadata: ObjectMeta {
             name: Some(format!("{service}-manual")),
@@ -67,16 +79,19 @@ fn slice(service: &str, ip: &str) -> EndpointSlice {
             ..Default::default()
         },
         address_type: "IPv4".into(),
-        endpoints: vec![Endpoint {
-            addresses: vec![ip.into()],
-            conditions: Some(EndpointConditions {
-                ready: Some(true),
-                serving: Some(true),
-                terminating: Some(false),
-            }),
-            node_name: Some("node-a".into()),
-            ..Default::default()
-        }],
+        endpoints: ips
+            .iter()
+            .map(|ip| Endpoint {
+                addresses: vec![ip.to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                node_name: Some("node-a".into()),
+                ..Default::default()
+            })
+            .collect(),
         ports: Some(vec![EndpointPort {
             port: Some(8080),
             protocol: Some("TCP".into()),
@@ -210,4 +225,326 @@ async fn nothing_is_programmed_before_the_first_complete_list() {
             .is_err(),
         "no table may be written before the informers synced"
     );
+}
+
+/// `GET path` from inside `ns`: the status code and the body.
+async fn get(ns: &NetNs, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = ns.connect_tcp(addr, Duration::from_secs(5)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// The value of the sample `series` (name with labels) in a Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+const HEALTHZ: &str = "127.0.0.1:10256";
+const METRICS: &str = "127.0.0.1:10249";
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_answer_inside_the_namespace_after_a_sync() {
+    require_namespaces!();
+    let mut guard = NsGuard::new();
+    let ns = guard.create(&unique_name("a")).await.expect("ns");
+    let server = InProcessServer::start().await.expect("server");
+    let client = server.client().await.expect("client");
+    // kube-proxy's default listeners, inside the node's namespace: no collision with the host
+    // or with another node's proxy.
+    let settings = ProxySettings::new(config(&ns));
+    let node_agent: switchyard_proxy::status::Renderer = Arc::new(|out: &mut String| {
+        out.push_str("# TYPE node_agent_up gauge\nnode_agent_up 1\n");
+    });
+    let supervisor = ProxySupervisor::start(client.clone(), settings, None, vec![node_agent])
+        .await
+        .expect("supervisor");
+    let (_, healthz) = wait_for(Duration::from_secs(60), "healthz 200", || async {
+        get(&ns, addr(HEALTHZ), "/healthz")
+            .await
+            .filter(|(code, _)| *code == 200)
+    })
+    .await
+    .expect("healthy");
+    let fields: serde_json::Value = serde_json::from_str(&healthz).expect("json body");
+    assert_eq!(fields["nodeEligible"], true, "{healthz}");
+    assert!(fields["lastUpdated"]
+        .as_str()
+        .is_some_and(|t| t.ends_with(" +0000 UTC")));
+    assert!(fields["currentTime"].is_string(), "{healthz}");
+    let (code, livez) = get(&ns, addr(HEALTHZ), "/livez").await.expect("livez");
+    assert_eq!(code, 200, "{livez}");
+    assert!(supervisor.is_synced());
+
+    // A change carrying the EndpointSlice controller's trigger time is programmed and its
+    // latency observed.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    services
+        .create(&PostParams::default(), &service("web", &[]))
+        .await
+        .expect("create web");
+    let mut web_slice = slice("web", "10.244.1.5");
+    web_slice.metadata.annotations = Some(BTreeMap::from([(
+        "endpoints.kubernetes.io/last-change-trigger-time".to_string(),
+        jiff::Timestamp::now().to_string(),
+    )]));
+    slices
+        .create(&PostParams::default(), &web_slice)
+        .await
+        .expect("create slice");
+    let family = "{ip_family=\"IPv4\"}";
+    let text = wait_for(Duration::from_secs(60), "programming latency", || async {
+        let (_, text) = get(&ns, addr(METRICS), "/metrics").await?;
+        let count = sample(
+            &text,
+            &format!("kubeproxy_network_programming_duration_seconds_count{family}"),
+        )?;
+        (count >= 1.0).then_some(text)
+    })
+    .await
+    .expect("observed");
+    assert!(text.contains("# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram"));
+    let syncs = sample(
+        &text,
+        &format!("kubeproxy_sync_proxy_rules_duration_seconds_count{family}"),
+    )
+    .expect("sync count");
+    let full = sample(
+        &text,
+        &format!("kubeproxy_sync_full_proxy_rules_duration_seconds_count{family}"),
+    )
+    .expect("full count");
+    let partial = sample(
+        &text,
+        &format!("kubeproxy_sync_partial_proxy_rules_duration_seconds_count{family}"),
+    )
+    .expect("partial count");
+    assert!(full >= 1.0 && partial >= 1.0, "{text}");
+    assert_eq!(syncs, full + partial, "{text}");
+    assert!(sample(&text, "kubeproxy_sync_proxy_rules_service_changes_total").expect("svc") >= 1.0);
+    assert!(
+        sample(&text, "kubeproxy_sync_proxy_rules_endpoint_changes_total").expect("eps") >= 1.0
+    );
+    assert!(
+        sample(
+            &text,
+            &format!("kubeproxy_sync_proxy_rules_last_timestamp_seconds{family}")
+        )
+        .expect("last sync")
+            > 1.0e9
+    );
+    assert!(sample(&text, "switchyard_proxy_nftables_chains").expect("chains") >= 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            &format!("kubeproxy_sync_proxy_rules_nftables_sync_failures_total{family}")
+        ),
+        Some(0.0)
+    );
+    assert!(
+        text.contains("kubeproxy_proxy_healthz_total{code=\"200\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("node_agent_up 1\n"), "{text}");
+    assert_eq!(
+        get(&ns, addr(METRICS), "/proxyMode").await,
+        Some((200, "nftables".to_string()))
+    );
+}
+
+#[tokio::test]
+async fn healthz_is_503_and_livez_200_while_the_first_sync_has_not_happened() {
+    require_namespaces!();
+    let mut guard = NsGuard::new();
+    let ns = guard.create(&unique_name("a")).await.expect("ns");
+    // An API server that never answers: the informers never sync.
+    let unreachable = kube::Config::new("https://127.0.0.1:9".parse().expect("url"));
+    let client = kube::Client::try_from(unreachable).expect("client");
+    let supervisor = ProxySupervisor::start(client, ProxySettings::new(config(&ns)), None, vec![])
+        .await
+        .expect("supervisor");
+    let (code, body) = wait_for(Duration::from_secs(30), "health server", || async {
+        get(&ns, addr(HEALTHZ), "/healthz").await
+    })
+    .await
+    .expect("answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with(r#"{"lastUpdated": "0001-01-01 00:00:00 +0000 UTC","currentTime": ""#),
+        "{body}"
+    );
+    // Not late yet: the health timeout is 2 × the sync period (an hour here).
+    assert_eq!(
+        get(&ns, addr(HEALTHZ), "/livez").await.map(|a| a.0),
+        Some(200)
+    );
+    assert!(!supervisor.is_synced());
+}
+
+const CONFIG_HEAD: &str =
+    "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n";
+
+fn kube_proxy_config_map(text: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("kube-proxy".into()),
+            namespace: Some("kube-system".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "config.conf".to_string(),
+            text.to_string(),
+        )])),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_map_change_is_applied_and_an_invalid_one_keeps_the_running_rules() {
+    require_namespaces!();
+    let mut guard = NsGuard::new();
+    let ns = guard.create(&unique_name("a")).await.expect("ns");
+    let server = InProcessServer::start().await.expect("server");
+    let client = server.client().await.expect("client");
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let first = format!(
+        "{CONFIG_HEAD}mode: nftables\nclusterCIDR: 10.244.0.0/16\n\
+         nftables:\n  syncPeriod: 1h0m0s\n  minSyncPeriod: 50ms\n\
+         conntrack:\n  tcpEstablishedTimeout: 2h0m0s\n"
+    );
+    maps.create(&PostParams::default(), &kube_proxy_config_map(&first))
+        .await
+        .expect("create configmap");
+    let identity = NodeIdentity {
+        hostname_override: Some("node-a".into()),
+        host_name: String::new(),
+        netns: ns.clone(),
+    };
+    let text = read_config_map(client.clone(), "kube-system", "kube-proxy")
+        .await
+        .expect("read");
+    let settings = KubeProxyConfiguration::parse(&text)
+        .expect("valid")
+        .resolve(&identity)
+        .await
+        .expect("resolves");
+    let source = ConfigMapSource {
+        namespace: "kube-system".into(),
+        name: "kube-proxy".into(),
+        identity,
+        applied_text: text,
+    };
+    let _supervisor = ProxySupervisor::start(client.clone(), settings, Some(source), vec![])
+        .await
+        .expect("supervisor");
+    // conntrack settings are sysctls of the proxy's namespace only.
+    let mut sysctl = ns.command("sysctl");
+    sysctl.args(["-n", "net.netfilter.nf_conntrack_tcp_timeout_established"]);
+    assert_eq!(
+        switchyard_netns::run_checked(&mut sysctl)
+            .await
+            .expect("sysctl")
+            .trim(),
+        "7200"
+    );
+
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let web = services
+        .create(&PostParams::default(), &service("web", &[]))
+        .await
+        .expect("create web");
+    let ip = web.spec.and_then(|s| s.cluster_ip).expect("ClusterIP");
+    slices
+        .create(
+            &PostParams::default(),
+            &slice_of("web", &["10.244.1.5", "10.244.2.5"]),
+        )
+        .await
+        .expect("create slice");
+    let from_outside =
+        format!("ip daddr {ip} tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade");
+    let all = format!("ip daddr {ip} tcp dport 80 jump mark-for-masquerade");
+    wait_table(&ns, "web with random choice", |t| {
+        t.contains(&from_outside) && t.contains("numgen random mod 2") && !t.contains(&all)
+    })
+    .await;
+
+    // masqueradeAll and round robin: a new proxy replaces the table.
+    let second = format!(
+        "{CONFIG_HEAD}mode: nftables\nclusterCIDR: 10.244.0.0/16\n\
+         nftables:\n  syncPeriod: 1h0m0s\n  minSyncPeriod: 50ms\n  masqueradeAll: true\n\
+         ipvs:\n  scheduler: rr\n"
+    );
+    maps.replace("kube-proxy", &PostParams::default(), &{
+        let mut cm = maps.get("kube-proxy").await.expect("get");
+        cm.data = kube_proxy_config_map(&second).data;
+        cm
+    })
+    .await
+    .expect("replace");
+    wait_table(&ns, "masquerade all, round robin", |t| {
+        t.contains(&all) && t.contains("numgen inc mod 2") && !t.contains(&from_outside)
+    })
+    .await;
+    let applied = wait_for(Duration::from_secs(10), "reload counted", || async {
+        let (_, text) = get(&ns, addr(METRICS), "/metrics").await?;
+        sample(
+            &text,
+            "switchyard_proxy_config_reloads_total{result=\"applied\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    })
+    .await
+    .expect("applied");
+    assert_eq!(applied, 1.0);
+
+    // An unknown field: rejected, counted, and the running rules stay.
+    let invalid = format!("{CONFIG_HEAD}mode: nftables\nnftables:\n  masqueradeEverything: true\n");
+    maps.replace("kube-proxy", &PostParams::default(), &{
+        let mut cm = maps.get("kube-proxy").await.expect("get");
+        cm.data = kube_proxy_config_map(&invalid).data;
+        cm
+    })
+    .await
+    .expect("replace");
+    let text = wait_for(Duration::from_secs(30), "rejection counted", || async {
+        let (_, text) = get(&ns, addr(METRICS), "/metrics").await?;
+        sample(
+            &text,
+            "switchyard_proxy_config_reloads_total{result=\"rejected\"}",
+        )
+        .filter(|n| *n >= 1.0)
+        .map(|_| text)
+    })
+    .await
+    .expect("rejected");
+    assert_eq!(
+        sample(
+            &text,
+            "switchyard_proxy_config_reloads_total{result=\"applied\"}"
+        ),
+        Some(1.0)
+    );
+    let t = table(&ns).await;
+    assert!(t.contains(&all) && t.contains("numgen inc mod 2"), "{t}");
+    // The running proxy still follows the API.
+    let later = services
+        .create(&PostParams::default(), &service("later", &[]))
+        .await
+        .expect("create later");
+    let later_ip = later.spec.and_then(|s| s.cluster_ip).expect("ClusterIP");
+    wait_table(&ns, "later programmed", |t| t.contains(&later_ip)).await;
+    let (code, body) = get(&ns, addr(HEALTHZ), "/healthz").await.expect("healthz");
+    assert_eq!(code, 200, "{body}");
 }

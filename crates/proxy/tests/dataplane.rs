@@ -585,6 +585,24 @@ async fn udp_clients_move_off_a_removed_endpoint_at_once() {
 #[tokio::test]
 async fn a_restarted_proxy_replaces_the_table_without_breaking_established_connections() {
     require_namespaces!();
+    restart_keeps_an_established_connection(node_config()).await;
+}
+
+#[tokio::test]
+async fn a_new_configuration_replaces_the_table_without_breaking_established_connections() {
+    require_namespaces!();
+    // What a ConfigMap change does: a new proxy with masqueradeAll and round robin.
+    restart_keeps_an_established_connection(NodeConfig {
+        masquerade_all: true,
+        scheduler: Scheduler::RoundRobin,
+        ..node_config()
+    })
+    .await;
+}
+
+/// Connects through a ClusterIP, then lets a fresh data plane with `next` replace the table
+/// (its first sync is full) and checks the connection still echoes.
+async fn restart_keeps_an_established_connection(next: NodeConfig) {
     let topo = topology(2).await;
     let all: Vec<&Pod> = topo.pods.iter().collect();
     let snapshot: Snapshot = [service("web", "10.96.0.16", 80, Protocol::Tcp, &all)]
@@ -606,7 +624,7 @@ async fn a_restarted_proxy_replaces_the_table_without_breaking_established_conne
     reader.read_line(&mut line).await.expect("greeting");
 
     // A new proxy process: fresh state, first sync is full and replaces the table.
-    let mut restarted = NftDataPlane::new(topo.node.clone(), node_config());
+    let mut restarted = NftDataPlane::new(topo.node.clone(), next);
     assert_eq!(
         restarted.sync_snapshot(&snapshot).await.expect("sync"),
         SyncKind::Full

@@ -1,11 +1,24 @@
 //! `switchyard proxy`: the service proxy (kube-proxy role, issue 5) against any API server.
 //! Flags are named as kube-proxy's where one exists. Bad values exit 64 with one line before
 //! anything connects; the API connection stays in this process's namespace, only the rules go
-//! to `--netns`. `switchyard node` runs the same proxy with the same flags ([`ProxyFlags`]).
+//! to `--netns`, and the health and metrics listeners are bound inside `--netns` too.
+//! `switchyard node` runs the same proxy with the same flags ([`ProxyFlags`]); the
+//! configuration sources and listeners ([`ProxySourceFlags`]) are ready for it to flatten too.
+//!
+//! Precedence, as kube-proxy's options.go: with `--config` (or `--config-map`) the file decides
+//! every setting and the data-plane and listener flags are ignored; `--hostname-override` still
+//! wins over the file's `hostnameOverride`, and `--kubeconfig` over its
+//! `clientConnection.kubeconfig`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use switchyard_proxy::config::{
+    parse_bind_address, ConfigError, KubeProxyConfiguration, NodeIdentity, ProxySettings,
+    HEALTHZ_PORT, METRICS_PORT,
+};
+use switchyard_proxy::supervisor::{read_config_map, ConfigMapSource};
 
 use crate::{flags, wait_for_signal};
 
@@ -22,6 +35,33 @@ pub struct ProxyArgs {
     netns: Option<String>,
     #[command(flatten)]
     proxy: ProxyFlags,
+    #[command(flatten)]
+    sources: ProxySourceFlags,
+}
+
+/// Where the proxy's configuration comes from, and where it serves health and metrics.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ProxySourceFlags {
+    /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1, YAML or JSON). As
+    /// kube-proxy: the file decides every setting and the data-plane and listener flags are
+    /// ignored; --hostname-override wins over its hostnameOverride, --kubeconfig over its
+    /// clientConnection.kubeconfig. Unknown fields are errors.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Follow ConfigMap NAMESPACE/NAME (key config.conf, as kubeadm's kube-system/kube-proxy):
+    /// read at start like --config; on each change a valid configuration replaces the running
+    /// proxy (rules swapped atomically, connections keep flowing), an invalid one is logged and
+    /// the running one kept.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    config_map: Option<String>,
+    /// IP:PORT of the health server (/healthz, /livez) inside the proxy's namespace; an IP alone
+    /// gets port 10256; empty disables. Ignored with --config/--config-map.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: String,
+    /// IP:PORT of the metrics server (/metrics, /proxyMode) inside the proxy's namespace; an IP
+    /// alone gets port 10249; empty disables. Ignored with --config/--config-map.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: String,
 }
 
 /// The data-plane flags of the proxy, shared by `switchyard proxy` and `switchyard node`.
@@ -159,16 +199,110 @@ impl ProxyFlags {
     }
 }
 
-pub async fn run(args: ProxyArgs) -> ExitCode {
-    let node_name = args
-        .hostname_override
-        .clone()
-        .map(|h| h.trim().to_lowercase())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(host_name);
-    if node_name.is_empty() {
-        return usage("cannot tell this node's name; pass --hostname-override");
+/// A configuration error as one line: 64 for bad input, 69 when the data plane is missing.
+fn config_error(source: &str, e: &ConfigError) -> ExitCode {
+    eprintln!("switchyard: {source}: {e}");
+    match e {
+        ConfigError::Unavailable(_) => ExitCode::from(69),
+        ConfigError::Parse(_) | ConfigError::Invalid { .. } => ExitCode::from(64),
     }
+}
+
+impl ProxySourceFlags {
+    /// Settings from `--config`, or from `flags` and the listener flags; `None` with
+    /// `--config-map`, which is read once a client exists
+    /// ([`ProxySourceFlags::config_map_settings`]).
+    pub async fn settings(
+        &self,
+        flags: &ProxyFlags,
+        identity: &NodeIdentity,
+    ) -> Result<Option<ProxySettings>, ExitCode> {
+        if self.config.is_some() && self.config_map.is_some() {
+            return Err(usage(
+                "--config and --config-map: give one configuration source",
+            ));
+        }
+        if self.config_map.is_some() {
+            // Checked before connecting.
+            self.config_map_reference()?;
+            return Ok(None);
+        }
+        if let Some(path) = &self.config {
+            let source = format!("--config {}", path.display());
+            let text =
+                std::fs::read_to_string(path).map_err(|e| usage(format!("{source}: {e}")))?;
+            let parsed =
+                KubeProxyConfiguration::parse(&text).map_err(|e| config_error(&source, &e))?;
+            return parsed
+                .resolve(identity)
+                .await
+                .map(Some)
+                .map_err(|e| config_error(&source, &e));
+        }
+        let healthz = parse_bind_address(&self.healthz_bind_address, HEALTHZ_PORT)
+            .map_err(|e| usage(format!("--healthz-bind-address: {e}")))?;
+        let metrics = parse_bind_address(&self.metrics_bind_address, METRICS_PORT)
+            .map_err(|e| usage(format!("--metrics-bind-address: {e}")))?;
+        let node_name = identity
+            .hostname_override
+            .clone()
+            .map(|h| h.trim().to_lowercase())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| identity.host_name.clone());
+        if node_name.is_empty() {
+            return Err(usage(
+                "cannot tell this node's name; pass --hostname-override",
+            ));
+        }
+        let proxy = flags.config(node_name, identity.netns.clone()).await?;
+        Ok(Some(ProxySettings {
+            healthz_bind_address: healthz,
+            metrics_bind_address: metrics,
+            ..ProxySettings::new(proxy)
+        }))
+    }
+
+    fn config_map_reference(&self) -> Result<Option<(String, String)>, ExitCode> {
+        self.config_map
+            .as_deref()
+            .map(|r| {
+                ConfigMapSource::parse_reference(r).map_err(|e| usage(format!("--config-map: {e}")))
+            })
+            .transpose()
+    }
+
+    /// The settings in `--config-map`'s ConfigMap and the source to follow (after
+    /// [`ProxySourceFlags::settings`] answered `None`).
+    pub async fn config_map_settings(
+        &self,
+        client: &kube::Client,
+        identity: &NodeIdentity,
+    ) -> Result<(ProxySettings, ConfigMapSource), ExitCode> {
+        let Some((namespace, name)) = self.config_map_reference()? else {
+            return Err(usage("--config-map: not given"));
+        };
+        let source = format!("--config-map {namespace}/{name}");
+        let text = read_config_map(client.clone(), &namespace, &name)
+            .await
+            .map_err(|e| config_error(&source, &e))?;
+        let settings = KubeProxyConfiguration::parse(&text)
+            .map_err(|e| config_error(&source, &e))?
+            .resolve(identity)
+            .await
+            .map_err(|e| config_error(&source, &e))?;
+        Ok((
+            settings,
+            ConfigMapSource {
+                namespace,
+                name,
+                identity: identity.clone(),
+                applied_text: text,
+            },
+        ))
+    }
+}
+
+pub async fn run(args: ProxyArgs) -> ExitCode {
     let netns = match &args.netns {
         None => switchyard_netns::NetNs::current(),
         Some(name) => match switchyard_netns::NetNs::open(name) {
@@ -176,11 +310,20 @@ pub async fn run(args: ProxyArgs) -> ExitCode {
             Err(e) => return usage(format!("--netns: {e}")),
         },
     };
-    let config = match args.proxy.config(node_name.clone(), netns.clone()).await {
-        Ok(c) => c,
+    let identity = NodeIdentity {
+        hostname_override: args.hostname_override.clone(),
+        host_name: host_name(),
+        netns: netns.clone(),
+    };
+    let settings = match args.sources.settings(&args.proxy, &identity).await {
+        Ok(s) => s,
         Err(code) => return code,
     };
-    let client = match &args.kubeconfig {
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .or_else(|| settings.as_ref().and_then(|s| s.kubeconfig.clone()));
+    let client = match &kubeconfig {
         Some(path) => switchyard_controllers::client_from_kubeconfig(path).await,
         None => kube::Client::try_default()
             .await
@@ -190,13 +333,29 @@ pub async fn run(args: ProxyArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(format!("{e:#}")),
     };
-    let mode = mode_name(config.mode);
-    let proxy = switchyard_proxy::Proxy::start(client, config);
+    let (settings, config_map) = match settings {
+        Some(s) => (s, None),
+        None => match args.sources.config_map_settings(&client, &identity).await {
+            Ok((s, source)) => (s, Some(source)),
+            Err(code) => return code,
+        },
+    };
+    let mode = mode_name(settings.proxy.mode);
+    let node_name = settings.proxy.node_name.clone();
+    let supervisor =
+        switchyard_proxy::ProxySupervisor::start(client, settings, config_map, Vec::new()).await;
+    let supervisor = match supervisor {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     eprintln!(
         "switchyard: proxy ({mode}) for node {node_name} in namespace {}",
         netns.display_name()
     );
     wait_for_signal().await;
-    drop(proxy);
+    drop(supervisor);
     ExitCode::SUCCESS
 }
