@@ -34,6 +34,11 @@ pub struct StatusSources {
 }
 
 impl StatusSources {
+    /// The running data plane: `nftables` or `userspace`.
+    pub fn mode_name(&self) -> &'static str {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The whole `/metrics` text.
     pub fn render_metrics(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);

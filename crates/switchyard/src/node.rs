@@ -53,6 +53,9 @@ pub struct NodeArgs {
     l2_announcer: bool,
     #[command(flatten)]
     proxy_flags: crate::proxy::ProxyFlags,
+    /// The proxy's configuration source (--config, --config-map) and listeners.
+    #[command(flatten)]
+    proxy_sources: crate::proxy::ProxySourceFlags,
 }
 
 /// `--cleanup`: tear down the pod network recorded in the root dir.
@@ -254,13 +257,19 @@ pub async fn run(args: NodeArgs) -> ExitCode {
             client_ca_pem,
         }),
     };
-    let proxy_config = if args.proxy {
+    let proxy_identity = switchyard_proxy::config::NodeIdentity {
+        hostname_override: Some(node_name.clone()),
+        host_name: node_name.clone(),
+        netns: netns.clone(),
+    };
+    // Checked before anything starts; `None` with --config-map (read once connected).
+    let proxy_settings = if args.proxy {
         match args
-            .proxy_flags
-            .config(node_name.clone(), netns.clone())
+            .proxy_sources
+            .settings(&args.proxy_flags, &proxy_identity)
             .await
         {
-            Ok(c) => Some(c),
+            Ok(s) => s,
             Err(code) => return code,
         }
     } else {
@@ -270,43 +279,48 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         Ok(a) => a,
         Err(e) => return bad(format!("{e:#}")),
     };
-    let proxy = match proxy_config {
-        Some(config) => {
-            if matches!(config.mode, switchyard_proxy::ProxyMode::Userspace(_)) {
-                // The userspace proxy puts service IPs on the loopback: only the announcing
-                // node may answer ARP for a LoadBalancer IP (strict ARP).
-                let mut sysctl = netns.command("sysctl");
-                sysctl.args(["-qw", "net.ipv4.conf.all.arp_ignore=1"]);
-                if let Err(e) = switchyard_netns::run_checked(&mut sysctl).await {
-                    return bad(format!(
-                        "cannot set arp_ignore for the userspace proxy: {e}"
-                    ));
-                }
-            }
-            eprintln!(
-                "switchyard: proxy ({}) for node {node_name}",
-                crate::proxy::mode_name(config.mode)
-            );
-            Some(switchyard_proxy::Proxy::start(client.clone(), config))
-        }
-        None => None,
-    };
     let announcer = if args.l2_announcer {
         let config = switchyard_node::announcer::AnnouncerConfig::new(&node_name, node_ip);
         match switchyard_node::announcer::Announcer::start(client.clone(), &netns, config) {
-            Ok(a) => Some(a),
+            Ok(a) => Some(std::sync::Arc::new(a)),
             Err(e) => return bad(format!("cannot start the L2 announcer: {e:#}")),
         }
     } else {
         None
     };
-    eprintln!(
-        "switchyard: node {node_name} ({node_ip}) starting{}",
-        args.netns
-            .as_deref()
-            .map(|n| format!(" in network namespace {n}"))
-            .unwrap_or_default()
-    );
+    let proxy = if args.proxy {
+        let mut extra: Vec<switchyard_proxy::status::Renderer> = Vec::new();
+        if let Some(announcer) = &announcer {
+            let announcer = announcer.clone();
+            extra.push(std::sync::Arc::new(move |out: &mut String| {
+                announcer.render_metrics(out)
+            }));
+        }
+        match args
+            .proxy_sources
+            .start(proxy_settings, client.clone(), &proxy_identity, extra)
+            .await
+        {
+            Ok(p) => Some(p),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    if proxy
+        .as_ref()
+        .is_some_and(|p| p.sources().mode_name() == "userspace")
+    {
+        // The userspace proxy puts service IPs on the loopback: only the announcing node may
+        // answer ARP for a LoadBalancer IP (strict ARP).
+        let mut sysctl = netns.command("sysctl");
+        sysctl.args(["-qw", "net.ipv4.conf.all.arp_ignore=1"]);
+        if let Err(e) = switchyard_netns::run_checked(&mut sysctl).await {
+            return bad(format!(
+                "cannot set arp_ignore for the userspace proxy: {e}"
+            ));
+        }
+    }
     tokio::select! {
         ready = agent.wait_ready() => match ready {
             Ok(()) => eprintln!("switchyard: node {node_name} ready"),

@@ -262,6 +262,39 @@ impl ProxySourceFlags {
         }))
     }
 
+    /// Start the proxy with `client`: with `settings` from [`Self::settings`], or (when that
+    /// gave none) from the ConfigMap, which it then follows. `extra` metric families join its
+    /// `/metrics`.
+    pub async fn start(
+        &self,
+        settings: Option<ProxySettings>,
+        client: kube::Client,
+        identity: &NodeIdentity,
+        extra: Vec<switchyard_proxy::status::Renderer>,
+    ) -> Result<switchyard_proxy::ProxySupervisor, ExitCode> {
+        let (settings, config_map) = match settings {
+            Some(s) => (s, None),
+            None => {
+                let (s, source) = self.config_map_settings(&client, identity).await?;
+                (s, Some(source))
+            }
+        };
+        let (mode, node_name) = (
+            mode_name(settings.proxy.mode),
+            settings.proxy.node_name.clone(),
+        );
+        let netns = settings.proxy.netns.display_name().to_string();
+        let supervisor =
+            switchyard_proxy::ProxySupervisor::start(client, settings, config_map, extra)
+                .await
+                .map_err(|e| {
+                    eprintln!("switchyard: {e}");
+                    ExitCode::FAILURE
+                })?;
+        eprintln!("switchyard: proxy ({mode}) for node {node_name} in namespace {netns}");
+        Ok(supervisor)
+    }
+
     fn config_map_reference(&self) -> Result<Option<(String, String)>, ExitCode> {
         self.config_map
             .as_deref()
@@ -333,28 +366,14 @@ pub async fn run(args: ProxyArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(format!("{e:#}")),
     };
-    let (settings, config_map) = match settings {
-        Some(s) => (s, None),
-        None => match args.sources.config_map_settings(&client, &identity).await {
-            Ok((s, source)) => (s, Some(source)),
-            Err(code) => return code,
-        },
-    };
-    let mode = mode_name(settings.proxy.mode);
-    let node_name = settings.proxy.node_name.clone();
-    let supervisor =
-        switchyard_proxy::ProxySupervisor::start(client, settings, config_map, Vec::new()).await;
-    let supervisor = match supervisor {
+    let supervisor = match args
+        .sources
+        .start(settings, client, &identity, Vec::new())
+        .await
+    {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("switchyard: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    eprintln!(
-        "switchyard: proxy ({mode}) for node {node_name} in namespace {}",
-        netns.display_name()
-    );
     wait_for_signal().await;
     drop(supervisor);
     ExitCode::SUCCESS

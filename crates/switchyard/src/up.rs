@@ -51,6 +51,44 @@ const EXAMPLES: [(&str, &str); 2] = [
     ),
 ];
 
+/// The proxy's configuration, as kubeadm keeps it: ConfigMap kube-system/kube-proxy, key
+/// `config.conf`. Created once; every node follows it, so an edit takes effect on every node
+/// without restarting anything.
+const PROXY_CONFIG_MAP_NAMESPACE: &str = "kube-system";
+const PROXY_CONFIG_MAP: &str = "kube-proxy";
+const PROXY_CONFIG: &str = "\
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+# nftables when `nft` is available, else the userspace proxy.
+mode: \"\"
+clusterCIDR: 10.244.0.0/16
+healthzBindAddress: 0.0.0.0:10256
+metricsBindAddress: 0.0.0.0:10249
+nftables:
+  syncPeriod: 30s
+  minSyncPeriod: 1s
+  masqueradeAll: false
+ipvs:
+  scheduler: \"\"
+";
+
+async fn ensure_proxy_config_map(client: &kube::Client) -> Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), PROXY_CONFIG_MAP_NAMESPACE);
+    if api.get_opt(PROXY_CONFIG_MAP).await?.is_some() {
+        return Ok(());
+    }
+    let config_map: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": PROXY_CONFIG_MAP, "labels": {"app": "kube-proxy"}},
+        "data": {"config.conf": PROXY_CONFIG},
+    }))?;
+    match api.create(&Default::default(), &config_map).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e).context("creating ConfigMap kube-system/kube-proxy"),
+    }
+}
+
 #[derive(clap::Args)]
 pub struct UpArgs {
     /// Where the store, certificates, admin.kubeconfig, node state and logs live.
@@ -491,6 +529,7 @@ impl Cluster {
         )?;
         let client = self.wait_for_api().await?;
 
+        ensure_proxy_config_map(&client).await?;
         let kubeconfig = self.kubeconfig().display().to_string();
         for (name, netns, ip, root_dir) in &nodes {
             step(&format!("starting node {name} ({ip}) in {netns}"));
@@ -509,8 +548,8 @@ impl Cluster {
                     netns.clone(),
                     "--root-dir".into(),
                     root_dir.display().to_string(),
-                    "--cluster-cidr".into(),
-                    "10.244.0.0/16".into(),
+                    "--config-map".into(),
+                    format!("{PROXY_CONFIG_MAP_NAMESPACE}/{PROXY_CONFIG_MAP}"),
                 ],
             )?;
         }

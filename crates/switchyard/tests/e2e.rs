@@ -297,6 +297,36 @@ fn the_seed_scenarios_work_end_to_end_on_two_nodes() {
         eprintln!("!!!!!! arping missing: the one-MAC check is skipped; ./scripts/test installs it !!!!!!");
     }
 
+    // Each node serves kube-proxy's health and metrics, with the announcer's families: exactly
+    // one node announces the IP.
+    let mut announcing = 0;
+    for node in ["node-1", "node-2"] {
+        let health = text(&c.exec(
+            node,
+            &["curl", "-sS", "-m", "3", "http://127.0.0.1:10256/healthz"],
+        ));
+        assert!(
+            health.contains("\"lastUpdated\""),
+            "{node} healthz: {health}"
+        );
+        let metrics = text(&c.exec(
+            node,
+            &["curl", "-sS", "-m", "3", "http://127.0.0.1:10249/metrics"],
+        ));
+        assert!(
+            metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket"),
+            "{node} metrics:\n{metrics}"
+        );
+        announcing += metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("metallb_speaker_announced{")
+                    && l.contains(&format!("ip=\"{lb_ip}\""))
+            })
+            .count();
+    }
+    assert_eq!(announcing, 1, "nodes announcing {lb_ip}");
+
     // 5. ExternalName: a CNAME.
     k.ok(&["apply", "-f", &example("05-externalname.yaml")])
         .expect("apply 05");
