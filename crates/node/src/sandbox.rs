@@ -788,8 +788,9 @@ impl Sandbox {
         Ok(container)
     }
 
-    /// The containers of this sandbox that still run (after an agent restart), by name, with
-    /// their log files; their output is drained into their logs again.
+    /// The containers of this sandbox an earlier agent started (after an agent restart), by
+    /// name, with their log files: those still running, and those that ended since, with the
+    /// exit status their shim wrote. Their output is drained into their logs again.
     pub fn adopt_containers(&self) -> Vec<(ContainerRecord, Container)> {
         let Ok(entries) = std::fs::read_dir(self.dir.join("containers")) else {
             return Vec::new();

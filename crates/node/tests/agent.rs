@@ -56,7 +56,8 @@ fn config(ns: &NetNs, node_ip: &str, root: &Path) -> Config {
         cluster_domain: "cluster.local".into(),
         root_dir: root.to_path_buf(),
         image_catalog: None,
-        self_exe: std::env::current_exe().expect("test exe"),
+        // Containers run under this crate's shim (the switchyard binary has the same).
+        self_exe: env!("CARGO_BIN_EXE_container-shim").into(),
         kubelet: None,
     }
 }

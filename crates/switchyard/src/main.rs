@@ -14,6 +14,7 @@ mod echo;
 mod flags;
 mod node;
 mod proxy;
+mod shim;
 mod up;
 
 #[derive(Parser)]
@@ -48,6 +49,9 @@ enum Command {
     /// The built-in echo server run by the catalog's echo images inside pods.
     #[command(hide = true)]
     EchoServer(echo::EchoArgs),
+    /// The supervisor of one container, started by the node agent (see switchyard_node::shim).
+    #[command(hide = true)]
+    ContainerShim(shim::ShimArgs),
 }
 
 #[derive(clap::Args)]
@@ -143,6 +147,11 @@ struct ServerArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        // Single-threaded, silent: before logging and the runtime.
+        Command::ContainerShim(args) => return shim::run(args),
+        other => other,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -157,7 +166,7 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    match cli.command {
+    match command {
         Command::Server(args) => runtime.block_on(server(args)),
         Command::ControllerManager(args) => runtime.block_on(controller_manager(args)),
         Command::Dns(args) => runtime.block_on(dns::run(args)),
@@ -166,6 +175,7 @@ fn main() -> ExitCode {
         Command::Up(args) => runtime.block_on(up::up(args)),
         Command::Down(args) => runtime.block_on(up::down(args)),
         Command::EchoServer(args) => runtime.block_on(echo::run(args)),
+        Command::ContainerShim(_) => unreachable!("run before the runtime"),
     }
 }
 
