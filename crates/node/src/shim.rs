@@ -13,20 +13,22 @@
 //!   with the same code. An agent that adopted the container after a restart reads that file:
 //!   the exit code of a process that is not its child is known after all.
 //!
-//! Single-threaded on purpose: the signals are blocked and taken with `sigwait`, with no
-//! handler and no other thread that could receive them.
+//! It runs on a current-thread tokio runtime: signal handlers installed before the container
+//! is spawned (so none is lost, and exec resets them to the default in the container), no
+//! blocked signal mask (which the container would inherit), no worker threads.
 //!
 //! Must never: outlive its container, write anything to the container's output but its own
-//! fatal errors, or leave the container's signals blocked (std resets the mask in the child).
+//! fatal errors, or start the container with a signal blocked or ignored.
 
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::runtime::ExitInfo;
 
@@ -69,80 +71,19 @@ pub fn shim_args(dir: &Path, argv: &[String]) -> Vec<String> {
 /// Supervise `argv` with state directory `dir` until it ends; the process exit code is the
 /// container's (`128 + signal` when killed by one).
 pub fn run(dir: &Path, argv: &[OsString]) -> ExitCode {
-    let Some((program, args)) = argv.split_first() else {
-        report("error empty command");
-        return ExitCode::from(64);
-    };
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGCHLD);
-    for s in FORWARDED {
-        signals.add(s);
-    }
-    // Blocked before the child exists, so neither its end nor a signal can be missed.
-    if let Err(e) = signals.thread_block() {
-        report(&format!("error cannot block signals: {e}"));
-        return ExitCode::from(70);
-    }
-    let stdout = match std::fs::OpenOptions::new()
-        .read(true) // read-write: a write never fails for want of a reader
-        .write(true)
-        .open(dir.join("stdout"))
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
     {
-        Ok(f) => f,
+        Ok(r) => r,
         Err(e) => {
-            report(&format!("error cannot open the container's stdout: {e}"));
+            report(&format!("error cannot start the shim's runtime: {e}"));
             return ExitCode::from(70);
         }
     };
-    let spawned = std::process::Command::new(program)
-        .args(args)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            report(&format!(
-                "error exec {:?}: {e}",
-                program.to_string_lossy().into_owned()
-            ));
-            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            });
-        }
-    };
-    let pid = child.id();
-    report(&format!("started {pid}"));
-    let status = loop {
-        match signals.wait() {
-            Ok(Signal::SIGCHLD) => match child.try_wait() {
-                Ok(Some(status)) => break Ok(status),
-                Ok(None) => {}
-                Err(e) => break Err(e),
-            },
-            Ok(signal) => {
-                let group = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-                let _ = nix::sys::signal::killpg(group, signal);
-            }
-            Err(e) => break Err(std::io::Error::from(e)),
-        }
-    };
-    let info = match status {
-        Ok(status) => ExitInfo {
-            exit_code: status
-                .code()
-                .or(status.signal().map(|s| 128 + s))
-                .unwrap_or(-1),
-            signal: status.signal(),
-            finished_at: jiff::Timestamp::now(),
-        },
-        Err(e) => {
-            eprintln!("container-shim: cannot wait for the container: {e}");
-            return ExitCode::from(70);
-        }
+    let info = match runtime.block_on(supervise(dir, argv)) {
+        Ok(info) => info,
+        Err(code) => return code,
     };
     if let Err(e) = serde_json::to_vec(&info)
         .map_err(std::io::Error::other)
@@ -153,6 +94,76 @@ pub fn run(dir: &Path, argv: &[OsString]) -> ExitCode {
     ExitCode::from(u8::try_from(info.exit_code).unwrap_or(255))
 }
 
+/// Start the container, forward signals to its process group until it ends, and return how it
+/// ended (or the shim's exit code when it could not start it).
+async fn supervise(dir: &Path, argv: &[OsString]) -> Result<ExitInfo, ExitCode> {
+    let Some((program, args)) = argv.split_first() else {
+        report("error empty command");
+        return Err(ExitCode::from(64));
+    };
+    // Handlers first: a signal that arrives while the container starts is still forwarded.
+    let mut receivers = Vec::new();
+    for s in FORWARDED {
+        match signal(SignalKind::from_raw(s as i32)) {
+            Ok(r) => receivers.push((s, r)),
+            Err(e) => {
+                report(&format!("error cannot handle {s}: {e}"));
+                return Err(ExitCode::from(70));
+            }
+        }
+    }
+    let stdout = std::fs::OpenOptions::new()
+        .read(true) // read-write: a write never fails for want of a reader
+        .write(true)
+        .open(dir.join("stdout"))
+        .map_err(|e| {
+            report(&format!("error cannot open the container's stdout: {e}"));
+            ExitCode::from(70)
+        })?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .spawn()
+        .map_err(|e| {
+            report(&format!(
+                "error exec {:?}: {e}",
+                program.to_string_lossy().into_owned()
+            ));
+            ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            })
+        })?;
+    let pid = child.id().ok_or_else(|| {
+        report("error the container ended before it got a pid");
+        ExitCode::from(70)
+    })?;
+    report(&format!("started {pid}"));
+    let group = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    for (s, mut receiver) in receivers {
+        tokio::spawn(async move {
+            while receiver.recv().await.is_some() {
+                let _ = nix::sys::signal::killpg(group, s);
+            }
+        });
+    }
+    let status = child.wait().await.map_err(|e| {
+        eprintln!("container-shim: cannot wait for the container: {e}");
+        ExitCode::from(70)
+    })?;
+    Ok(ExitInfo {
+        exit_code: status
+            .code()
+            .or(status.signal().map(|s| 128 + s))
+            .unwrap_or(-1),
+        signal: status.signal(),
+        finished_at: jiff::Timestamp::now(),
+    })
+}
+
 /// One line to the agent that started the shim (nobody listens after an agent restart).
 fn report(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -160,18 +171,42 @@ fn report(line: &str) {
     let _ = out.flush();
 }
 
-/// Parse what follows the executable (`container-shim DIR -- ARGV...`) for binaries without a
-/// flag parser of their own.
-pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Option<(PathBuf, Vec<OsString>)> {
+/// Run the shim if this process was started as one (its first argument is [`SUBCOMMAND`]):
+/// `Some(exit code)`, or `None` for any other command line. A bad shim command line ends with a
+/// one-line message and exit code 64. Called first thing in `main`, before any flag parser,
+/// logging or runtime: a shim stays for its container's whole life, so it stays small.
+pub fn run_if_invoked() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1).peekable();
+    if args.peek()? != SUBCOMMAND {
+        return None;
+    }
+    Some(match parse_args(args) {
+        Ok((dir, argv)) => run(&dir, &argv),
+        Err(usage) => {
+            eprintln!("{usage}");
+            ExitCode::from(64)
+        }
+    })
+}
+
+/// Parse what follows the executable: `container-shim DIR -- COMMAND [ARG...]`.
+fn parse_args(
+    args: impl IntoIterator<Item = OsString>,
+) -> Result<(PathBuf, Vec<OsString>), String> {
+    const USAGE: &str = "usage: container-shim DIR -- COMMAND [ARG...]";
     let mut args = args.into_iter();
-    if args.next()? != SUBCOMMAND {
-        return None;
+    if args.next().as_deref() != Some(SUBCOMMAND.as_ref()) {
+        return Err(USAGE.into());
     }
-    let dir = PathBuf::from(args.next()?);
-    if args.next()? != "--" {
-        return None;
+    let dir = PathBuf::from(args.next().ok_or(USAGE)?);
+    if args.next().as_deref() != Some("--".as_ref()) {
+        return Err(USAGE.into());
     }
-    Some((dir, args.collect()))
+    let argv: Vec<OsString> = args.collect();
+    if argv.is_empty() {
+        return Err(USAGE.into());
+    }
+    Ok((dir, argv))
 }
 
 #[cfg(test)]
@@ -187,7 +222,17 @@ mod tests {
         let (dir, argv) = parse_args(args.into_iter().map(OsString::from)).expect("parses");
         assert_eq!(dir, Path::new("/state/c"));
         assert_eq!(argv, ["sh", "-c", "--"]);
-        assert!(parse_args(["container-shim".into(), "/d".into()]).is_none());
-        assert!(parse_args(["other".into(), "/d".into(), "--".into()]).is_none());
+        let bad: [&[&str]; 4] = [
+            &["container-shim", "/d"],
+            &["container-shim", "/d", "--"],
+            &["container-shim", "/d", "sh"],
+            &["other", "/d", "--", "sh"],
+        ];
+        for args in bad {
+            assert!(
+                parse_args(args.iter().map(OsString::from)).is_err(),
+                "{args:?}"
+            );
+        }
     }
 }

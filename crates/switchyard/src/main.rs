@@ -49,9 +49,6 @@ enum Command {
     /// The built-in echo server run by the catalog's echo images inside pods.
     #[command(hide = true)]
     EchoServer(echo::EchoArgs),
-    /// The supervisor of one container, started by the node agent (see switchyard_node::shim).
-    #[command(hide = true)]
-    ContainerShim(shim::ShimArgs),
 }
 
 #[derive(clap::Args)]
@@ -146,12 +143,11 @@ struct ServerArgs {
 }
 
 fn main() -> ExitCode {
+    // `switchyard container-shim ...`: single-threaded and silent, before everything else.
+    if let Some(code) = shim::run_if_invoked() {
+        return code;
+    }
     let cli = Cli::parse();
-    let command = match cli.command {
-        // Single-threaded, silent: before logging and the runtime.
-        Command::ContainerShim(args) => return shim::run(args),
-        other => other,
-    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -166,7 +162,7 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    match command {
+    match cli.command {
         Command::Server(args) => runtime.block_on(server(args)),
         Command::ControllerManager(args) => runtime.block_on(controller_manager(args)),
         Command::Dns(args) => runtime.block_on(dns::run(args)),
@@ -175,7 +171,6 @@ fn main() -> ExitCode {
         Command::Up(args) => runtime.block_on(up::up(args)),
         Command::Down(args) => runtime.block_on(up::down(args)),
         Command::EchoServer(args) => runtime.block_on(echo::run(args)),
-        Command::ContainerShim(_) => unreachable!("run before the runtime"),
     }
 }
 
