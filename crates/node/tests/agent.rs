@@ -2,7 +2,8 @@
 //! endpointslice), in a fresh node network namespace: registration, Lease, a pod's whole life
 //! (IP from the podCIDR, service env vars, readiness via an HTTP probe, EndpointSlice,
 //! liveness restart, agent restart keeping the pod, graceful deletion with SIGTERM); readiness
-//! gating Ready and the endpoint both ways; deletion's SIGTERM, sandbox removal and freed IP;
+//! gating Ready and the endpoint both ways; service env vars fixed at container start;
+//! deletion's SIGTERM, sandbox removal and freed IP;
 //! the exit code of a container adopted by a restarted agent (read from its shim's exit file).
 //! The 100-pod benchmark is `crates/switchyard/benches/pods.rs`.
 
@@ -497,8 +498,14 @@ async fn image_errors_completed_pods_and_startup_probes() -> Result<()> {
     let p = get_pod(&client, "bad").await.expect("bad pod");
     assert_eq!(p.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
 
-    // A pod that exits 0 with restartPolicy Never succeeds; a service created after it is
-    // absent from its env.
+    // A pod that exits 0 with restartPolicy Never succeeds; without service links its env has
+    // the master service's variables only.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let backend: Service = serde_json::from_value(json!({
+        "metadata": {"name": "backend"},
+        "spec": {"ports": [{"port": 80}]}
+    }))?;
+    services.create(&PostParams::default(), &backend).await?;
     let done: Pod = serde_json::from_value(json!({
         "metadata": {"name": "done"},
         "spec": {"restartPolicy": "Never", "enableServiceLinks": false, "containers": [{
@@ -829,6 +836,73 @@ async fn a_failing_readiness_probe_keeps_the_pod_and_its_endpoint_unready_until_
     let p = get_pod(&node.client, "gated").await.expect("pod gated");
     assert_eq!(container_status(&p).map(|c| c.restart_count), Some(0));
     node.delete_pod_and_wait("gated").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_env_vars_are_those_of_services_that_existed_when_the_container_started(
+) -> Result<()> {
+    let Some(mut node) = TestNode::start("192.168.85.2").await? else {
+        return Ok(());
+    };
+    let services: Api<Service> = Api::namespaced(node.client.clone(), "default");
+    let service = |name: &str| -> Result<Service> {
+        Ok(serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}),
+        )?)
+    };
+    services
+        .create(&PostParams::default(), &service("early")?)
+        .await?;
+    let work = tempfile::tempdir()?;
+    let go = work.path().join("go");
+    // The container's own environment, printed only once the test says so.
+    let script = format!(
+        "until [ -f {go} ]; do sleep 0.1; done; env; echo END; exec sleep 600",
+        go = go.display()
+    );
+    let pod = node
+        .create_pod(json!({
+            "metadata": {"name": "envs"},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                "name": "c", "image": "busybox", "command": ["sh", "-c", script]}]}
+        }))
+        .await?;
+    wait_for(WAIT, "pod envs running", || async {
+        slow_poll().await;
+        let p = get_pod(&node.client, "envs").await?;
+        (container_status(&p)?.state?.running.is_some()).then_some(())
+    })
+    .await?;
+    let late = services
+        .create(&PostParams::default(), &service("late")?)
+        .await?;
+    assert!(
+        late.spec.and_then(|s| s.cluster_ip).is_some(),
+        "late has a clusterIP"
+    );
+    std::fs::write(&go, "")?;
+    let log = switchyard_node::logs::container_log_path(
+        node.root.path(),
+        "default",
+        "envs",
+        pod.metadata.uid.as_deref().expect("uid"),
+        "c",
+        0,
+    );
+    let env = wait_for(WAIT, "the container's env in its log", || async {
+        slow_poll().await;
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("END").then_some(text)
+    })
+    .await?;
+    assert!(env.contains("EARLY_SERVICE_HOST="), "{env}");
+    assert!(env.contains("EARLY_PORT_80_TCP_PORT=80"), "{env}");
+    assert!(
+        !env.contains("LATE_"),
+        "a service created after the start: {env}"
+    );
+    node.delete_pod_and_wait("envs").await?;
     Ok(())
 }
 
