@@ -4,9 +4,11 @@
 //! - created → Ready (from the create call's return to the watch event showing Ready=True),
 //!   p50/p99/max;
 //! - delete-all → all gone (the agent deletes a pod from the API only once its sandbox is gone);
-//! - the node agent's VmRSS with 0 pods and with N pods;
+//! - the node agent's VmRSS with 0 pods and with N pods (and each container shim's memory);
+//!
 //! side by side with the floor cost: N sandboxes created and destroyed directly through
-//! `switchyard_node::sandbox` (no API, no agent), alone and with a pause container under its shim.
+//! `switchyard_node::sandbox` (no API, no agent), alone and with a pause container under its
+//! shim.
 //!
 //! `cargo bench -p switchyard --bench pods` runs 100 pods (add `--profile dev` to skip the
 //! optimised build); without `--bench` (as `cargo test --all-targets` runs it) it is a 5-pod
