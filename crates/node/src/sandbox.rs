@@ -19,7 +19,7 @@
 //! State in `state_dir`: `ipam.json` ([`crate::ipam`]), `routes.json`, and per sandbox
 //! `sandboxes/<uid>.json` (written before the namespace is created, so a crash leaves nothing
 //! that a restart cannot find) and `sandboxes/<uid>/` (resolv.conf, hosts, container output
-//! FIFOs and records).
+//! FIFOs, records and the shims' exit files).
 //!
 //! Must never: touch interfaces, routes or sysctls outside the node's namespace and the pods'
 //! namespaces; kill a process not found in a sandbox it created.
@@ -106,7 +106,7 @@ pub struct Sandbox {
     pub hostname: String,
     /// The infra process whose UTS and mount namespaces containers join.
     pub infra_pid: u32,
-    /// `state_dir/sandboxes/<uid>`: resolv.conf, hosts, container FIFOs and records.
+    /// `state_dir/sandboxes/<uid>`: resolv.conf, hosts, container FIFOs, records and exit files.
     pub dir: PathBuf,
 }
 

@@ -113,7 +113,12 @@ async fn bench(n: usize) -> Result<()> {
     let (sandbox_only, with_pause) = baseline(&mut guard, n).await?;
     let agent = through_the_agent(&mut guard, n).await?;
     println!();
-    println!("{n} pods on one node, pause image (debug or release: as built)");
+    let build = if cfg!(debug_assertions) {
+        "debug build"
+    } else {
+        "optimised build"
+    };
+    println!("{n} pods on one node, pause image, {build}; all = first start to last done");
     println!(
         "{:<46} {:>9} {:>9} {:>9} {:>9}",
         "", "p50", "p99", "max", "all"
