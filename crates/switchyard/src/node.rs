@@ -278,9 +278,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
                 let mut sysctl = netns.command("sysctl");
                 sysctl.args(["-qw", "net.ipv4.conf.all.arp_ignore=1"]);
                 if let Err(e) = switchyard_netns::run_checked(&mut sysctl).await {
-                    return bad(format!(
-                        "cannot set arp_ignore for the userspace proxy: {e}"
-                    ));
+                    return bad(format!("cannot set arp_ignore for the userspace proxy: {e}"));
                 }
             }
             eprintln!(

@@ -106,9 +106,10 @@ impl Record {
     fn load(data_dir: &Path) -> Result<Option<Record>> {
         let path = record_path(data_dir);
         match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                format!("{} is not Switchyard's record", path.display())
-            })?)),
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is not Switchyard's record", path.display()))?,
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -310,10 +311,7 @@ pub async fn up(args: UpArgs) -> ExitCode {
     eprintln!("switchyard: stopping...");
     tear_down(&cluster.record).await;
     let _ = std::fs::remove_file(record_path(&data_dir));
-    eprintln!(
-        "switchyard: stopped; the cluster's data stays in {}",
-        data_dir.display()
-    );
+    eprintln!("switchyard: stopped; the cluster's data stays in {}", data_dir.display());
     code
 }
 
@@ -557,10 +555,7 @@ impl Cluster {
         loop {
             let (ready, want) = match deployments.get_opt("myapp").await? {
                 Some(d) => (
-                    d.status
-                        .as_ref()
-                        .and_then(|s| s.ready_replicas)
-                        .unwrap_or(0),
+                    d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
                     d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
                 ),
                 None => return Ok(()),
@@ -659,7 +654,10 @@ fn node_ready(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
 }
 
 /// Server-side apply every document of a multi-document YAML, as `kubectl apply
@@ -673,17 +671,10 @@ pub async fn apply(client: &kube::Client, yaml: &str) -> Result<()> {
         }
         let object: DynamicObject =
             serde_json::from_value(value.clone()).context("not a Kubernetes object")?;
-        let types = object
-            .types
-            .clone()
-            .context("a document without apiVersion/kind")?;
+        let types = object.types.clone().context("a document without apiVersion/kind")?;
         let gvk = kube::api::GroupVersionKind::try_from(&types)?;
         let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
-        let name = object
-            .metadata
-            .name
-            .clone()
-            .context("a document without a name")?;
+        let name = object.metadata.name.clone().context("a document without a name")?;
         let api: Api<DynamicObject> = match caps.scope {
             kube::discovery::Scope::Namespaced => Api::namespaced_with(
                 client.clone(),
