@@ -798,7 +798,7 @@ async fn a_failing_readiness_probe_keeps_the_pod_and_its_endpoint_unready_until_
     assert_eq!(cs.restart_count, 0, "readiness never restarts");
     wait_for(WAIT, "the endpoint listed as not ready", || async {
         slow_poll().await;
-        (endpoint_ready(&node.client, "gated", &ip).await? == false).then_some(())
+        (!endpoint_ready(&node.client, "gated", &ip).await?).then_some(())
     })
     .await?;
 
@@ -830,7 +830,7 @@ async fn a_failing_readiness_probe_keeps_the_pod_and_its_endpoint_unready_until_
     .await?;
     wait_for(WAIT, "the endpoint not ready again", || async {
         slow_poll().await;
-        (endpoint_ready(&node.client, "gated", &ip).await? == false).then_some(())
+        (!endpoint_ready(&node.client, "gated", &ip).await?).then_some(())
     })
     .await?;
     let p = get_pod(&node.client, "gated").await.expect("pod gated");
