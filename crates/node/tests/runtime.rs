@@ -1,5 +1,6 @@
 //! Real-kernel tests of the node runtime: a node namespace made by the test, the pod bridge,
-//! pod sandboxes with veths and infra processes, containers started through nsenter, logs.
+//! pod sandboxes with veths and infra processes, containers started through nsenter under their
+//! shim (exit codes known to an adopting agent, signals forwarded), logs.
 //! Needs root (skips loudly otherwise). Every namespace is `sy-` prefixed and removed on drop,
 //! with every process still inside it.
 
