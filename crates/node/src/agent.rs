@@ -1392,6 +1392,7 @@ impl ContainerRunner<'_> {
                 &self.spec.name,
                 restart.max(0) as u32,
             ),
+            shim: self.shared.config.self_exe.clone(),
         })
     }
 
@@ -1480,13 +1481,17 @@ impl ContainerRunner<'_> {
             let container_id = self.container_id(restarts);
             let has_startup = self.spec.startup_probe.is_some() && !self.init;
             let has_readiness = self.spec.readiness_probe.is_some() && !self.init;
+            // An adopted container may have ended while no agent ran: never shown running.
+            let running = container.is_running();
             self.set(|c| {
-                c.state = json!({"running": {"startedAt": k8s_time(started_at)}});
+                if running {
+                    c.state = json!({"running": {"startedAt": k8s_time(started_at)}});
+                }
                 c.restart_count = restarts;
                 c.container_id = Some(container_id.clone());
-                c.started = !has_startup;
-                c.ready = !has_startup && !has_readiness;
-                c.running = true;
+                c.started = running && !has_startup;
+                c.ready = running && !has_startup && !has_readiness;
+                c.running = running;
             });
             let end = self.run_once(container, env, &mut stop).await;
             let exit = match end {

@@ -5,8 +5,9 @@
 //!   nodes' pod CIDRs) and one network namespace per pod, attached by a veth, with an IP from
 //!   [`ipam`] (persisted: a restart never hands an IP out twice), its own hostname, resolv.conf
 //!   and hosts file.
-//! - [`runtime`]: containers as processes inside a sandbox's namespaces, their logs on disk
-//!   ([`logs`]); images resolve through [`catalog`] (built-in entries run [`echo`]).
+//! - [`runtime`]: containers as processes inside a sandbox's namespaces, each under a
+//!   [`shim`] that keeps its exit status, their logs on disk ([`logs`]); images resolve through
+//!   [`catalog`] (built-in entries run [`echo`]).
 //! - [`envvars`], [`dnsconfig`]: what kubelet puts into a container's environment and a pod's
 //!   resolv.conf/hosts (pure functions).
 //! - [`probes`]: readiness, liveness and startup probes.
@@ -33,6 +34,7 @@ pub mod probes;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod shim;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -54,7 +56,8 @@ pub struct Config {
     pub root_dir: PathBuf,
     /// An image catalog file added to the built-in entries.
     pub image_catalog: Option<PathBuf>,
-    /// The `switchyard` executable the built-in images run (`switchyard echo-server ...`).
+    /// The `switchyard` executable the built-in images run (`switchyard echo-server ...`) and
+    /// every container is supervised by (`switchyard container-shim ...`, [`shim`]).
     pub self_exe: PathBuf,
     /// The kubelet endpoint (`kubectl logs`, `kubectl exec` through the API server); `None`
     /// serves none.

@@ -3,7 +3,9 @@
 //! A container is started through `nsenter --target <infra pid> --net --uts --mount` (see
 //! [`crate::sandbox`]), so it shares the pod's network namespace and sees the pod's hostname,
 //! `/etc/resolv.conf` and `/etc/hosts`; it runs in its own process group (signals go to the whole
-//! group) with exactly the environment it is given.
+//! group) with exactly the environment it is given. Its parent is a [`crate::shim`] (entered the
+//! same way) that outlives the agent and writes the container's exit status to a file, so an
+//! agent that adopts the container after a restart still learns how it ended.
 //!
 //! Output goes through two named pipes (FIFOs) per container in the sandbox's state directory,
 //! which the container holds open read-write: while the agent runs, it drains them into the CRI
@@ -13,7 +15,7 @@
 //! path) are persisted next to the FIFOs so a restarted agent can adopt running containers.
 //!
 //! Must never: signal a PID that is no longer the container (PID reuse is checked against the
-//! process start time), or leak the agent's own environment into a container.
+//! shim's start time and parenthood), or leak the agent's own environment into a container.
 
 use std::ffi::OsString;
 use std::io;
@@ -40,27 +42,34 @@ pub struct ContainerSpec {
     pub working_dir: Option<String>,
     /// From [`crate::logs::container_log_path`].
     pub log_path: PathBuf,
+    /// The executable with the `container-shim` subcommand ([`crate::Config::self_exe`]).
+    pub shim: PathBuf,
 }
 
 /// A running (or finished) container process.
 #[derive(Debug)]
 pub struct Container {
+    /// The container's main process, leader of its process group.
     pid: u32,
+    /// Its parent, the shim: it lives exactly as long as the container.
+    shim_pid: u32,
+    /// The shim's start time in clock ticks since boot (`/proc/PID/stat` field 22): tells the
+    /// shim from a later process that reuses its PID.
+    shim_start_ticks: u64,
     started_at: jiff::Timestamp,
-    /// The process's start time in clock ticks since boot (`/proc/PID/stat` field 22): tells the
-    /// container from a later process that reuses its PID.
-    start_ticks: u64,
-    /// Our child: exit status available. `None` for an adopted process (not our child).
+    /// The container's state directory (FIFOs, record, the shim's exit file).
+    dir: PathBuf,
+    /// The shim, when this agent started it. `None` for an adopted one (not our child).
     child: Option<tokio::process::Child>,
     copier: Option<tokio::task::JoinHandle<()>>,
     exited: Option<ExitInfo>,
 }
 
-/// How a container ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How a container ended (what the shim writes to its exit file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitInfo {
     /// The exit code; `128 + signal` when killed by a signal (as container runtimes report it);
-    /// `-1` when unknown (an adopted process, which is not this agent's child).
+    /// `-1` when unknown (the shim itself was killed, and this agent is not its parent).
     pub exit_code: i32,
     pub signal: Option<i32>,
     pub finished_at: jiff::Timestamp,
@@ -79,65 +88,83 @@ pub struct ExecOutput {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerRecord {
     pub name: String,
+    /// The container's main process.
     pub pid: u32,
-    pub start_ticks: u64,
+    /// Its shim, and the shim's start time (clock ticks since boot).
+    pub shim_pid: u32,
+    pub shim_start_ticks: u64,
     pub started_at: jiff::Timestamp,
     pub log_path: PathBuf,
 }
 
 impl Container {
+    /// The container's main process.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The shim supervising it.
+    pub fn shim_pid(&self) -> u32 {
+        self.shim_pid
     }
 
     pub fn started_at(&self) -> jiff::Timestamp {
         self.started_at
     }
 
+    /// Whether the shim still runs (and is still the shim): the container has not ended.
+    fn shim_alive(&self) -> bool {
+        proc_start_ticks(self.shim_pid) == Some(self.shim_start_ticks) && !is_zombie(self.shim_pid)
+    }
+
     /// Whether the process still runs (and is still the container).
     pub fn is_running(&self) -> bool {
-        self.exited.is_none()
-            && proc_start_ticks(self.pid) == Some(self.start_ticks)
-            && !is_zombie(self.pid)
+        self.exited.is_none() && self.shim_alive()
     }
 
     /// Wait for the process to end (cancel-safe: dropping the future and calling again is fine).
+    /// The exit status is the shim's exit file; failing that (the shim was killed), the shim's
+    /// own status when it is this agent's child.
     pub async fn wait(&mut self) -> ExitInfo {
-        if let Some(info) = &self.exited {
-            return info.clone();
+        if self.exited.is_none() {
+            let shim_status = match &mut self.child {
+                Some(child) => child
+                    .wait()
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(pid = self.shim_pid, error = %e, "cannot wait for a container's shim")
+                    })
+                    .ok(),
+                None => {
+                    // Not our child: poll until the PID is gone or is another process.
+                    while self.shim_alive() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    None
+                }
+            };
+            let info = crate::shim::read_exit_file(&self.dir)
+                .or_else(|| shim_status.map(exit_info))
+                .unwrap_or_else(unknown_exit);
+            self.exited = Some(info);
         }
-        let info = match &mut self.child {
-            Some(child) => match child.wait().await {
-                Ok(status) => exit_info(status),
-                Err(e) => {
-                    tracing::warn!(pid = self.pid, error = %e, "cannot wait for a container");
-                    unknown_exit()
-                }
-            },
-            None => {
-                // Not our child: poll until the PID is gone or is another process.
-                while proc_start_ticks(self.pid) == Some(self.start_ticks) && !is_zombie(self.pid) {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                unknown_exit()
-            }
-        };
         // Let the last lines reach the log file before the exit is reported.
         if let Some(copier) = self.copier.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), copier).await;
         }
-        self.exited = Some(info.clone());
-        info
+        self.exited.clone().expect("set above")
     }
 
     /// Signal the container's process group (SIGTERM, then SIGKILL on termination). A container
     /// that already ended is not an error.
     pub fn signal(&self, signal: Signal) -> io::Result<()> {
-        if self.exited.is_some() || proc_start_ticks(self.pid).is_none() {
+        // The shim outlives the container and reaps it: while the shim runs and the PID is its
+        // child, the PID is the container (running, or a zombie not reaped yet).
+        if self.exited.is_some()
+            || !self.shim_alive()
+            || proc_parent(self.pid) != Some(self.shim_pid)
+        {
             return Ok(());
-        }
-        if self.child.is_none() && proc_start_ticks(self.pid) != Some(self.start_ticks) {
-            return Ok(()); // The PID belongs to someone else now.
         }
         match nix::sys::signal::killpg(pid_of(self.pid), signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
@@ -150,19 +177,25 @@ impl Container {
         ContainerRecord {
             name: name.to_string(),
             pid: self.pid,
-            start_ticks: self.start_ticks,
+            shim_pid: self.shim_pid,
+            shim_start_ticks: self.shim_start_ticks,
             started_at: self.started_at,
             log_path: log_path.to_path_buf(),
         }
     }
 
-    /// Take over a container started by an earlier agent: `None` if it no longer runs. Its
-    /// output FIFOs in `fifo_dir` are drained into its log file again.
-    pub fn adopt(record: &ContainerRecord, fifo_dir: &Path) -> Option<Container> {
-        if proc_start_ticks(record.pid) != Some(record.start_ticks) || is_zombie(record.pid) {
-            return None;
-        }
-        let copier = open_receivers(fifo_dir)
+    /// Take over a container started by an earlier agent: still running, or ended with the exit
+    /// status its shim wrote (`None` if neither: nothing is known of it). Its output FIFOs in
+    /// `dir` are drained into its log file again (for an ended one: what it wrote last).
+    pub fn adopt(record: &ContainerRecord, dir: &Path) -> Option<Container> {
+        let running = proc_start_ticks(record.shim_pid) == Some(record.shim_start_ticks)
+            && !is_zombie(record.shim_pid);
+        let exited = if running {
+            None
+        } else {
+            Some(crate::shim::read_exit_file(dir)?)
+        };
+        let copier = open_receivers(dir)
             .map(|(out, err)| {
                 crate::logs::spawn_log_copier(record.log_path.clone(), Some(out), Some(err))
             })
@@ -172,11 +205,13 @@ impl Container {
             .ok();
         Some(Container {
             pid: record.pid,
+            shim_pid: record.shim_pid,
+            shim_start_ticks: record.shim_start_ticks,
             started_at: record.started_at,
-            start_ticks: record.start_ticks,
+            dir: dir.to_path_buf(),
             child: None,
             copier,
-            exited: None,
+            exited,
         })
     }
 }
@@ -208,6 +243,13 @@ pub(crate) fn proc_start_ticks(pid: u32) -> Option<u64> {
     // The command name (field 2) is in parentheses and may contain spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Field 4 of `/proc/PID/stat`: the parent's PID.
+fn proc_parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
 }
 
 pub(crate) fn is_zombie(pid: u32) -> bool {
@@ -278,61 +320,106 @@ fn open_receivers(
     Ok((open(&out)?, open(&err)?))
 }
 
-/// Start a container in the namespaces of `infra_pid`; its output FIFOs live in `fifo_dir`.
+/// Start a container in the namespaces of `infra_pid`, under its shim; its output FIFOs and
+/// exit file live in `dir`.
 pub(crate) async fn start(
     infra_pid: u32,
     hostname: &str,
-    fifo_dir: &Path,
+    dir: &Path,
     spec: &ContainerSpec,
 ) -> io::Result<Container> {
-    tokio::fs::create_dir_all(fifo_dir).await?;
-    let (out_path, err_path) = fifo_paths(fifo_dir);
+    tokio::fs::create_dir_all(dir).await?;
+    // The shim runs with the container's working directory.
+    let dir = std::path::absolute(dir)?;
+    let (out_path, err_path) = fifo_paths(&dir);
     // Fresh FIFOs: an old one may still hold a dead container's last bytes.
     for p in [&out_path, &err_path] {
-        match std::fs::remove_file(p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        remove_if_present(p)?;
         nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(io::Error::from)?;
     }
-    // A restarted container writing to the same file is not finished.
-    match std::fs::remove_file(crate::logs::finished_marker_path(&spec.log_path)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let (out_rx, err_rx) = open_receivers(fifo_dir)?;
-    // The container holds its ends read-write: a write never fails for want of a reader.
-    let rw = |p: &Path| std::fs::OpenOptions::new().read(true).write(true).open(p);
-    let (out_w, err_w) = (rw(&out_path)?, rw(&err_path)?);
-    let child = {
+    // A restarted container writing to the same file is not finished, nor is its run.
+    remove_if_present(&crate::logs::finished_marker_path(&spec.log_path))?;
+    remove_if_present(&crate::shim::exit_file(&dir))?;
+    let (out_rx, err_rx) = open_receivers(&dir)?;
+    // The shim and the container hold their ends read-write: a write never fails for want of a
+    // reader. The shim opens the stdout FIFO itself; its own stdout tells us the container's PID.
+    let err_w = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&err_path)?;
+    let mut argv = vec![spec.shim.to_string_lossy().into_owned()];
+    argv.extend(crate::shim::shim_args(&dir, &spec.argv));
+    let mut child = {
         let mut c = enter_command(
             infra_pid,
             hostname,
-            &spec.argv,
+            &argv,
             &spec.env,
             spec.working_dir.as_deref(),
         )?;
-        c.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+        c.stdout(Stdio::piped()).stderr(Stdio::from(err_w));
         c.spawn()?
-        // The command (and our copies of the write ends) dropped here.
+        // The command (and our copy of the write end) dropped here.
     };
-    let pid = child
+    let shim_pid = child
         .id()
-        .ok_or_else(|| io::Error::other("the container exited before it got a pid"))?;
+        .ok_or_else(|| io::Error::other("the container's shim exited before it got a pid"))?;
+    let shim_start_ticks = proc_start_ticks(shim_pid).unwrap_or(0);
+    let pid = match shim_report(&mut child).await {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(e);
+        }
+    };
     let started_at = jiff::Timestamp::now();
-    let start_ticks = proc_start_ticks(pid).unwrap_or(0);
     let copier = crate::logs::spawn_log_copier(spec.log_path.clone(), Some(out_rx), Some(err_rx));
     Ok(Container {
         pid,
+        shim_pid,
+        shim_start_ticks,
         started_at,
-        start_ticks,
+        dir,
         child: Some(child),
         copier: Some(copier),
         exited: None,
     })
+}
+
+/// The shim's one line: `started <pid>` or `error <message>`.
+async fn shim_report(shim: &mut tokio::process::Child) -> io::Result<u32> {
+    use tokio::io::AsyncBufReadExt as _;
+    let stdout = shim
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("the container's shim has no stdout"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .map_err(|_| io::Error::other("the container's shim did not report in 10s"))??
+        .unwrap_or_default();
+    if let Some(pid) = line.strip_prefix("started ") {
+        return pid
+            .parse()
+            .map_err(|_| io::Error::other(format!("the container's shim said {line:?}")));
+    }
+    match line.strip_prefix("error ") {
+        Some(message) => Err(io::Error::other(message.to_string())),
+        None => Err(io::Error::other(format!(
+            "the container's shim ended without starting it ({})",
+            shim.wait().await?
+        ))),
+    }
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Run `argv` in the namespaces of `infra_pid`, collecting its output; the process group is
@@ -392,6 +479,10 @@ mod tests {
         assert_eq!(proc_start_ticks(me), Some(a));
         assert!(!is_zombie(me));
         assert_eq!(proc_start_ticks(u32::MAX), None);
+        assert_eq!(
+            proc_parent(me),
+            Some(nix::unistd::getppid().as_raw() as u32)
+        );
     }
 
     #[test]

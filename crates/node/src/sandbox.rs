@@ -22,7 +22,7 @@
 //! State in `state_dir`: `ipam.json` ([`crate::ipam`]), `routes.json`, and per sandbox
 //! `sandboxes/<uid>.json` (written before the namespace is created, so a crash leaves nothing
 //! that a restart cannot find) and `sandboxes/<uid>/` (resolv.conf, hosts, container output
-//! FIFOs and records).
+//! FIFOs, records and the shims' exit files).
 //!
 //! Must never: touch interfaces, routes or sysctls outside the node's namespace and the pods'
 //! namespaces; kill a process not found in a sandbox it created.
@@ -112,7 +112,7 @@ pub struct Sandbox {
     pub hostname: String,
     /// The infra process whose UTS and mount namespaces containers join.
     pub infra_pid: u32,
-    /// `state_dir/sandboxes/<uid>`: resolv.conf, hosts, container FIFOs and records.
+    /// `state_dir/sandboxes/<uid>`: resolv.conf, hosts, container FIFOs, records and exit files.
     pub dir: PathBuf,
 }
 
@@ -831,8 +831,9 @@ impl Sandbox {
         Ok(container)
     }
 
-    /// The containers of this sandbox that still run (after an agent restart), by name, with
-    /// their log files; their output is drained into their logs again.
+    /// The containers of this sandbox an earlier agent started (after an agent restart), by
+    /// name, with their log files: those still running, and those that ended since, with the
+    /// exit status their shim wrote. Their output is drained into their logs again.
     pub fn adopt_containers(&self) -> Vec<(ContainerRecord, Container)> {
         let Ok(entries) = std::fs::read_dir(self.dir.join("containers")) else {
             return Vec::new();

@@ -1,7 +1,11 @@
 //! The node agent against an in-process API server with its controllers (scheduler, podcidr,
 //! endpointslice), in a fresh node network namespace: registration, Lease, a pod's whole life
 //! (IP from the podCIDR, service env vars, readiness via an HTTP probe, EndpointSlice,
-//! liveness restart, agent restart keeping the pod, graceful deletion with SIGTERM).
+//! liveness restart, agent restart keeping the pod, graceful deletion with SIGTERM); readiness
+//! gating Ready and the endpoint both ways; service env vars fixed at container start;
+//! deletion's SIGTERM, sandbox removal and freed IP;
+//! the exit code of a container adopted by a restarted agent (read from its shim's exit file).
+//! The 100-pod benchmark is `crates/switchyard/benches/pods.rs`.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -56,7 +60,8 @@ fn config(ns: &NetNs, node_ip: &str, root: &Path) -> Config {
         cluster_domain: "cluster.local".into(),
         root_dir: root.to_path_buf(),
         image_catalog: None,
-        self_exe: std::env::current_exe().expect("test exe"),
+        // Containers run under this crate's shim (the switchyard binary has the same).
+        self_exe: env!("CARGO_BIN_EXE_container-shim").into(),
         kubelet: None,
     }
 }
@@ -91,29 +96,132 @@ async fn slow_poll() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// An in-process API server with its controllers, a node namespace and an agent running there.
+/// Dropping it stops the agent and removes the namespaces: the node's and those of the pods
+/// given to [`TestNode::watch_pod`] (with what still runs in them, also when a test fails).
+struct TestNode {
+    agent: Option<Agent>,
+    client: Client,
+    ns: NetNs,
+    node_ip: &'static str,
+    root: tempfile::TempDir,
+    guard: NsGuard,
+    _server: InProcessServer,
+}
+
+impl TestNode {
+    /// `None` (and a loud skip) where namespaces cannot be created.
+    async fn start(node_ip: &'static str) -> Result<Option<TestNode>> {
+        if !switchyard_netns::can_create_namespaces() {
+            eprintln!("SKIPPED: cannot create network namespaces (not root?)");
+            return Ok(None);
+        }
+        let server = InProcessServer::start_with_controllers(
+            Arc::new(switchyard_store::memory::MemoryStore::new()),
+            |_| {},
+            |_| {},
+        )
+        .await?;
+        let client = server.client().await?;
+        let mut guard = NsGuard::new();
+        let ns = node_namespace(&mut guard, node_ip).await?;
+        let root = tempfile::tempdir()?;
+        let agent =
+            Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings()).await?;
+        tokio::time::timeout(WAIT, agent.wait_ready())
+            .await
+            .context("agent ready")??;
+        Ok(Some(TestNode {
+            agent: Some(agent),
+            client,
+            ns,
+            node_ip,
+            root,
+            guard,
+            _server: server,
+        }))
+    }
+
+    /// Stop the agent without stopping its pods, and start a new one on the same state.
+    async fn restart_agent(&mut self) -> Result<()> {
+        self.agent = None;
+        let agent = Agent::start_with(
+            self.client.clone(),
+            config(&self.ns, self.node_ip, self.root.path()),
+            timings(),
+        )
+        .await?;
+        tokio::time::timeout(WAIT, agent.wait_ready())
+            .await
+            .context("agent ready again")??;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Remove this pod's sandbox namespace too when the test ends.
+    fn watch_pod(&mut self, pod: &Pod) {
+        let uid = pod
+            .metadata
+            .uid
+            .as_deref()
+            .expect("created pods have a uid");
+        self.guard.adopt(&switchyard_node::sandbox::netns_name(uid));
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// Create a pod from JSON; its sandbox is cleaned up with the node.
+    async fn create_pod(&mut self, pod: serde_json::Value) -> Result<Pod> {
+        let pod: Pod = serde_json::from_value(pod)?;
+        let pod = self.pods().create(&PostParams::default(), &pod).await?;
+        self.watch_pod(&pod);
+        Ok(pod)
+    }
+
+    /// Delete a pod and wait until the agent has removed it from the API.
+    async fn delete_pod_and_wait(&self, name: &str) -> Result<()> {
+        self.pods().delete(name, &DeleteParams::default()).await?;
+        wait_for(WAIT, &format!("pod {name} to disappear"), || async {
+            slow_poll().await;
+            get_pod(&self.client, name).await.is_none().then_some(())
+        })
+        .await
+    }
+}
+
+fn container_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+/// Whether the Service's EndpointSlices list `ip`, and with which `ready` condition.
+async fn endpoint_ready(client: &Client, service: &str, ip: &str) -> Option<bool> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .ok()?;
+    list.items
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .find(|e| e.addresses.iter().any(|a| a == ip))
+        .map(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
-    if !switchyard_netns::can_create_namespaces() {
-        eprintln!("SKIPPED: cannot create network namespaces (not root?)");
+    let Some(mut test_node) = TestNode::start("192.168.77.2").await? else {
         return Ok(());
-    }
-    let server = InProcessServer::start_with_controllers(
-        Arc::new(switchyard_store::memory::MemoryStore::new()),
-        |_| {},
-        |_| {},
-    )
-    .await?;
-    let client = server.client().await?;
-    let mut guard = NsGuard::new();
-    let node_ip = "192.168.77.2";
-    let ns = node_namespace(&mut guard, node_ip).await?;
-    let root = tempfile::tempdir()?;
+    };
+    let (client, node_ip) = (test_node.client.clone(), test_node.node_ip);
+    let root = test_node.root.path().to_path_buf();
     let work = tempfile::tempdir()?;
-    let agent =
-        Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings()).await?;
-    tokio::time::timeout(WAIT, agent.wait_ready())
-        .await
-        .context("agent ready")??;
 
     // The Node: Ready, addresses, labels, a podCIDR.
     let nodes: Api<Node> = Api::all(client.clone());
@@ -214,6 +322,7 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
     }))?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pod = pods.create(&PostParams::default(), &pod).await?;
+    test_node.watch_pod(&pod);
     let uid = pod.metadata.uid.clone().expect("uid");
 
     // Running, an IP from the podCIDR, Ready once the HTTP probe passes.
@@ -266,7 +375,7 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
 
     // The service env vars (kubelet's names) and the pod's own env are in the log.
     let log_path =
-        switchyard_node::logs::container_log_path(root.path(), "default", "web", &uid, "app", 0);
+        switchyard_node::logs::container_log_path(&root, "default", "web", &uid, "app", 0);
     let log = wait_for(WAIT, "the env in the container log", || async {
         slow_poll().await;
         let text = std::fs::read_to_string(&log_path).ok()?;
@@ -323,12 +432,7 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
     );
 
     // An agent restart keeps the pod (same IP, no extra restart).
-    drop(agent);
-    let agent =
-        Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings()).await?;
-    tokio::time::timeout(WAIT, agent.wait_ready())
-        .await
-        .context("agent ready again")??;
+    test_node.restart_agent().await?;
     // Let the new agent's worker post its status.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = get_pod(&client, "web").await.expect("pod still there");
@@ -357,40 +461,24 @@ async fn a_pod_lives_its_whole_life_on_a_real_node() -> Result<()> {
         !NetNs::exists(&sandbox_ns),
         "the sandbox's namespace is gone"
     );
-    drop(agent);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_errors_completed_pods_and_startup_probes() -> Result<()> {
-    if !switchyard_netns::can_create_namespaces() {
-        eprintln!("SKIPPED: cannot create network namespaces (not root?)");
+    let Some(mut node) = TestNode::start("192.168.78.2").await? else {
         return Ok(());
-    }
-    let server = InProcessServer::start_with_controllers(
-        Arc::new(switchyard_store::memory::MemoryStore::new()),
-        |_| {},
-        |_| {},
-    )
-    .await?;
-    let client = server.client().await?;
-    let mut guard = NsGuard::new();
-    let node_ip = "192.168.78.2";
-    let ns = node_namespace(&mut guard, node_ip).await?;
-    let root = tempfile::tempdir()?;
-    let agent =
-        Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings()).await?;
-    tokio::time::timeout(WAIT, agent.wait_ready())
-        .await
-        .context("agent ready")??;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    };
+    let client = node.client.clone();
+    let pods = node.pods();
 
     // An unknown image without a command: ErrImagePull / ImagePullBackOff, never Running.
     let bad: Pod = serde_json::from_value(json!({
         "metadata": {"name": "bad"},
         "spec": {"containers": [{"name": "c", "image": "example.com/nope:1"}]}
     }))?;
-    pods.create(&PostParams::default(), &bad).await?;
+    let bad = pods.create(&PostParams::default(), &bad).await?;
+    node.watch_pod(&bad);
     let (reason, message) = wait_for(WAIT, "an image pull error", || async {
         slow_poll().await;
         let p = get_pod(&client, "bad").await?;
@@ -410,14 +498,21 @@ async fn image_errors_completed_pods_and_startup_probes() -> Result<()> {
     let p = get_pod(&client, "bad").await.expect("bad pod");
     assert_eq!(p.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
 
-    // A pod that exits 0 with restartPolicy Never succeeds; a service created after it is
-    // absent from its env.
+    // A pod that exits 0 with restartPolicy Never succeeds; without service links its env has
+    // the master service's variables only.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let backend: Service = serde_json::from_value(json!({
+        "metadata": {"name": "backend"},
+        "spec": {"ports": [{"port": 80}]}
+    }))?;
+    services.create(&PostParams::default(), &backend).await?;
     let done: Pod = serde_json::from_value(json!({
         "metadata": {"name": "done"},
         "spec": {"restartPolicy": "Never", "enableServiceLinks": false, "containers": [{
             "name": "c", "image": "busybox", "command": ["sh", "-c", "env; echo finished"]}]}
     }))?;
     let done = pods.create(&PostParams::default(), &done).await?;
+    node.watch_pod(&done);
     let finished = wait_for(WAIT, "pod done Succeeded", || async {
         slow_poll().await;
         let p = get_pod(&client, "done").await?;
@@ -437,7 +532,7 @@ async fn image_errors_completed_pods_and_startup_probes() -> Result<()> {
     );
     let uid = done.metadata.uid.clone().expect("uid");
     let log = std::fs::read_to_string(switchyard_node::logs::container_log_path(
-        root.path(),
+        node.root.path(),
         "default",
         "done",
         &uid,
@@ -460,7 +555,8 @@ async fn image_errors_completed_pods_and_startup_probes() -> Result<()> {
             "startupProbe": {"exec": {"command": ["test", "-f", flag.display().to_string()]},
                              "periodSeconds": 1, "failureThreshold": 600}}]}
     }))?;
-    pods.create(&PostParams::default(), &slow).await?;
+    let slow = pods.create(&PostParams::default(), &slow).await?;
+    node.watch_pod(&slow);
     let started = |p: &Pod| {
         p.status
             .as_ref()
@@ -508,7 +604,6 @@ async fn image_errors_completed_pods_and_startup_probes() -> Result<()> {
         (!NetNs::exists(&sandbox)).then_some(())
     })
     .await?;
-    drop(agent);
     Ok(())
 }
 
@@ -571,7 +666,10 @@ async fn pods_on_two_nodes_reach_each_other_and_containers_share_localhost() -> 
                 ]
             }
         }))?;
-        pods.create(&PostParams::default(), &pod).await?;
+        let pod = pods.create(&PostParams::default(), &pod).await?;
+        guard.adopt(&switchyard_node::sandbox::netns_name(
+            pod.metadata.uid.as_deref().expect("uid"),
+        ));
     }
     let mut found = Vec::new();
     for name in ["pa", "pb"] {
@@ -648,90 +746,269 @@ async fn pods_on_two_nodes_reach_each_other_and_containers_share_localhost() -> 
     Ok(())
 }
 
-/// Benchmark (run with `--ignored --nocapture`): 100 pods on one node, created → Ready
-/// latency p50/p99, deletion → gone, and the test process's RSS (API server + agent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark; run explicitly"]
-async fn bench_hundred_pods_on_one_node() -> Result<()> {
-    if !switchyard_netns::can_create_namespaces() {
-        eprintln!("SKIPPED: cannot create network namespaces (not root?)");
+async fn a_failing_readiness_probe_keeps_the_pod_and_its_endpoint_unready_until_it_passes(
+) -> Result<()> {
+    let Some(mut node) = TestNode::start("192.168.82.2").await? else {
         return Ok(());
-    }
-    let server = InProcessServer::start_with_controllers(
-        Arc::new(switchyard_store::memory::MemoryStore::new()),
-        |_| {},
-        |_| {},
-    )
-    .await?;
-    let client = server.client().await?;
-    let mut guard = NsGuard::new();
-    let node_ip = "192.168.81.2";
-    let ns = node_namespace(&mut guard, node_ip).await?;
-    let root = tempfile::tempdir()?;
-    let agent =
-        Agent::start_with(client.clone(), config(&ns, node_ip, root.path()), timings()).await?;
-    tokio::time::timeout(WAIT, agent.wait_ready())
-        .await
-        .context("agent ready")??;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    const N: usize = 100;
-    let start = tokio::time::Instant::now();
-    let mut created = std::collections::HashMap::new();
-    for i in 0..N {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("b{i}")},
-            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
-                "name": "c", "image": "registry.k8s.io/pause:3.10"}]}
-        }))?;
-        pods.create(&PostParams::default(), &pod).await?;
-        created.insert(format!("b{i}"), tokio::time::Instant::now());
-    }
-    let mut ready_at = std::collections::HashMap::new();
-    let deadline = start + Duration::from_secs(300);
-    while ready_at.len() < N && tokio::time::Instant::now() < deadline {
-        for p in pods.list(&ListParams::default()).await?.items {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            if !ready_at.contains_key(&name) && condition(&p, "Ready").as_deref() == Some("True") {
-                ready_at.insert(name, tokio::time::Instant::now());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Report and tear down even when some pods never got Ready (never leak sandboxes).
-    let ready = ready_at.len();
-    let mut latencies: Vec<Duration> = ready_at
-        .iter()
-        .map(|(name, at)| at.duration_since(created[name]))
-        .collect();
-    latencies.sort();
-    let pct = |q: usize| latencies.get((ready * q / 100).saturating_sub(1)).copied();
-    let rss = std::fs::read_to_string("/proc/self/status")?
-        .lines()
-        .find(|l| l.starts_with("VmRSS"))
-        .unwrap_or_default()
-        .to_string();
-    eprintln!(
-        "BENCH {ready}/{N} pods Ready: created→Ready p50 {:?} p99 {:?} max {:?}; after {:?}; {rss} (API server + controllers + agent)",
-        pct(50),
-        pct(99),
-        latencies.last(),
-        start.elapsed()
+    };
+    let services: Api<Service> = Api::namespaced(node.client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "gated"},
+        "spec": {"selector": {"app": "gated"}, "ports": [{"port": 80}]}
+    }))?;
+    services.create(&PostParams::default(), &svc).await?;
+    let work = tempfile::tempdir()?;
+    let ok = work.path().join("ok");
+    let probes = work.path().join("probes");
+    // The probe notes each run, then passes only while the file exists.
+    let probe = format!(
+        "echo run >> {probes}; test -f {ok}",
+        probes = probes.display(),
+        ok = ok.display()
     );
-    let teardown = tokio::time::Instant::now();
-    pods.delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await?;
-    wait_for(Duration::from_secs(300), "all pods gone", || async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        pods.list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
+    node.create_pod(json!({
+        "metadata": {"name": "gated", "labels": {"app": "gated"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "busybox", "command": ["sh", "-c", "exec sleep 600"],
+            "readinessProbe": {"exec": {"command": ["sh", "-c", probe]},
+                               "periodSeconds": 1, "failureThreshold": 1}}]}
+    }))
+    .await?;
+
+    // Running, probed three times and failed each time: unready, and so is its endpoint.
+    let ip = wait_for(WAIT, "pod gated running with an IP", || async {
+        slow_poll().await;
+        let p = get_pod(&node.client, "gated").await?;
+        let running = container_status(&p)?.state?.running.is_some();
+        running.then(|| p.status?.pod_ip).flatten()
+    })
+    .await?;
+    wait_for(WAIT, "three failed readiness probes", || async {
+        slow_poll().await;
+        let runs = std::fs::read_to_string(&probes).ok()?.lines().count();
+        (runs >= 3).then_some(())
+    })
+    .await?;
+    let p = get_pod(&node.client, "gated").await.expect("pod gated");
+    assert_eq!(condition(&p, "Ready").as_deref(), Some("False"));
+    assert_eq!(condition(&p, "ContainersReady").as_deref(), Some("False"));
+    let cs = container_status(&p).expect("container status");
+    assert_eq!((cs.ready, cs.started), (false, Some(true)));
+    assert_eq!(cs.restart_count, 0, "readiness never restarts");
+    wait_for(WAIT, "the endpoint listed as not ready", || async {
+        slow_poll().await;
+        (!endpoint_ready(&node.client, "gated", &ip).await?).then_some(())
+    })
+    .await?;
+
+    // The probe passes: Ready, and a ready endpoint.
+    std::fs::write(&ok, "")?;
+    wait_for(WAIT, "pod gated Ready", || async {
+        slow_poll().await;
+        let p = get_pod(&node.client, "gated").await?;
+        (condition(&p, "Ready").as_deref() == Some("True")
+            && condition(&p, "ContainersReady").as_deref() == Some("True"))
+        .then_some(())
+    })
+    .await?;
+    wait_for(WAIT, "the endpoint ready", || async {
+        slow_poll().await;
+        endpoint_ready(&node.client, "gated", &ip)
+            .await?
             .then_some(())
     })
     .await?;
-    eprintln!("BENCH teardown of {N} pods: {:?}", teardown.elapsed());
-    drop(agent);
-    assert_eq!(ready, N, "all pods Ready");
+
+    // It fails again: unready again, the container keeps running.
+    std::fs::remove_file(&ok)?;
+    wait_for(WAIT, "pod gated unready again", || async {
+        slow_poll().await;
+        let p = get_pod(&node.client, "gated").await?;
+        (condition(&p, "Ready").as_deref() == Some("False")).then_some(p)
+    })
+    .await?;
+    wait_for(WAIT, "the endpoint not ready again", || async {
+        slow_poll().await;
+        (!endpoint_ready(&node.client, "gated", &ip).await?).then_some(())
+    })
+    .await?;
+    let p = get_pod(&node.client, "gated").await.expect("pod gated");
+    assert_eq!(container_status(&p).map(|c| c.restart_count), Some(0));
+    node.delete_pod_and_wait("gated").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_env_vars_are_those_of_services_that_existed_when_the_container_started(
+) -> Result<()> {
+    let Some(mut node) = TestNode::start("192.168.85.2").await? else {
+        return Ok(());
+    };
+    let services: Api<Service> = Api::namespaced(node.client.clone(), "default");
+    let service = |name: &str| -> Result<Service> {
+        Ok(serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}),
+        )?)
+    };
+    services
+        .create(&PostParams::default(), &service("early")?)
+        .await?;
+    let work = tempfile::tempdir()?;
+    let go = work.path().join("go");
+    // The container's own environment, printed only once the test says so.
+    let script = format!(
+        "until [ -f {go} ]; do sleep 0.1; done; env; echo END; exec sleep 600",
+        go = go.display()
+    );
+    let pod = node
+        .create_pod(json!({
+            "metadata": {"name": "envs"},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                "name": "c", "image": "busybox", "command": ["sh", "-c", script]}]}
+        }))
+        .await?;
+    wait_for(WAIT, "pod envs running", || async {
+        slow_poll().await;
+        let p = get_pod(&node.client, "envs").await?;
+        (container_status(&p)?.state?.running.is_some()).then_some(())
+    })
+    .await?;
+    let late = services
+        .create(&PostParams::default(), &service("late")?)
+        .await?;
+    assert!(
+        late.spec.and_then(|s| s.cluster_ip).is_some(),
+        "late has a clusterIP"
+    );
+    std::fs::write(&go, "")?;
+    let log = switchyard_node::logs::container_log_path(
+        node.root.path(),
+        "default",
+        "envs",
+        pod.metadata.uid.as_deref().expect("uid"),
+        "c",
+        0,
+    );
+    let env = wait_for(WAIT, "the container's env in its log", || async {
+        slow_poll().await;
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("END").then_some(text)
+    })
+    .await?;
+    assert!(env.contains("EARLY_SERVICE_HOST="), "{env}");
+    assert!(env.contains("EARLY_PORT_80_TCP_PORT=80"), "{env}");
+    assert!(
+        !env.contains("LATE_"),
+        "a service created after the start: {env}"
+    );
+    node.delete_pod_and_wait("envs").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pod_delivers_sigterm_removes_its_sandbox_and_frees_its_ip() -> Result<()> {
+    let Some(mut node) = TestNode::start("192.168.83.2").await? else {
+        return Ok(());
+    };
+    let work = tempfile::tempdir()?;
+    let marker = work.path().join("got-term");
+    // A grace period far longer than the test waits: only SIGTERM can end it in time.
+    let script = format!(
+        "trap 'echo \"$HOSTNAME got SIGTERM\" > {marker}; exit 0' TERM; echo trapping; while true; do sleep 0.1; done",
+        marker = marker.display()
+    );
+    let pod = node
+        .create_pod(json!({
+            "metadata": {"name": "graceful"},
+            "spec": {"terminationGracePeriodSeconds": 600, "containers": [{
+                "name": "c", "image": "busybox", "command": ["sh", "-c", script]}]}
+        }))
+        .await?;
+    let uid = pod.metadata.uid.clone().expect("uid");
+    let log = switchyard_node::logs::container_log_path(
+        node.root.path(),
+        "default",
+        "graceful",
+        &uid,
+        "c",
+        0,
+    );
+    wait_for(WAIT, "the container to set its trap", || async {
+        slow_poll().await;
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("trapping")
+            .then_some(())
+    })
+    .await?;
+    let ipam = node.root.path().join("ipam.json");
+    assert!(
+        std::fs::read_to_string(&ipam)?.contains(&uid),
+        "IP allocated"
+    );
+
+    node.delete_pod_and_wait("graceful").await?;
+    assert_eq!(
+        std::fs::read_to_string(&marker).context("the trap's marker")?,
+        "graceful got SIGTERM\n"
+    );
+    assert!(!NetNs::exists(&switchyard_node::sandbox::netns_name(&uid)));
+    assert!(
+        !std::fs::read_to_string(&ipam)?.contains(&uid),
+        "the pod's IP is free again"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_adopted_by_a_restarted_agent_reports_its_exit_code_and_restarts() -> Result<()>
+{
+    let Some(mut node) = TestNode::start("192.168.84.2").await? else {
+        return Ok(());
+    };
+    let work = tempfile::tempdir()?;
+    let (go, ran) = (work.path().join("go"), work.path().join("ran"));
+    // The first run waits for `go`, then exits 3; the next one stays up.
+    let script = format!(
+        "if [ -f {ran} ]; then exec sleep 600; fi; until [ -f {go} ]; do sleep 0.1; done; touch {ran}; exit 3",
+        ran = ran.display(),
+        go = go.display()
+    );
+    node.create_pod(json!({
+        "metadata": {"name": "quitter"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "busybox", "command": ["sh", "-c", script]}]}
+    }))
+    .await?;
+    wait_for(WAIT, "pod quitter running", || async {
+        slow_poll().await;
+        let p = get_pod(&node.client, "quitter").await?;
+        (container_status(&p)?.state?.running.is_some()).then_some(())
+    })
+    .await?;
+
+    // The agent goes away (its pods stay) and a new one adopts the container.
+    node.restart_agent().await?;
+    std::fs::write(&go, "")?;
+    let p = wait_for(WAIT, "the adopted container's exit and restart", || async {
+        slow_poll().await;
+        let p = get_pod(&node.client, "quitter").await?;
+        let cs = container_status(&p)?;
+        (cs.restart_count >= 1 && cs.state.as_ref()?.running.is_some()).then_some(p)
+    })
+    .await?;
+    let cs = container_status(&p).expect("container status");
+    assert_eq!(cs.restart_count, 1);
+    let last = cs
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("lastState.terminated");
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref()),
+        (3, Some("Error")),
+        "the exit code of a container this agent did not start"
+    );
+    node.delete_pod_and_wait("quitter").await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Real-kernel tests of the node runtime: a node namespace made by the test, the pod bridge,
-//! pod sandboxes with veths and infra processes, containers started through nsenter, logs.
+//! pod sandboxes with veths and infra processes, containers started through nsenter under their
+//! shim (exit codes known to an adopting agent, signals forwarded), logs.
 //! Needs root (skips loudly otherwise). Every namespace is `sy-` prefixed and removed on drop,
 //! with every process still inside it.
 
@@ -125,6 +126,11 @@ fn unique() -> u32 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// This crate's container shim (the `switchyard` binary runs the same code).
+fn shim() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_container-shim"))
+}
+
 fn sh(name: &str, script: &str, log_path: PathBuf) -> ContainerSpec {
     ContainerSpec {
         name: name.into(),
@@ -132,6 +138,7 @@ fn sh(name: &str, script: &str, log_path: PathBuf) -> ContainerSpec {
         env: vec![("GREETING".into(), "hello world".into())],
         working_dir: None,
         log_path,
+        shim: shim(),
     }
 }
 
@@ -298,6 +305,7 @@ async fn containers_see_the_pods_hostname_files_env_and_localhost() {
             env: vec![],
             working_dir: Some("/tmp".into()),
             log_path: node.log_path(&pod, "talker"),
+            shim: shim(),
         })
         .await
         .expect("talker");
@@ -805,10 +813,101 @@ async fn containers_survive_a_killed_agent_and_are_adopted_with_their_logs() {
         worst_gap - 1
     );
     container.signal(Signal::SIGKILL).expect("kill");
-    tokio::time::timeout(Duration::from_secs(10), container.wait())
+    let exit = tokio::time::timeout(Duration::from_secs(10), container.wait())
         .await
         .expect("the end of an adopted container is noticed");
+    assert_eq!(
+        (exit.exit_code, exit.signal),
+        (137, Some(9)),
+        "the shim of a dead agent's container recorded the kill"
+    );
     network.destroy_sandbox(&uid).await.expect("destroy");
+}
+
+#[tokio::test]
+async fn adopted_containers_report_their_exit_codes_and_signals_reach_them_through_the_shim() {
+    let Some(mut node) = Node::new().await else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("work dir");
+    let go = work.path().join("go");
+    let spec = node.spec("adopted");
+    let shims = {
+        let network = node.network().await;
+        let pod = network.create_sandbox(&spec).await.expect("sandbox");
+        let quits = pod
+            .start_container(&sh(
+                "quits",
+                &format!("until [ -f {} ]; do sleep 0.05; done; exit 3", go.display()),
+                node.log_path(&pod, "quits"),
+            ))
+            .await
+            .expect("start");
+        let trapper = pod
+            .start_container(&sh(
+                "trapper",
+                "trap 'echo got TERM; exit 7' TERM; while true; do sleep 0.05; done",
+                node.log_path(&pod, "trapper"),
+            ))
+            .await
+            .expect("start");
+        assert_ne!(quits.pid(), quits.shim_pid(), "the shim is the parent");
+        (quits.shim_pid(), trapper.shim_pid())
+        // The agent "restarts": its handles are gone, the shims stay.
+    };
+    let network = node.network().await;
+    let pod = network.sandbox(&spec.pod_uid).expect("sandbox kept");
+    let mut adopted: std::collections::HashMap<String, _> = pod
+        .adopt_containers()
+        .into_iter()
+        .map(|(record, c)| (record.name, c))
+        .collect();
+    let mut quits = adopted.remove("quits").expect("quits adopted");
+    let mut trapper = adopted.remove("trapper").expect("trapper adopted");
+    assert_eq!((quits.shim_pid(), trapper.shim_pid()), shims);
+    assert!(quits.is_running() && trapper.is_running());
+
+    // Not our child, yet its exit code is known.
+    std::fs::write(&go, "").expect("go");
+    let exit = tokio::time::timeout(Duration::from_secs(10), quits.wait())
+        .await
+        .expect("quits ends");
+    assert_eq!((exit.exit_code, exit.signal), (3, None));
+
+    // A signal to the shim reaches the container, whose trap decides the exit code.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(trapper.shim_pid() as i32),
+        Signal::SIGTERM,
+    )
+    .expect("signal the shim");
+    let exit = tokio::time::timeout(Duration::from_secs(10), trapper.wait())
+        .await
+        .expect("trapper ends");
+    assert_eq!((exit.exit_code, exit.signal), (7, None));
+    assert!(
+        logs(&node.log_path(&pod, "trapper"))
+            .await
+            .contains("got TERM"),
+        "the trap ran"
+    );
+
+    // Ended while no agent watched: the next agent still learns how.
+    let again: std::collections::HashMap<String, _> = pod
+        .adopt_containers()
+        .into_iter()
+        .map(|(record, c)| (record.name, c))
+        .collect();
+    let mut ended = again
+        .into_iter()
+        .find(|(n, _)| n == "quits")
+        .expect("quits")
+        .1;
+    assert!(!ended.is_running());
+    assert_eq!(ended.wait().await.exit_code, 3);
+    network
+        .destroy_sandbox(&spec.pod_uid)
+        .await
+        .expect("destroy");
 }
 
 #[tokio::test]

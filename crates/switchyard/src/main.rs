@@ -14,6 +14,7 @@ mod echo;
 mod flags;
 mod node;
 mod proxy;
+mod shim;
 mod up;
 
 #[derive(Parser)]
@@ -142,6 +143,10 @@ struct ServerArgs {
 }
 
 fn main() -> ExitCode {
+    // `switchyard container-shim ...`: single-threaded and silent, before everything else.
+    if let Some(code) = shim::run_if_invoked() {
+        return code;
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,5 +1,7 @@
 //! The `switchyard server` command line: bad configuration and a data directory already in use
-//! end with exit code 64 and a one-line message, before anything is served or overwritten.
+//! end with exit code 64 and a one-line message, before anything is served or overwritten. The
+//! hidden `switchyard container-shim`: exit codes and signals of its command, passed on and
+//! recorded.
 
 use std::path::Path;
 use std::process::Command;
@@ -107,4 +109,69 @@ fn the_controller_manager_needs_a_readable_kubeconfig() {
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/kubeconfig"), "{stderr}");
+}
+
+fn shim(dir: &Path, command: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .arg("container-shim")
+        .arg(dir)
+        .arg("--")
+        .args(command)
+        .output()
+        .expect("runs")
+}
+
+fn exit_file(dir: &Path) -> (Option<i64>, Option<i64>) {
+    let exit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("exit.json")).expect("exit file"))
+            .expect("json");
+    (exit["exit_code"].as_i64(), exit["signal"].as_i64())
+}
+
+#[test]
+fn the_container_shim_passes_on_and_records_exit_codes_and_signals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The agent makes it a FIFO; any file will do as the container's stdout.
+    std::fs::write(dir.path().join("stdout"), "").expect("stdout file");
+    let out = shim(dir.path(), &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.starts_with("started ") && report.lines().count() == 1,
+        "{report}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("stdout")).expect("stdout"),
+        "out\n"
+    );
+    assert_eq!(exit_file(dir.path()), (Some(3), None));
+
+    // The container starts with no signal blocked or ignored by the shim.
+    let out = shim(dir.path(), &["sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(143), "128 + SIGTERM");
+    assert_eq!(exit_file(dir.path()), (Some(143), Some(15)));
+
+    let out = shim(dir.path(), &["/nonexistent/program"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("error "),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_bad_container_shim_command_line_exits_64_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for args in [vec![], vec!["sh"]] {
+        let out = Command::new(binary())
+            .arg("container-shim")
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
 }

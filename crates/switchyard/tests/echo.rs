@@ -104,6 +104,7 @@ async fn myapp_answers_with_its_pod_identity_over_the_bridge_udp_and_localhost()
             env,
             working_dir: None,
             log_path: log("web"),
+            shim: env!("CARGO_BIN_EXE_switchyard").into(),
         })
         .await
         .expect("start the echo server");
@@ -170,6 +171,7 @@ async fn myapp_answers_with_its_pod_identity_over_the_bridge_udp_and_localhost()
             env: vec![],
             working_dir: None,
             log_path: log("sidecar"),
+            shim: env!("CARGO_BIN_EXE_switchyard").into(),
         })
         .await
         .expect("sidecar");

@@ -1,7 +1,8 @@
 //! `switchyard node` as a binary: bad flags exit 64 with one line; against a
 //! `switchyard server` it registers its Node inside its own network namespace, runs a
-//! `myapp:v1` pod (the built-in echo server) that answers HTTP on its pod IP, keeps it running
-//! across a `kill -9` and restart of the agent (same IP), and completes its deletion.
+//! `myapp:v1` pod (the built-in echo server) that answers HTTP on its pod IP, serves its logs
+//! and exec, keeps it running across a `kill -9` and restart of the agent (same IP, logs still
+//! served), and completes its deletion.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -162,7 +163,10 @@ spec:
     let host = kubectl.run(&["exec", "echo", "--", "hostname"]);
     assert_eq!(host.stdout, "echo\n", "{host:?}");
     let logs = kubectl.run(&["logs", "echo"]);
-    assert!(logs.success, "{logs:?}");
+    assert!(
+        logs.stdout.contains("listening on 0.0.0.0:80"),
+        "the echo server's first line: {logs:?}"
+    );
 
     // kill -9 of the agent: the pod keeps answering; a new agent keeps its IP.
     let _ = node.0.kill();
@@ -176,6 +180,17 @@ spec:
     let out = kubectl.run(&["get", "pod", "echo", "-o", "jsonpath={.status.podIP}"]);
     assert_eq!(out.stdout.trim(), ip);
     assert!(http_get(&ns, addr).await.is_some());
+    // The new agent serves the adopted container's log.
+    let logs = wait_for(wait, "kubectl logs from the new agent", || async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let out = kubectl.run(&["logs", "echo"]);
+        out.stdout
+            .contains("listening on 0.0.0.0:80")
+            .then_some(out)
+    })
+    .await
+    .expect("logs after the restart");
+    assert!(logs.success, "{logs:?}");
 
     // Deletion completes through the agent; the sandbox goes away.
     let deleted = kubectl.run(&["delete", "pod", "echo", "--timeout=60s"]);
