@@ -199,11 +199,25 @@ async fn myapp_answers_with_its_pod_identity_over_the_bridge_udp_and_localhost()
         (0, b"ok\n".as_slice())
     );
 
+    // On SIGTERM it keeps answering for its shutdown delay, then exits 0.
     web.signal(nix_sigterm()).expect("sigterm");
+    let after = a
+        .exec(
+            &[
+                "curl".into(),
+                "-sf".into(),
+                "http://localhost/healthz".into(),
+            ],
+            &[],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("exec after SIGTERM");
+    assert_eq!(after.exit_code, 0, "no answer while draining");
     let exit = tokio::time::timeout(Duration::from_secs(10), web.wait())
         .await
-        .expect("the echo server stops on SIGTERM");
-    assert_eq!(exit.signal, Some(15));
+        .expect("the echo server stops after SIGTERM");
+    assert_eq!((exit.exit_code, exit.signal), (0, None));
     network
         .destroy_sandbox(&a.pod_uid)
         .await

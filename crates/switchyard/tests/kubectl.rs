@@ -483,8 +483,8 @@ fn describe_shows_a_services_and_a_deployments_fields() {
         field(&text, "RollingUpdateStrategy"),
         "25% max unavailable, 25% max surge"
     );
-    assert_eq!(field(&text, "Image"), "switchyard/echo:v1");
-    assert_eq!(field(&text, "Port"), "8080/TCP");
+    assert_eq!(field(&text, "Image"), "myapp:v1");
+    assert_eq!(field(&text, "Port"), "80/TCP");
 }
 
 #[test]
