@@ -770,14 +770,27 @@ fn node_ready(node: &Node, since: jiff::Timestamp) -> bool {
         })
 }
 
-/// Server-side apply every document of a multi-document YAML, as `kubectl apply
-/// --server-side` does.
+/// Apply every document of a multi-document YAML (server-side apply), recording it in the
+/// `kubectl.kubernetes.io/last-applied-configuration` annotation as `kubectl apply` does, so
+/// a user's later `kubectl apply -f` of a changed file merges cleanly.
 pub async fn apply(client: &kube::Client, yaml: &str) -> Result<()> {
     use serde::Deserialize as _;
     for document in serde_yaml::Deserializer::from_str(yaml) {
-        let value = serde_json::Value::deserialize(document)?;
+        let mut value = serde_json::Value::deserialize(document)?;
         if value.is_null() {
             continue;
+        }
+        let last_applied = format!("{}\n", serde_json::to_string(&value)?);
+        if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            let annotations = metadata
+                .entry("annotations")
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(a) = annotations.as_object_mut() {
+                a.insert(
+                    "kubectl.kubernetes.io/last-applied-configuration".into(),
+                    serde_json::Value::String(last_applied),
+                );
+            }
         }
         let object: DynamicObject =
             serde_json::from_value(value.clone()).context("not a Kubernetes object")?;

@@ -284,14 +284,7 @@ fn the_seed_scenarios_work_end_to_end_on_two_nodes() {
             "client",
             &["arping", "-c", "3", "-w", "4", "-I", "eth0", &lb_ip],
         );
-        let macs: BTreeSet<String> = text(&out)
-            .lines()
-            .filter_map(|l| {
-                let start = l.find(" from ")? + 6;
-                let rest = &l[start..];
-                Some(rest.split_whitespace().nth(1)?.to_string())
-            })
-            .collect();
+        let macs = reply_macs(&text(&out));
         assert_eq!(macs.len(), 1, "ARP answers from {macs:?}:\n{}", text(&out));
     } else {
         eprintln!("!!!!!! arping missing: the one-MAC check is skipped; ./scripts/test installs it !!!!!!");
@@ -416,6 +409,29 @@ fn the_seed_scenarios_work_end_to_end_on_two_nodes() {
             .iter()
             .any(|(n, _)| *n == v2_answer),
         "{v2_answer} is not a live pod"
+    );
+}
+
+/// The MAC addresses in arping's replies, in either arping's format (`42 bytes from MAC (IP)`
+/// or iputils' `Unicast reply from IP [MAC]`).
+fn reply_macs(output: &str) -> BTreeSet<String> {
+    output
+        .lines()
+        .filter(|l| l.contains(" from "))
+        .flat_map(|l| l.split_whitespace())
+        .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_lowercase())
+        .filter(|w| w.len() == 17 && w.matches(':').count() == 5)
+        .collect()
+}
+
+#[test]
+fn arping_replies_are_read_in_both_formats() {
+    let habets = "ARPING 192.168.67.120\n42 bytes from 06:71:63:c9:51:83 (192.168.67.120): index=0 time=8.633 usec\n42 bytes from 06:71:63:c9:51:84 (192.168.67.120): index=1 time=1 usec\n";
+    assert_eq!(reply_macs(habets).len(), 2);
+    let iputils = "ARPING 192.168.67.120 from 192.168.67.2 eth0\nUnicast reply from 192.168.67.120 [06:71:63:C9:51:83]  0.600ms\n";
+    assert_eq!(
+        reply_macs(iputils).into_iter().collect::<Vec<_>>(),
+        vec!["06:71:63:c9:51:83".to_string()]
     );
 }
 
