@@ -92,6 +92,21 @@ fn from_pod(k: &Kubectl, pod: &str, url: &str) -> Option<String> {
     out.success.then(|| answered_by(&out.stdout)).flatten()
 }
 
+/// Wait until exactly `n` pods match `selector`, all Ready and none terminating (a draining
+/// pod of an earlier version still answers until it is gone); their names and IPs.
+fn settled_pods(k: &Kubectl, selector: &str, n: usize) -> Vec<(String, String)> {
+    until(
+        Duration::from_secs(120),
+        &format!("{n} settled {selector} pods"),
+        || {
+            let all = json(k, &["get", "pods", "-l", selector]);
+            let total = all["items"].as_array().map_or(0, Vec::len);
+            let ready = running_pods(k, selector);
+            (total == n && ready.len() == n).then_some(ready)
+        },
+    )
+}
+
 fn running_pods(k: &Kubectl, selector: &str) -> Vec<(String, String)> {
     let list = json(k, &["get", "pods", "-l", selector]);
     list["items"]
@@ -121,10 +136,7 @@ fn six_replicas(k: &Kubectl) -> Vec<(String, String)> {
         .expect("apply 01");
     k.ok(&["rollout", "status", "deployment/myapp", "--timeout=180s"])
         .expect("rollout");
-    until(Duration::from_secs(60), "6 ready myapp pods", || {
-        let pods = running_pods(k, "app=myapp");
-        (pods.len() == 6).then_some(pods)
-    })
+    settled_pods(k, "app=myapp", 6)
 }
 
 fn service_field(k: &Kubectl, name: &str, pointer: &str) -> String {
@@ -174,6 +186,9 @@ fn the_seed_scenarios_work_end_to_end_on_two_nodes() {
     let pod_names: BTreeSet<String> = pods.iter().map(|(n, _)| n.clone()).collect();
     let cluster_ip = service_field(&k, "myapp", "/spec/clusterIP");
     let url = format!("http://{cluster_ip}/");
+    until(Duration::from_secs(20), "the ClusterIP answers", || {
+        curl(&c, "node-1", &url)
+    });
     for ns in ["node-1", "node-2"] {
         let seen = spread(&c, ns, &url, 20);
         assert!(seen.len() >= 2, "from {ns} only {seen:?} answered");
@@ -234,8 +249,12 @@ fn the_seed_scenarios_work_end_to_end_on_two_nodes() {
         .expect("apply 03");
     let node_port = service_field(&k, "myapp-nodeport", "/spec/ports/0/nodePort");
     for node_ip in ["192.168.67.11", "192.168.67.12"] {
-        let seen = spread(&c, "client", &format!("http://{node_ip}:{node_port}/"), 10);
-        assert!(!seen.is_empty(), "NodePort on {node_ip} did not answer");
+        // The apply changed the Service's ports: the proxies follow within a sync.
+        until(
+            Duration::from_secs(20),
+            &format!("NodePort on {node_ip}"),
+            || curl(&c, "client", &format!("http://{node_ip}:{node_port}/")),
+        );
     }
     let out = k.run(&["apply", "-f", &example("03-nodeport-33333.yaml")]);
     assert!(!out.success, "nodePort 33333 was accepted");
@@ -385,16 +404,11 @@ fn the_seed_scenarios_work_end_to_end_on_two_nodes() {
         .expect("set image");
     k.ok(&["rollout", "status", "deployment/myapp", "--timeout=180s"])
         .expect("rollout of v2");
-    let v2 = until(Duration::from_secs(60), "6 ready v2 pods", || {
-        let pods = running_pods(&k, "app=myapp");
-        (pods.len() == 6).then_some(pods)
-    });
+    let v2 = settled_pods(&k, "app=myapp", 6);
     for (name, _) in v2.iter().take(2) {
         k.ok(&["delete", "pod", name]).expect("delete pod");
     }
-    until(Duration::from_secs(60), "6 ready pods again", || {
-        (running_pods(&k, "app=myapp").len() == 6).then_some(())
-    });
+    settled_pods(&k, "app=myapp", 6);
     let (ok, failed) = load.stop();
     assert!(ok > 50, "only {ok} requests ran");
     assert!(
@@ -554,4 +568,136 @@ fn up_restarts_with_the_same_data_and_down_cleans_up_after_a_crash() {
         Vec::<String>::new(),
         "namespaces left after down"
     );
+}
+
+/// `dig` inside pod `pod` (its resolv.conf: nameserver 10.96.0.10, the cluster search path).
+fn pod_dig(k: &Kubectl, pod: &str, args: &[&str]) -> String {
+    let mut all = vec!["exec", pod, "--", "dig", "+time=2", "+tries=2"];
+    all.extend(args);
+    let out = k.run(&all);
+    assert!(out.success, "dig {args:?} in {pod}: {}", out.stderr);
+    out.stdout
+}
+
+fn short_lines(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Issue 6's record shapes through the whole path: a pod asks 10.96.0.10 (the kube-dns
+/// Service), the node's proxy sends it to the DNS instance on node 1, over UDP and TCP.
+#[test]
+fn every_dns_record_shape_answers_a_pod_through_the_kube_dns_service() {
+    if !prerequisites() {
+        return;
+    }
+    let c = UpCluster::start(binary(), 2, &[]).expect("switchyard up --nodes 2");
+    let k = c.kubectl().expect("kubectl");
+    // A pod with a hostname in the headless service's subdomain (its DNS name), next to myapp's.
+    k.run_with_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, labels: {app: myapp}}\nspec:\n  hostname: web-0\n  subdomain: myapp-headless\n  containers: [{name: web, image: 'myapp:v1', ports: [{name: http, containerPort: 80}]}]\n",
+    );
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/web-0",
+        "--timeout=120s",
+    ])
+    .expect("web-0 Ready");
+    let pods = settled_pods(&k, "app=myapp", 4);
+    let web0_ip = pods
+        .iter()
+        .find(|(n, _)| n == "web-0")
+        .map(|(_, ip)| ip.clone())
+        .expect("web-0's IP");
+    // Ask from a pod on the node without the DNS instance: the answer crosses the proxy.
+    let probe = until(Duration::from_secs(10), "a pod on node-2", || {
+        let list = json(
+            &k,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=myapp",
+                "--field-selector",
+                "spec.nodeName=node-2",
+            ],
+        );
+        list["items"][0]["metadata"]["name"]
+            .as_str()
+            .map(str::to_string)
+    });
+    let cluster_ip = service_field(&k, "myapp", "/spec/clusterIP");
+
+    for transport in ["+notcp", "+tcp"] {
+        let dig = |args: &[&str]| {
+            let mut all = vec![transport];
+            all.extend(args);
+            pod_dig(&k, &probe, &all)
+        };
+        let short = |args: &[&str]| {
+            let mut all = vec!["+short"];
+            all.extend(args);
+            short_lines(&dig(&all))
+        };
+        let cases: Vec<(Vec<&str>, BTreeSet<String>)> = vec![
+            (
+                vec!["dns-version.cluster.local", "TXT"],
+                ["\"1.1.0\"".to_string()].into(),
+            ),
+            (
+                vec!["myapp.default.svc.cluster.local"],
+                [cluster_ip.clone()].into(),
+            ),
+            // The search path of the pod's resolv.conf.
+            (vec!["+search", "myapp"], [cluster_ip.clone()].into()),
+            (
+                vec!["MyApp.Default.SVC.cluster.local"],
+                [cluster_ip.clone()].into(),
+            ),
+            (
+                vec!["myapp-headless.default.svc.cluster.local"],
+                pods.iter().map(|(_, ip)| ip.clone()).collect(),
+            ),
+            (
+                vec!["_http._tcp.myapp.default.svc.cluster.local", "SRV"],
+                ["0 100 80 myapp.default.svc.cluster.local.".to_string()].into(),
+            ),
+            (
+                vec!["-x", &cluster_ip],
+                ["myapp.default.svc.cluster.local.".to_string()].into(),
+            ),
+            (
+                vec!["my-service.default.svc.cluster.local", "CNAME"],
+                ["my.database.example.com.".to_string()].into(),
+            ),
+            (
+                vec!["web-0.myapp-headless.default.svc.cluster.local"],
+                [web0_ip.clone()].into(),
+            ),
+        ];
+        for (args, want) in &cases {
+            assert_eq!(&short(args), want, "dig {transport} {args:?}");
+        }
+        let pod_name = format!("{}.default.pod.cluster.local", web0_ip.replace('.', "-"));
+        assert_eq!(short(&[&pod_name]), [web0_ip.clone()].into(), "{pod_name}");
+        // Every headless endpoint has an SRV record under the service.
+        let srv = short(&["_http._tcp.myapp-headless.default.svc.cluster.local", "SRV"]);
+        assert_eq!(srv.len(), 4, "{srv:?}");
+        assert!(
+            srv.contains("0 25 80 web-0.myapp-headless.default.svc.cluster.local."),
+            "{srv:?}"
+        );
+        // NXDOMAIN for a missing name, NODATA (NOERROR, no answer, the SOA) for a missing type.
+        let missing = dig(&["nothing-here.default.svc.cluster.local"]);
+        assert!(missing.contains("status: NXDOMAIN"), "{missing}");
+        assert!(missing.contains("SOA"), "{missing}");
+        let nodata = dig(&["myapp.default.svc.cluster.local", "AAAA"]);
+        assert!(nodata.contains("status: NOERROR"), "{nodata}");
+        assert!(nodata.contains("ANSWER: 0"), "{nodata}");
+        assert!(nodata.contains("SOA"), "{nodata}");
+    }
 }
