@@ -4,9 +4,11 @@
 //!
 //! Rules of the loop (kube-proxy's, see pkg/proxy/nftables/proxier.go `syncProxyRules`):
 //! - nothing is programmed before every informer has stored its first complete list;
-//! - the first sync, every `sync_period`, any change of the node's facts and the sync after a
-//!   failure are full (the table is replaced atomically); all others touch only the services
-//!   that changed;
+//! - the first sync, one every [`FULL_SYNC_PERIOD`] (an hour, kube-proxy's
+//!   `proxyutil.FullSyncPeriod`), any change of the node's facts and the sync after a failure
+//!   are full (the table is replaced atomically); all others, including the periodic sync every
+//!   `sync_period`, touch only the services that changed (nothing when nothing did): a full
+//!   sync of 10,000 services costs seconds of `nft`, so it must stay rare;
 //! - syncs are at least `min_sync_period` apart, so a burst of events costs one sync.
 //!
 //! Every sync is recorded in an [`Observer`] (the Prometheus [`Metrics`] and the
@@ -35,6 +37,10 @@ use crate::metrics::{Metrics, SyncRecord, SyncScope};
 use crate::model::{self, ChangeTracker, ServiceKey, Snapshot, LABEL_SERVICE_NAME};
 use crate::nftables::{self, NodeConfig, Ruleset, Scheduler, ServiceRules, UdpFlow};
 
+/// How often the table is rebuilt whole even when nothing failed (kube-proxy's
+/// `proxyutil.FullSyncPeriod`): repairs rules changed behind the proxy's back.
+pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
+
 /// Errors of applying rules. All are retryable: the next sync is then a full one.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,7 +63,7 @@ pub struct ProxyConfig {
     pub node_port_addresses: Vec<IpNet>,
     /// `--masquerade-all`.
     pub masquerade_all: bool,
-    /// Full resync period (kube-proxy's `syncPeriod`, default 30s).
+    /// Period of the periodic sync (kube-proxy's `syncPeriod`, default 30s); full syncs are hourly.
     pub sync_period: Duration,
     /// Minimum time between syncs (kube-proxy's nftables `minSyncPeriod`, default 1s): a burst
     /// of events within it is one sync.
@@ -521,9 +527,8 @@ impl SyncLoop {
             let changes = lock(&self.tracker).take();
             let triggered = std::mem::take(&mut *lock(&self.triggers));
             let oldest = changes.values().min().copied();
-            let full = force_full
-                || plane.needs_full_sync()
-                || last_full.elapsed() >= self.config.sync_period;
+            let full =
+                force_full || plane.needs_full_sync() || last_full.elapsed() >= FULL_SYNC_PERIOD;
             let span = tracing::info_span!("sync", full, services = changes.len());
             let _enter = span.enter();
             let result = if full {
@@ -606,12 +611,12 @@ impl SyncLoop {
             }
             drop(_enter);
             // Syncs are at least min_sync_period apart; wake early for changes, at the latest
-            // for the periodic full resync (or a retry after a failure).
+            // for the periodic sync (or a retry after a failure).
             tokio::time::sleep_until(started + self.config.min_sync_period).await;
             let next_full = if force_full {
                 Instant::now() + self.config.min_sync_period.max(Duration::from_millis(500))
             } else {
-                last_full + self.config.sync_period
+                (started + self.config.sync_period).min(last_full + FULL_SYNC_PERIOD)
             };
             if lock(&self.tracker).is_empty() && !self.node_changed.load(Ordering::Acquire) {
                 tokio::select! {

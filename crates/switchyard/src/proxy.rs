@@ -84,7 +84,7 @@ pub struct ProxyFlags {
     /// connections, userspace only).
     #[arg(long, default_value = "random")]
     ipvs_scheduler: String,
-    /// Period of full resyncs.
+    /// Longest interval between syncs (kube-proxy's --sync-period); the table is rebuilt whole hourly.
     #[arg(long, default_value = "30s", value_parser = flags::duration)]
     sync_period: Duration,
     /// Minimum time between syncs (a burst of changes within it is one sync).
