@@ -701,3 +701,101 @@ fn every_dns_record_shape_answers_a_pod_through_the_kube_dns_service() {
         assert!(nodata.contains("SOA"), "{nodata}");
     }
 }
+
+/// externalTrafficPolicy Local through the whole stack: the LoadBalancer IP is announced only by
+/// the node with the endpoint, the client's address reaches the pod unchanged, and each node's
+/// healthCheckNodePort answers as kube-proxy's (200 with local endpoints, else 503).
+#[test]
+fn external_traffic_policy_local_from_announcement_to_health_check() {
+    if !prerequisites() {
+        return;
+    }
+    let c = UpCluster::start(binary(), 2, &["--no-example"]).expect("switchyard up --nodes 2");
+    let k = c.kubectl().expect("kubectl");
+    k.ok(&["apply", "-f", &example("metallb.yaml")])
+        .expect("the MetalLB pool");
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: local-0, labels: {app: local}}\nspec:\n  nodeName: node-2\n  containers: [{name: web, image: 'myapp:v1'}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: local-lb}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {app: local}\n  ports: [{port: 80, targetPort: 80}]\n";
+    let out = k.run_with_stdin(&["apply", "-f", "-"], manifest);
+    assert!(out.success, "{}", out.stderr);
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/local-0",
+        "--timeout=120s",
+    ])
+    .expect("local-0 Ready");
+    let lb_ip = until(Duration::from_secs(30), "a LoadBalancer IP", || {
+        let svc = json(&k, &["get", "svc", "local-lb"]);
+        svc.pointer("/status/loadBalancer/ingress/0/ip")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let health_port = service_field(&k, "local-lb", "/spec/healthCheckNodePort");
+
+    // The client reaches the pod through node-2 only, with its own address.
+    let body = until(
+        Duration::from_secs(30),
+        "the LoadBalancer IP answers",
+        || {
+            let out = c.exec(
+                "client",
+                &["curl", "-sS", "-m", "3", &format!("http://{lb_ip}/")],
+            );
+            out.status.success().then(|| text(&out))
+        },
+    );
+    assert!(body.contains("pod: default/local-0"), "{body}");
+    assert!(
+        body.contains("client: 192.168.67.2:"),
+        "source address lost: {body}"
+    );
+    let node2_mac = text(&c.exec("node-2", &["cat", "/sys/class/net/eth0/address"]));
+    let neighbour = text(&c.exec("client", &["ip", "neigh", "show", &lb_ip]));
+    assert!(
+        neighbour.contains(node2_mac.trim()),
+        "{lb_ip} resolved to {neighbour}, not node-2's {node2_mac}"
+    );
+
+    // healthCheckNodePort on each node, from outside.
+    let health = |node_ip: &str| {
+        let out = c.exec(
+            "client",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "3",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{node_ip}:{health_port}/healthz"),
+            ],
+        );
+        let all = text(&out);
+        let (body, code) = all.rsplit_once('\n').expect("a status line");
+        (code.to_string(), body.to_string())
+    };
+    let (code, body) = until(Duration::from_secs(20), "node-2's health check", || {
+        let (code, body) = health("192.168.67.12");
+        (code == "200").then_some((code, body))
+    });
+    let fields: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(code, "200");
+    assert_eq!(fields["localEndpoints"], 1, "{body}");
+    assert_eq!(fields["service"]["name"], "local-lb", "{body}");
+    let (code, body) = health("192.168.67.11");
+    assert_eq!(code, "503", "node-1 has no endpoint: {body}");
+    let fields: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(fields["localEndpoints"], 0, "{body}");
+
+    // Deleting the Service stops every announcement.
+    k.ok(&["delete", "svc", "local-lb"]).expect("delete");
+    let _ = c.exec("client", &["ip", "neigh", "flush", "to", &lb_ip]);
+    until(Duration::from_secs(20), "no node answers ARP", || {
+        let out = c.exec(
+            "client",
+            &["curl", "-sS", "-m", "1", &format!("http://{lb_ip}/")],
+        );
+        let neighbour = text(&c.exec("client", &["ip", "neigh", "show", &lb_ip]));
+        (!out.status.success() && !neighbour.contains("lladdr")).then_some(())
+    });
+}
