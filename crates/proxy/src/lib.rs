@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod nftables;
 pub mod proxier;
+pub mod splice;
 pub mod status;
 pub mod supervisor;
 pub mod userspace;

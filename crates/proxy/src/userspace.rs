@@ -579,13 +579,11 @@ async fn serve_tcp(
     }
 }
 
-/// Move bytes both ways until both sides are done.
-async fn relay(mut a: TcpStream, mut b: TcpStream) -> std::io::Result<()> {
+/// Move bytes both ways until both sides are done, with `splice(2)` ([`crate::splice`]).
+async fn relay(a: TcpStream, b: TcpStream) -> std::io::Result<()> {
     let _ = a.set_nodelay(true);
     let _ = b.set_nodelay(true);
-    tokio::io::copy_bidirectional(&mut a, &mut b)
-        .await
-        .map(|_| ())
+    crate::splice::relay(&a, &b).await.map(|_| ())
 }
 
 async fn serve_udp(
