@@ -182,18 +182,13 @@ async fn myapp_answers_with_its_pod_identity_over_the_bridge_udp_and_localhost()
         "{text}"
     );
     // An exec probe against it.
-    let probe = a
-        .exec(
-            &[
-                "curl".into(),
-                "-sf".into(),
-                "http://localhost/healthz".into(),
-            ],
-            &[],
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("exec");
+    let healthz = || async {
+        let argv = ["curl", "-sf", "http://localhost/healthz"].map(String::from);
+        a.exec(&argv, &[], Duration::from_secs(5))
+            .await
+            .expect("exec")
+    };
+    let probe = healthz().await;
     assert_eq!(
         (probe.exit_code, probe.stdout.as_slice()),
         (0, b"ok\n".as_slice())
@@ -201,19 +196,7 @@ async fn myapp_answers_with_its_pod_identity_over_the_bridge_udp_and_localhost()
 
     // On SIGTERM it keeps answering for its shutdown delay, then exits 0.
     web.signal(nix_sigterm()).expect("sigterm");
-    let after = a
-        .exec(
-            &[
-                "curl".into(),
-                "-sf".into(),
-                "http://localhost/healthz".into(),
-            ],
-            &[],
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("exec after SIGTERM");
-    assert_eq!(after.exit_code, 0, "no answer while draining");
+    assert_eq!(healthz().await.exit_code, 0, "no answer while draining");
     let exit = tokio::time::timeout(Duration::from_secs(10), web.wait())
         .await
         .expect("the echo server stops after SIGTERM");
