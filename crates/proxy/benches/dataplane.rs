@@ -985,13 +985,22 @@ fn micros(d: Duration) -> String {
 }
 
 fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
+    let mut groups = Vec::new();
+    let mut rest = n;
+    loop {
+        groups.push(rest % 1000);
+        rest /= 1000;
+        if rest == 0 {
+            break;
         }
-        out.push(c);
+    }
+    let mut out = String::new();
+    for (i, group) in groups.iter().rev().enumerate() {
+        if i == 0 {
+            let _ = write!(out, "{group}");
+        } else {
+            let _ = write!(out, ",{group:03}");
+        }
     }
     out
 }
