@@ -346,9 +346,24 @@ async fn other_names_are_forwarded_only_for_clients_in_the_recursion_networks() 
     assert!(!forwarded.metadata.authoritative);
 
     let outsider: SocketAddr = "192.0.2.1:5353".parse()?;
+    let insider: SocketAddr = "127.0.0.1:5353".parse()?;
+    // The same bytes from an insider first: the answer comes from the forwarder's cache, and the
+    // server keeps it encoded; the outsider must still not get it.
+    let same_query = query(name, RecordType::A).to_vec()?;
+    for _ in 0..2 {
+        let bytes = running
+            .dns
+            .handle(&same_query, insider, true)
+            .await
+            .context("a reply")?;
+        assert_eq!(
+            addresses(&Message::from_vec(&bytes)?),
+            vec![IpAddr::V4(UPSTREAM_ANSWER)]
+        );
+    }
     let bytes = running
         .dns
-        .handle(&query(name, RecordType::A).to_vec()?, outsider, true)
+        .handle(&same_query, outsider, true)
         .await
         .context("a reply")?;
     let refused = Message::from_vec(&bytes)?;
