@@ -552,6 +552,29 @@ fn address_reply(reply: &mut Message, query: &Message) {
     });
 }
 
+/// `count` (at least one) UDP sockets bound to the same `addr` with SO_REUSEPORT, for one
+/// [`Dns::serve_udp`] each: the kernel spreads clients over them by a hash of their address, so
+/// the receive loops run on several cores without waking each other (as Knot's `udp-workers`
+/// do). With port 0 the first socket picks the port and the others join it.
+pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
+    let mut addr = addr;
+    let mut sockets = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let socket = UdpSocket::from_std(socket.into())?;
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
 /// Whether `name` is under `in-addr.arpa.` or `ip6.arpa.` (RFC 1035 3.5, RFC 3596 2.5).
 fn is_reverse_name(name: &Name) -> bool {
     ["in-addr.arpa.", "ip6.arpa."].iter().any(|apex| {
