@@ -24,12 +24,14 @@ use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switchyard_dns::forward::{Forwarder, ForwarderConfig};
-use switchyard_dns::server::Dns;
+use switchyard_dns::server::{bind_udp, Dns};
 use switchyard_dns::zone::{Zone, ZoneConfig};
 
 const ENDPOINTS_PER_HEADLESS: usize = 100;
 const NAMESPACES: usize = 100;
 const EXTERNAL_NAMES: usize = 1000;
+/// Our UDP sockets (SO_REUSEPORT), one per worker thread: Knot runs `udp-workers: 2` below.
+const UDP_SOCKETS: usize = 2;
 
 /// A child process killed by PID when dropped.
 struct Killed(Child);
@@ -381,12 +383,15 @@ fn main() -> Result<()> {
 
     let knot = start_knot(dir.path(), knot_port)?;
     let _tasks = runtime.block_on(async {
-        let udp = tokio::net::UdpSocket::bind(("127.0.0.1", ours_port)).await?;
+        // One UDP socket per worker thread, as Knot's `udp-workers: 2`.
+        let udp = bind_udp(SocketAddr::from(([127, 0, 0, 1], ours_port)), UDP_SOCKETS)?;
         let tcp = tokio::net::TcpListener::bind(("127.0.0.1", ours_port)).await?;
-        anyhow::Ok([
-            tokio::spawn(Arc::clone(&dns).serve_udp(udp)),
-            tokio::spawn(Arc::clone(&dns).serve_tcp(tcp)),
-        ])
+        let mut tasks: Vec<_> = udp
+            .into_iter()
+            .map(|socket| tokio::spawn(Arc::clone(&dns).serve_udp(socket)))
+            .collect();
+        tasks.push(tokio::spawn(Arc::clone(&dns).serve_tcp(tcp)));
+        anyhow::Ok(tasks)
     })?;
     let probe = format!(
         "{}.{}.svc.cluster.local",

@@ -302,8 +302,8 @@ impl Cache {
     }
 
     /// The answer for `key` at `now` with its TTLs counted down, unless absent or expired (an
-    /// expired entry is dropped).
-    fn get(&mut self, key: &CacheKey, now: Instant) -> Option<Message> {
+    /// expired entry is dropped), and the instant until which that count-down stays the same.
+    fn get(&mut self, key: &CacheKey, now: Instant) -> Option<(Message, Instant)> {
         let entry = self.entries.get(key)?;
         if entry.expires_at <= now {
             self.remove(key);
@@ -313,7 +313,11 @@ impl Cache {
         // with TTL 1, not 0 (clients would not cache it while we do).
         let elapsed = whole_secs(now - entry.stored_at);
         let remaining = whole_secs((entry.expires_at - now).saturating_add(SUBSECOND));
-        Some(count_down(&entry.reply, elapsed, remaining))
+        // `elapsed` grows at the next whole second after storing; `remaining` drops once less
+        // than `remaining - 1` seconds are left.
+        let same_until = (entry.stored_at + secs(elapsed.saturating_add(1)))
+            .min(entry.expires_at - secs(remaining.saturating_sub(1)));
+        Some((count_down(&entry.reply, elapsed, remaining), same_until))
     }
 
     /// Keeps `reply` for `key` for `lifetime` from `now`, replacing an older answer and evicting
@@ -355,6 +359,10 @@ const SUBSECOND: Duration = Duration::from_nanos(999_999_999);
 
 fn whole_secs(duration: Duration) -> u32 {
     u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
+}
+
+fn secs(whole: u32) -> Duration {
+    Duration::from_secs(u64::from(whole))
 }
 
 /// `reply` as served `elapsed` seconds after it was stored with `remaining` seconds left in the
@@ -412,6 +420,25 @@ pub fn cache_lifetime(reply: &Message, config: &ForwarderConfig) -> Duration {
 }
 
 type SharedResult = Option<Result<Message, ForwardError>>;
+
+/// A forwarded answer, and whether it came from the cache.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The reply, addressed to the asker (see [`Forwarder::resolve`]).
+    pub reply: Message,
+    /// Set for an answer from the cache; `None` for one an upstream exchange just gave.
+    pub from_cache: Option<FromCache>,
+}
+
+/// What a cache hit tells about the answer it served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FromCache {
+    /// Until when the same query gets the same reply: the next change of its counted-down TTLs,
+    /// or its expiry.
+    pub same_until: Instant,
+    /// Whether it was counted as a positive answer (CoreDNS's `success`), else as a denial.
+    pub positive: bool,
+}
 
 /// Forwards questions outside the cluster zone to upstream nameservers, through a cache. Cheap to
 /// clone: clones share the cache, the exchanges in flight and the counters.
@@ -544,6 +571,23 @@ impl Forwarder {
     /// query had it. Upstream SERVFAIL and REFUSED replies are returned as answers (after trying
     /// the other upstreams), not as errors.
     pub async fn resolve(&self, query: &Message) -> Result<Message, ForwardError> {
+        self.resolve_with_freshness(query)
+            .await
+            .map(|resolved| resolved.reply)
+    }
+
+    /// Counts a question answered from the server's encoded copy of one of our cached answers
+    /// (see [`FromCache`]) as the cache hit it stands for.
+    pub fn count_cache_hit(&self, positive: bool) {
+        let counters = &self.inner.counters;
+        bump(&counters.cache_hits);
+        if !positive {
+            bump(&counters.cache_denial_hits);
+        }
+    }
+
+    /// [`Forwarder::resolve`], saying how long the same query would get the same reply.
+    pub async fn resolve_with_freshness(&self, query: &Message) -> Result<Resolved, ForwardError> {
         if query.message_type != MessageType::Query || query.op_code != OpCode::Query {
             return Err(ForwardError::Unsupported(
                 "only standard queries are forwarded",
@@ -556,16 +600,25 @@ impl Forwarder {
         };
         let key = CacheKey::of(query, question);
         let counters = &self.inner.counters;
-        if let Some(reply) = lock(&self.inner.cache).get(&key, Instant::now()) {
-            bump(&counters.cache_hits);
-            if !is_positive(&reply) {
-                bump(&counters.cache_denial_hits);
-            }
-            return Ok(reply_for_caller(query, question, &key, reply));
+        let cached = lock(&self.inner.cache).get(&key, Instant::now());
+        if let Some((reply, same_until)) = cached {
+            let positive = is_positive(&reply);
+            self.count_cache_hit(positive);
+            return Ok(Resolved {
+                reply: reply_for_caller(query, question, &key, reply),
+                from_cache: Some(FromCache {
+                    same_until,
+                    positive,
+                }),
+            });
         }
         bump(&counters.cache_misses);
+        let exchanged = |reply| Resolved {
+            reply: reply_for_caller(query, question, &key, reply),
+            from_cache: None,
+        };
         let mut pending = match self.lookup_or_start(key.clone()) {
-            Lookup::Cached(reply) => return Ok(reply_for_caller(query, question, &key, reply)),
+            Lookup::Cached(reply) => return Ok(exchanged(reply)),
             Lookup::Pending(pending) => pending,
             Lookup::Overloaded => return Err(ForwardError::Overloaded),
         };
@@ -574,7 +627,7 @@ impl Forwarder {
             Err(_closed) => None,
         };
         match result {
-            Some(Ok(reply)) => Ok(reply_for_caller(query, question, &key, reply)),
+            Some(Ok(reply)) => Ok(exchanged(reply)),
             Some(Err(error)) => Err(error),
             None => Err(ForwardError::Abandoned),
         }
@@ -590,7 +643,7 @@ impl Forwarder {
         }
         // An exchange may have finished between our cache miss and taking this lock; the task
         // fills the cache before it leaves `in_flight`, so looking again closes that gap.
-        if let Some(reply) = lock(&self.inner.cache).get(&key, Instant::now()) {
+        if let Some((reply, _)) = lock(&self.inner.cache).get(&key, Instant::now()) {
             return Lookup::Cached(reply);
         }
         let Ok(permit) = Arc::clone(&self.inner.exchange_permits).try_acquire_owned() else {
@@ -1524,6 +1577,32 @@ mod tests {
         assert!(cache.get(&key("short."), now).is_none());
         assert!(cache.get(&key("long."), now).is_some());
         assert!(cache.get(&key("new."), now).is_some());
+    }
+
+    #[test]
+    fn a_cached_answer_is_served_the_same_until_the_instant_it_reports() {
+        let stored = Instant::now();
+        let mut cache = Cache::new(10);
+        // 60 s records kept 5.5 s: served with min(60 - elapsed, seconds left rounded up).
+        cache.insert(
+            key("a."),
+            answer_with_ttl("a.", 60),
+            Duration::from_millis(5500),
+            stored,
+        );
+        let ttl_at = |cache: &mut Cache, after: Duration| {
+            let (reply, same_until) = cache.get(&key("a."), stored + after).expect("cached");
+            (reply.answers[0].ttl, same_until - stored)
+        };
+        // 5.3 s left: TTL 6 until 5 s are left, at 0.5 s.
+        let (ttl, same_for) = ttl_at(&mut cache, Duration::from_millis(200));
+        assert_eq!((ttl, same_for), (6, Duration::from_millis(500)));
+        let just_before = same_for - Duration::from_nanos(1);
+        assert_eq!(ttl_at(&mut cache, just_before).0, 6);
+        assert_eq!(ttl_at(&mut cache, same_for).0, 5);
+        // 4.3 s left at 1.2 s: TTL 5 until 4 s are left (1.5 s); the elapsed second at 2 s is later.
+        let (ttl, same_for) = ttl_at(&mut cache, Duration::from_millis(1200));
+        assert_eq!((ttl, same_for), (5, Duration::from_millis(1500)));
     }
 
     #[test]

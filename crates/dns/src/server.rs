@@ -6,9 +6,16 @@
 //! never an NXDOMAIN that a client would cache for a Service that exists. Every other name goes to
 //! the [`Forwarder`], and only for clients inside `recursion_networks`: the server must never be
 //! an open resolver (RFC 5358). It never serves zone transfers.
+//!
+//! The hot path is short because most queries repeat: a reply that depends only on the query's
+//! bytes, the zone and the clock is kept encoded ((`reply_cache`)) and an identical query
+//! (but its id) gets those bytes back without decoding or encoding; a zone update that changes
+//! the serial moves the zone generation on, which retires every kept reply at once. UDP queries
+//! are answered inline in the receive loop; only a question that waits for an upstream gets a
+//! task of its own.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -19,10 +26,12 @@ use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::forward::{ForwardError, Forwarder, EDNS_UDP_PAYLOAD};
 use crate::metrics::{Metrics, Observation, PluginLabel, Proto, ZoneLabel};
+use crate::reply_cache::{Freshness, ReplyCache, ReplyFacts};
 use crate::zone::Zone;
 
 /// The largest UDP reply to a client without EDNS(0) (RFC 1035 section 4.2.1).
@@ -30,19 +39,67 @@ pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
 /// How long a TCP connection may sit idle between queries; CoreDNS's default TCP read timeout
 /// (RFC 7766 section 6.2.3 asks servers to time idle connections out).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// UDP queries being answered at once; past this, datagrams are dropped and clients retry. Bounds
-/// the tasks a flood can spawn.
+/// UDP queries waiting for an upstream at once (the others are answered inline, one at a time);
+/// past this, such datagrams are dropped and clients retry. Bounds the tasks
+/// a flood of uncached names can spawn.
 const MAX_UDP_IN_FLIGHT: usize = 1024;
 /// TCP connections served at once; past this, new connections are closed at once.
 const MAX_TCP_CONNECTIONS: usize = 256;
 /// A DNS message over TCP is at most this long (its 2-byte length prefix, RFC 1035 4.2.2).
 const TCP_MAX_MESSAGE: usize = u16::MAX as usize;
 
+/// What [`Dns::handle_now`] got to without waiting.
+enum Step {
+    /// The reply to send, or `None`: send nothing.
+    Done(Option<Vec<u8>>),
+    /// The query waits for the forwarder.
+    Forward(Pending),
+}
+
+/// A decoded query on its way to a reply.
+struct Pending {
+    query: Message,
+    udp: bool,
+    started: Instant,
+    /// The zone generation read before answering.
+    generation: u64,
+    /// The metrics so far.
+    seen: Observation,
+}
+
+/// How the zone or the server answered a query, or that it is the forwarder's.
+enum Answered {
+    Here {
+        reply: Message,
+        zone: ZoneLabel,
+        plugin: PluginLabel,
+        keep: Keep,
+    },
+    Forward,
+}
+
+/// Whether a reply is kept for identical queries (see (`reply_cache`)).
+enum Keep {
+    /// Not kept: it depends on more than the query bytes, the zone and the clock (on the
+    /// client, on the sync, on an upstream exchange).
+    No,
+    /// Kept until the zone generation moves on.
+    UntilZoneChanges,
+    /// A forwarder cache hit: kept until its TTLs would count down, served only to clients that
+    /// may recurse.
+    Forwarded { same_until: Instant, positive: bool },
+}
+
 /// The cluster DNS server: the zone, whether the watches have synced it, the forwarder for other
 /// names and who may use it.
 #[derive(Debug)]
 pub struct Dns {
     zone: RwLock<Zone>,
+    /// Moves on whenever an update changes the zone's serial, and at the sync: kept replies of
+    /// an older generation are never served.
+    generation: AtomicU64,
+    /// Encoded replies for identical queries.
+    replies: ReplyCache,
     synced: AtomicBool,
     forwarder: Forwarder,
     recursion_networks: Vec<IpNet>,
@@ -58,6 +115,8 @@ impl Dns {
         Self {
             metrics,
             zone: RwLock::new(zone),
+            generation: AtomicU64::new(0),
+            replies: ReplyCache::default(),
             synced: AtomicBool::new(false),
             forwarder,
             recursion_networks,
@@ -88,16 +147,26 @@ impl Dns {
         &self.forwarder
     }
 
-    /// Changes the zone under its write lock; queries see all of `change` or none of it.
+    /// Changes the zone under its write lock; queries see all of `change` or none of it. When
+    /// the serial changed (the zone changes it with every answer it changes), replies kept from
+    /// before are no longer served.
     pub fn update_zone<R>(&self, change: impl FnOnce(&mut Zone) -> R) -> R {
         let mut zone = self.zone.write().unwrap_or_else(PoisonError::into_inner);
-        change(&mut zone)
+        let serial = zone.serial();
+        let result = change(&mut zone);
+        if zone.serial() != serial {
+            // Still under the write lock: no query answers from the new zone under the old
+            // generation.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        result
     }
 
     /// Declares the zone complete: every watched kind has been listed once. From now on names of
     /// the zone are answered from it instead of SERVFAIL.
     pub fn mark_synced(&self) {
         self.synced.store(true, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Whether [`Dns::mark_synced`] has been called.
@@ -114,7 +183,20 @@ impl Dns {
         client: SocketAddr,
         udp: bool,
     ) -> Option<Vec<u8>> {
-        let started = tokio::time::Instant::now();
+        match self.handle_now(query_bytes, client, udp) {
+            Step::Done(reply) => reply,
+            Step::Forward(pending) => self.forward(pending, query_bytes).await,
+        }
+    }
+
+    /// Everything of [`Dns::handle`] that needs no waiting: the reply kept for an identical
+    /// query, or an answer of the zone or the server itself; otherwise the decoded query for the
+    /// forwarder.
+    fn handle_now(&self, query_bytes: &[u8], client: SocketAddr, udp: bool) -> Step {
+        let started = Instant::now();
+        // Read before answering: a reply may be kept under a generation older than the zone it
+        // came from (then it is never served), never under a newer one.
+        let generation = self.generation.load(Ordering::Acquire);
         let mut seen = Observation {
             zone: ZoneLabel::Root,
             plugin: PluginLabel::Server,
@@ -124,12 +206,30 @@ impl Dns {
             rcode: ResponseCode::FormErr,
             duration: Duration::ZERO,
         };
+        let mut kept = Vec::new();
+        let hit = self
+            .replies
+            .get(query_bytes, udp, generation, started, &mut kept);
+        if let Some(facts) = hit.filter(|facts| !facts.forwarded || self.may_recurse(client)) {
+            if facts.forwarded {
+                self.forwarder.count_cache_hit(facts.positive);
+            }
+            seen.zone = facts.zone;
+            seen.plugin = facts.plugin;
+            seen.qtype = facts.qtype;
+            seen.rcode = facts.rcode;
+            seen.duration = started.elapsed();
+            self.metrics.record(&seen);
+            return Step::Done(Some(kept));
+        }
         let query = match Message::from_vec(query_bytes) {
             Ok(query) => query,
             Err(error) => {
-                let header = Header::read(&mut BinDecoder::new(query_bytes)).ok()?;
+                let Ok(header) = Header::read(&mut BinDecoder::new(query_bytes)) else {
+                    return Step::Done(None);
+                };
                 if header.metadata.message_type != MessageType::Query {
-                    return None;
+                    return Step::Done(None);
                 }
                 debug!(%client, %error, "undecodable query");
                 let mut reply = Message::error_msg(
@@ -141,62 +241,124 @@ impl Dns {
                 reply.metadata.recursion_available = true;
                 seen.duration = started.elapsed();
                 self.metrics.record(&seen);
-                return reply.to_vec().ok();
+                return Step::Done(reply.to_vec().ok());
             }
         };
         if query.metadata.message_type != MessageType::Query {
-            return None;
+            return Step::Done(None);
         }
-        let (reply, zone, plugin) = self.reply(&query, client).await;
+        seen.qtype = query.queries.first().map(Query::query_type);
+        let pending = Pending {
+            query,
+            udp,
+            started,
+            generation,
+            seen,
+        };
+        match self.answer(&pending.query, client) {
+            Answered::Here {
+                reply,
+                zone,
+                plugin,
+                keep,
+            } => Step::Done(self.finish(pending, query_bytes, reply, zone, plugin, keep)),
+            Answered::Forward => Step::Forward(pending),
+        }
+    }
+
+    /// The reply to a query outside the zone, from the forwarder.
+    async fn forward(&self, pending: Pending, query_bytes: &[u8]) -> Option<Vec<u8>> {
+        let query = &pending.query;
+        let failed = |rcode| Message::error_msg(query.metadata.id, query.metadata.op_code, rcode);
+        let (reply, keep) = match self.forwarder.resolve_with_freshness(query).await {
+            // Only an answer from the forwarder's cache is what the next identical query gets
+            // too; an upstream's answer just went into that cache, to be served from there.
+            Ok(resolved) => {
+                let keep = resolved
+                    .from_cache
+                    .map_or(Keep::No, |cached| Keep::Forwarded {
+                        same_until: cached.same_until,
+                        positive: cached.positive,
+                    });
+                (resolved.reply, keep)
+            }
+            Err(ForwardError::Overloaded) => (failed(ResponseCode::Refused), Keep::No),
+            Err(ForwardError::Unsupported(_)) => (failed(ResponseCode::FormErr), Keep::No),
+            Err(error) => {
+                let name = query.queries.first().map(|q| q.name().to_string());
+                debug!(name = ?name, %error, "forwarding failed");
+                (failed(ResponseCode::ServFail), Keep::No)
+            }
+        };
+        self.finish(
+            pending,
+            query_bytes,
+            reply,
+            ZoneLabel::Root,
+            PluginLabel::Forward,
+            keep,
+        )
+    }
+
+    /// Addresses `reply` to the query, encodes it within the transport's limit, counts it, and
+    /// keeps it for identical queries as `keep` says.
+    fn finish(
+        &self,
+        pending: Pending,
+        query_bytes: &[u8],
+        mut reply: Message,
+        zone: ZoneLabel,
+        plugin: PluginLabel,
+        keep: Keep,
+    ) -> Option<Vec<u8>> {
+        let Pending {
+            query,
+            udp,
+            started,
+            generation,
+            mut seen,
+        } = pending;
+        address_reply(&mut reply, &query);
         seen.zone = zone;
         seen.plugin = plugin;
-        seen.qtype = query.queries.first().map(Query::query_type);
         seen.rcode = reply.metadata.response_code;
         let bytes = encode(reply, reply_limit(&query, udp));
         seen.duration = started.elapsed();
         self.metrics.record(&seen);
+        let (freshness, forwarded, positive) = match keep {
+            Keep::No => return bytes,
+            Keep::UntilZoneChanges => (Freshness::Zone, false, false),
+            Keep::Forwarded {
+                same_until,
+                positive,
+            } => (Freshness::Until(same_until), true, positive),
+        };
+        if let Some(bytes) = &bytes {
+            let facts = ReplyFacts {
+                zone,
+                plugin,
+                qtype: seen.qtype,
+                rcode: seen.rcode,
+                forwarded,
+                positive,
+            };
+            self.replies
+                .insert(query_bytes, udp, generation, bytes, freshness, facts);
+        }
         bytes
     }
 
-    /// The reply to a decoded query, header and EDNS(0) set for the asker.
-    async fn reply(
-        &self,
-        query: &Message,
-        client: SocketAddr,
-    ) -> (Message, ZoneLabel, PluginLabel) {
-        let (mut reply, zone, plugin) = self.answer(query, client).await;
-        reply.metadata.id = query.metadata.id;
-        reply.metadata.message_type = MessageType::Response;
-        reply.metadata.op_code = query.metadata.op_code;
-        reply.metadata.recursion_desired = query.metadata.recursion_desired;
-        reply.metadata.recursion_available = true;
-        reply.queries = query.queries.clone();
-        reply.signature = None;
-        // RFC 6891 section 7: an OPT in the reply only if the query had one; ours advertises
-        // the payload we accept, 1232 (the DNS flag day 2020 value).
-        reply.edns = query.edns.as_ref().map(|theirs| {
-            let mut ours = Edns::new();
-            ours.set_max_payload(EDNS_UDP_PAYLOAD)
-                .set_dnssec_ok(theirs.flags().dnssec_ok);
-            ours
-        });
-        (reply, zone, plugin)
-    }
-
-    /// The rcode and sections of the reply to `query`, and which zone and plugin (for the
-    /// metrics) answered it.
-    async fn answer(
-        &self,
-        query: &Message,
-        client: SocketAddr,
-    ) -> (Message, ZoneLabel, PluginLabel) {
+    /// The rcode and sections of the reply to `query` when the zone or the server itself
+    /// answers it, with which zone and plugin (for the metrics) answered and whether the reply
+    /// may be kept; [`Answered::Forward`] when the forwarder has to.
+    fn answer(&self, query: &Message, client: SocketAddr) -> Answered {
         let op_code = query.metadata.op_code;
-        let refuse = |rcode| {
-            (
-                Message::error_msg(query.metadata.id, op_code, rcode),
-                ZoneLabel::Root,
-                PluginLabel::Server,
-            )
+        // Refusals that follow from the query's bytes alone are kept like zone answers.
+        let refuse = |rcode| Answered::Here {
+            reply: Message::error_msg(query.metadata.id, op_code, rcode),
+            zone: ZoneLabel::Root,
+            plugin: PluginLabel::Server,
+            keep: Keep::UntilZoneChanges,
         };
         if op_code != OpCode::Query {
             return refuse(ResponseCode::NotImp);
@@ -227,11 +389,13 @@ impl Dns {
         };
         match zone_answer {
             // Not yet listed: a client may retry SERVFAIL, but would cache a wrong NXDOMAIN.
-            Some(None) => (
-                Message::error_msg(query.metadata.id, op_code, ResponseCode::ServFail),
-                ZoneLabel::Cluster,
-                PluginLabel::Kubernetes,
-            ),
+            // Not kept: the sync changes it.
+            Some(None) => Answered::Here {
+                reply: Message::error_msg(query.metadata.id, op_code, ResponseCode::ServFail),
+                zone: ZoneLabel::Cluster,
+                plugin: PluginLabel::Kubernetes,
+                keep: Keep::No,
+            },
             Some(Some(answer)) => {
                 let mut reply = Message::response(query.metadata.id, op_code);
                 reply.metadata.response_code = answer.rcode;
@@ -239,30 +403,24 @@ impl Dns {
                 reply.answers = answer.answers;
                 reply.authorities = answer.authority;
                 reply.additionals = answer.additionals;
-                (reply, ZoneLabel::Cluster, PluginLabel::Kubernetes)
+                Answered::Here {
+                    reply,
+                    zone: ZoneLabel::Cluster,
+                    plugin: PluginLabel::Kubernetes,
+                    keep: Keep::UntilZoneChanges,
+                }
             }
             None if !self.may_recurse(client) => {
                 debug!(%client, %name, "recursion refused to a client outside recursion networks");
-                refuse(ResponseCode::Refused)
-            }
-            None => {
-                let forwarded = |rcode| {
-                    (
-                        Message::error_msg(query.metadata.id, op_code, rcode),
-                        ZoneLabel::Root,
-                        PluginLabel::Forward,
-                    )
-                };
-                match self.forwarder.resolve(query).await {
-                    Ok(reply) => (reply, ZoneLabel::Root, PluginLabel::Forward),
-                    Err(ForwardError::Overloaded) => forwarded(ResponseCode::Refused),
-                    Err(ForwardError::Unsupported(_)) => forwarded(ResponseCode::FormErr),
-                    Err(error) => {
-                        debug!(%client, %name, %error, "forwarding failed");
-                        forwarded(ResponseCode::ServFail)
-                    }
+                // Not kept: another client asking the same may recurse.
+                Answered::Here {
+                    reply: Message::error_msg(query.metadata.id, op_code, ResponseCode::Refused),
+                    zone: ZoneLabel::Root,
+                    plugin: PluginLabel::Server,
+                    keep: Keep::No,
                 }
             }
+            None => Answered::Forward,
         }
     }
 
@@ -271,7 +429,9 @@ impl Dns {
         self.recursion_networks.iter().any(|net| net.contains(&ip))
     }
 
-    /// Answers datagrams on `socket` until the socket fails for good; each query on its own task.
+    /// Answers datagrams on `socket` until the socket fails for good, inline in this receive
+    /// loop; only a question that waits for an upstream gets a task of its own. One loop per
+    /// socket: a second loop on the same socket measured slower (both wake for every datagram).
     pub async fn serve_udp(self: Arc<Self>, socket: UdpSocket) {
         let socket = Arc::new(socket);
         let permits = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
@@ -286,14 +446,25 @@ impl Dns {
                     continue;
                 }
             };
+            let query = &buffer[..len];
+            let pending = match self.handle_now(query, client, true) {
+                Step::Done(None) => continue,
+                Step::Done(Some(reply)) => {
+                    if let Err(error) = socket.send_to(&reply, client).await {
+                        debug!(%client, %error, "udp send failed");
+                    }
+                    continue;
+                }
+                Step::Forward(pending) => pending,
+            };
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                debug!(%client, "udp query dropped: too many in flight");
+                debug!(%client, "udp query dropped: too many waiting for an upstream");
                 continue;
             };
-            let query = buffer[..len].to_vec();
+            let query = query.to_vec();
             let (dns, socket) = (Arc::clone(&self), Arc::clone(&socket));
             tokio::spawn(async move {
-                if let Some(reply) = dns.handle(&query, client, true).await {
+                if let Some(reply) = dns.forward(pending, &query).await {
                     if let Err(error) = socket.send_to(&reply, client).await {
                         debug!(%client, %error, "udp send failed");
                     }
@@ -360,6 +531,48 @@ impl Dns {
             stream.write_all(&framed).await?;
         }
     }
+}
+
+/// Makes `reply` the response to `query`: its id, opcode, RD bit and question, RA set, and an
+/// EDNS(0) OPT only if the query had one (RFC 6891 section 7), advertising the payload we accept,
+/// 1232 (the DNS flag day 2020 value), with the query's DO bit.
+fn address_reply(reply: &mut Message, query: &Message) {
+    reply.metadata.id = query.metadata.id;
+    reply.metadata.message_type = MessageType::Response;
+    reply.metadata.op_code = query.metadata.op_code;
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.queries = query.queries.clone();
+    reply.signature = None;
+    reply.edns = query.edns.as_ref().map(|theirs| {
+        let mut ours = Edns::new();
+        ours.set_max_payload(EDNS_UDP_PAYLOAD)
+            .set_dnssec_ok(theirs.flags().dnssec_ok);
+        ours
+    });
+}
+
+/// `count` (at least one) UDP sockets bound to the same `addr` with SO_REUSEPORT, for one
+/// [`Dns::serve_udp`] each: the kernel spreads clients over them by a hash of their address, so
+/// the receive loops run on several cores without waking each other (as Knot's `udp-workers`
+/// do). With port 0 the first socket picks the port and the others join it.
+pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
+    let mut addr = addr;
+    let mut sockets = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let socket = UdpSocket::from_std(socket.into())?;
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
 }
 
 /// Whether `name` is under `in-addr.arpa.` or `ip6.arpa.` (RFC 1035 3.5, RFC 3596 2.5).

@@ -346,14 +346,64 @@ async fn other_names_are_forwarded_only_for_clients_in_the_recursion_networks() 
     assert!(!forwarded.metadata.authoritative);
 
     let outsider: SocketAddr = "192.0.2.1:5353".parse()?;
+    let insider: SocketAddr = "127.0.0.1:5353".parse()?;
+    // The same bytes from an insider first: the answer comes from the forwarder's cache, and the
+    // server keeps it encoded; the outsider must still not get it.
+    let same_query = query(name, RecordType::A).to_vec()?;
+    for _ in 0..2 {
+        let bytes = running
+            .dns
+            .handle(&same_query, insider, true)
+            .await
+            .context("a reply")?;
+        assert_eq!(
+            addresses(&Message::from_vec(&bytes)?),
+            vec![IpAddr::V4(UPSTREAM_ANSWER)]
+        );
+    }
     let bytes = running
         .dns
-        .handle(&query(name, RecordType::A).to_vec()?, outsider, true)
+        .handle(&same_query, outsider, true)
         .await
         .context("a reply")?;
     let refused = Message::from_vec(&bytes)?;
     assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
     assert!(refused.answers.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sockets_bound_together_share_one_port_and_each_answers_its_clients() -> Result<()> {
+    let dns = Arc::new(Dns::new(
+        Zone::new(ZoneConfig::default()),
+        Forwarder::new(ForwarderConfig::default()),
+        Vec::new(),
+    ));
+    dns.mark_synced();
+    let sockets = switchyard_dns::server::bind_udp("127.0.0.1:0".parse()?, 2)?;
+    let ports: Vec<u16> = sockets
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(ports.len(), 2);
+    assert_eq!(ports[0], ports[1], "one port for both sockets");
+    let server = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|socket| tokio::spawn(Arc::clone(&dns).serve_udp(socket)))
+        .collect();
+    // Clients on many source ports: the kernel hashes them over both sockets; every one of
+    // them is answered.
+    for _ in 0..16 {
+        let reply = ask_udp(
+            server,
+            &query("dns-version.cluster.local.", RecordType::TXT),
+        )
+        .await?;
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(reply.answers.len(), 1);
+    }
+    tasks.iter().for_each(JoinHandle::abort);
     Ok(())
 }
 
