@@ -557,6 +557,18 @@ fn address_reply(reply: &mut Message, query: &Message) {
 /// the receive loops run on several cores without waking each other (as Knot's `udp-workers`
 /// do). With port 0 the first socket picks the port and the others join it.
 pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
+    reuse_port_sockets(addr, count)?
+        .into_iter()
+        .map(UdpSocket::from_std)
+        .collect()
+}
+
+/// The sockets of [`bind_udp`] before they join a runtime: callable on a thread inside another
+/// network namespace (`NetNs::run`).
+pub fn reuse_port_sockets(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::UdpSocket>> {
     let mut addr = addr;
     let mut sockets = Vec::with_capacity(count.max(1));
     for _ in 0..count.max(1) {
@@ -568,7 +580,7 @@ pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        let socket = UdpSocket::from_std(socket.into())?;
+        let socket: std::net::UdpSocket = socket.into();
         addr = socket.local_addr()?;
         sockets.push(socket);
     }

@@ -102,9 +102,23 @@ pub async fn run(args: DnsArgs) -> ExitCode {
             }
         },
     };
+    // One UDP socket per core on the same port (SO_REUSEPORT): the kernel spreads queries
+    // over them and each is served by its own loop.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listen = args.listen;
+    let udp = netns
+        .run(move || server::reuse_port_sockets(listen, workers))
+        .map_err(std::io::Error::other)
+        .and_then(|sockets| sockets)
+        .and_then(|sockets| {
+            sockets
+                .into_iter()
+                .map(tokio::net::UdpSocket::from_std)
+                .collect::<std::io::Result<Vec<_>>>()
+        });
     let (udp, tcp, metrics_listener) = match (
-        netns.bind_udp(args.listen),
-        netns.bind_tcp(args.listen),
+        udp,
+        netns.bind_tcp(args.listen).map_err(std::io::Error::other),
         netns.bind_tcp(args.metrics_listen),
     ) {
         (Ok(u), Ok(t), Ok(m)) => (u, t, m),
@@ -144,12 +158,15 @@ pub async fn run(args: DnsArgs) -> ExitCode {
             registration::RegistrationConfig::for_address(address, dns_port, metrics_port),
         ))
     });
-    let mut tasks = vec![
-        tokio::spawn(dns.clone().serve_udp(udp)),
+    let mut tasks: Vec<_> = udp
+        .into_iter()
+        .map(|socket| tokio::spawn(dns.clone().serve_udp(socket)))
+        .collect();
+    tasks.extend([
         tokio::spawn(dns.clone().serve_tcp(tcp)),
         tokio::spawn(metrics::serve_http(dns.clone(), metrics_listener)),
         tokio::spawn(sources::run_watches(client, dns.clone())),
-    ];
+    ]);
     if let Some(registration) = &registration {
         let registration = Arc::clone(registration);
         tasks.push(tokio::spawn(
