@@ -61,11 +61,7 @@ impl HealthState {
     ) -> ProbeAnswer {
         let healthy =
             self.is_healthy(now, timeout) && self.last_updated.is_some() && self.node_eligible;
-        let last = if healthy {
-            Some(wall)
-        } else {
-            self.last_updated.map(|(_, w)| w)
-        };
+        let last = self.shown_last_updated(healthy, wall);
         ProbeAnswer {
             code: if healthy { 200 } else { 503 },
             body: format!(
@@ -77,6 +73,16 @@ impl HealthState {
         }
     }
 
+    /// The `lastUpdated` a probe reports: now when healthy (as kube-proxy), else the last
+    /// successful update.
+    fn shown_last_updated(&self, healthy: bool, wall: SystemTime) -> Option<SystemTime> {
+        if healthy {
+            Some(wall)
+        } else {
+            self.last_updated.map(|(_, w)| w)
+        }
+    }
+
     /// `/livez`: only whether changes get programmed in time.
     pub fn livez(
         &self,
@@ -85,11 +91,7 @@ impl HealthState {
         timeout: Duration,
     ) -> ProbeAnswer {
         let healthy = self.is_healthy(now, timeout);
-        let last = if healthy {
-            Some(wall)
-        } else {
-            self.last_updated.map(|(_, w)| w)
-        };
+        let last = self.shown_last_updated(healthy, wall);
         ProbeAnswer {
             code: if healthy { 200 } else { 503 },
             body: format!(
