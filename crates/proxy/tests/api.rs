@@ -207,14 +207,18 @@ async fn rules_follow_services_and_slices_with_one_full_sync_then_partial_ones()
     assert!(table(&ns).await.contains(&later_ip));
 }
 
+/// A client of an API server that never answers: the informers never sync.
+fn unreachable_client() -> kube::Client {
+    let unreachable = kube::Config::new("https://127.0.0.1:9".parse().expect("url"));
+    kube::Client::try_from(unreachable).expect("client")
+}
+
 #[tokio::test]
 async fn nothing_is_programmed_before_the_first_complete_list() {
     require_namespaces!();
     let mut guard = NsGuard::new();
     let ns = guard.create(&unique_name("a")).await.expect("ns");
-    // An API server that never answers: the informers never sync.
-    let unreachable = kube::Config::new("https://127.0.0.1:9".parse().expect("url"));
-    let client = kube::Client::try_from(unreachable).expect("client");
+    let client = unreachable_client();
     let proxy = Proxy::start(client, config(&ns));
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!proxy.is_synced());
@@ -367,9 +371,7 @@ async fn healthz_is_503_and_livez_200_while_the_first_sync_has_not_happened() {
     require_namespaces!();
     let mut guard = NsGuard::new();
     let ns = guard.create(&unique_name("a")).await.expect("ns");
-    // An API server that never answers: the informers never sync.
-    let unreachable = kube::Config::new("https://127.0.0.1:9".parse().expect("url"));
-    let client = kube::Client::try_from(unreachable).expect("client");
+    let client = unreachable_client();
     let supervisor = ProxySupervisor::start(client, ProxySettings::new(config(&ns)), None, vec![])
         .await
         .expect("supervisor");

@@ -61,18 +61,54 @@ fn bad_proxy_flags_exit_64_with_one_line_naming_the_flag() {
     }
 }
 
+/// A test namespace and a `switchyard server` (no controllers) for the proxy binary to use.
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    guard: NsGuard,
+    name: String,
+    ns: switchyard_netns::NetNs,
+    dir: tempfile::TempDir,
+    server: ServerProcess,
+}
+
+impl Fixture {
+    /// `None` (with a loud message) where namespaces cannot be made.
+    fn start() -> Option<Fixture> {
+        if !can_create_namespaces() {
+            eprintln!("SKIPPED: needs root and iproute2 to create network namespaces");
+            return None;
+        }
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let mut guard = NsGuard::new();
+        let name = unique_name("b");
+        let ns = runtime.block_on(guard.create(&name)).expect("ns");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server =
+            ServerProcess::start(binary(), dir.path(), &["--no-controllers"]).expect("server");
+        Some(Fixture {
+            runtime,
+            guard,
+            name,
+            ns,
+            dir,
+            server,
+        })
+    }
+}
+
 #[test]
 fn the_proxy_binary_programs_the_kubernetes_service_into_its_namespace() {
-    if !can_create_namespaces() {
-        eprintln!("SKIPPED: needs root and iproute2 to create network namespaces");
+    let Some(Fixture {
+        runtime,
+        guard: _guard,
+        name,
+        ns,
+        dir: _dir,
+        server,
+    }) = Fixture::start()
+    else {
         return;
-    }
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut guard = NsGuard::new();
-    let name = unique_name("b");
-    let ns = runtime.block_on(guard.create(&name)).expect("ns");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = ServerProcess::start(binary(), dir.path(), &["--no-controllers"]).expect("server");
+    };
     let child = Command::new(binary())
         .arg("proxy")
         .arg("--kubeconfig")
@@ -153,16 +189,17 @@ fn a_config_file_with_a_bad_field_exits_64_with_one_line_naming_it() {
 
 #[test]
 fn the_proxy_binary_serves_health_and_metrics_inside_its_namespace_from_a_config_file() {
-    if !can_create_namespaces() {
-        eprintln!("SKIPPED: needs root and iproute2 to create network namespaces");
+    let Some(Fixture {
+        runtime,
+        guard: _guard,
+        name,
+        ns,
+        dir,
+        server,
+    }) = Fixture::start()
+    else {
         return;
-    }
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut guard = NsGuard::new();
-    let name = unique_name("b");
-    let ns = runtime.block_on(guard.create(&name)).expect("ns");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = ServerProcess::start(binary(), dir.path(), &["--no-controllers"]).expect("server");
+    };
     let config = dir.path().join("kube-proxy.yaml");
     std::fs::write(
         &config,
