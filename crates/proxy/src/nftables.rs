@@ -736,5 +736,7 @@ pub fn partial_transaction<'a>(
     Some(out)
 }
 
+pub mod rule;
+
 #[cfg(test)]
 mod tests;
