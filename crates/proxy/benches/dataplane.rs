@@ -22,7 +22,8 @@
 //! LAST service in iptables order (the worst case of the linear `KUBE-SERVICES` chain) and the
 //! middle one. Per target: `DATAPLANE_CONNECTS` sequential TCP connects (p50/p99 of the
 //! handshake), then HTTP requests (one per connection, `Connection: close`) for `DATAPLANE_SECONDS` with one client and again with
-//! `DATAPLANE_CLIENTS` clients in parallel. Connections end with RST from the client, so no
+//! `DATAPLANE_CLIENTS` clients in parallel, then bulk throughput: 256 MiB on one connection
+//! (median of 3), where the userspace backend's `splice(2)` relay shows. Connections end with RST from the client, so no
 //! TIME_WAIT piles up on any side across the thousands of connections per target.
 //!
 //! ```text
@@ -79,6 +80,11 @@ const WARMUP: usize = 50;
 const FD_HEADROOM: usize = 2_000;
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
+/// A request for [`BULK_BYTES`] of body on one connection (the bulk-throughput row).
+const BULK_REQUEST: &[u8] = b"GET /bulk HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+const BULK_BYTES: usize = 256 << 20;
+/// Bulk transfers per target; the median is reported.
+const BULK_ROUNDS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Layout {
@@ -195,6 +201,8 @@ struct Row {
     connect: Latency,
     sequential: Throughput,
     parallel: Throughput,
+    /// Bytes per second on one long connection.
+    bulk: f64,
 }
 
 /// What loading a configuration's rules cost.
@@ -307,13 +315,15 @@ async fn measure(
         let parallel = topo
             .on_client(throughput(addr, settings.clients, settings.budget))
             .await?;
+        let bulk = topo.on_client(bulk(addr)).await?;
         eprintln!(
-            "   {target}: connect p50 {:.0?} p99 {:.0?}, {:.0} req/s, {:.0} req/s ×{}",
+            "   {target}: connect p50 {:.0?} p99 {:.0?}, {:.0} req/s, {:.0} req/s ×{}, bulk {:.0} MB/s",
             connect.p50,
             connect.p99,
             sequential.per_second(),
             parallel.per_second(),
-            settings.clients
+            settings.clients,
+            bulk / 1e6
         );
         rows.push(Row {
             layout,
@@ -322,6 +332,7 @@ async fn measure(
             connect,
             sequential,
             parallel,
+            bulk,
         });
     }
     drop(proxy);
@@ -786,6 +797,17 @@ async fn serve_http(listener: TcpListener) {
                     break;
                 }
             }
+            if head.starts_with(b"GET /bulk ") {
+                // The body, then close (FIN): the client reads to the end.
+                let chunk = vec![0x5au8; 1 << 20];
+                for _ in 0..BULK_BYTES / chunk.len() {
+                    if stream.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.shutdown().await;
+                return;
+            }
             if stream.write_all(RESPONSE).await.is_err() {
                 return;
             }
@@ -821,6 +843,35 @@ async fn request(addr: SocketAddr) -> anyhow::Result<()> {
     tokio::time::timeout(IO_TIMEOUT, exchange)
         .await
         .with_context(|| format!("request to {addr} timed out"))?
+}
+
+/// One long connection carrying [`BULK_BYTES`] from the server: bytes per second, the median
+/// of [`BULK_ROUNDS`] transfers.
+async fn bulk(addr: SocketAddr) -> anyhow::Result<f64> {
+    let mut rates = Vec::with_capacity(BULK_ROUNDS);
+    for _ in 0..BULK_ROUNDS {
+        let mut stream = connect(addr).await?;
+        let started = Instant::now();
+        stream.write_all(BULK_REQUEST).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut received = 0usize;
+        loop {
+            let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut buf))
+                .await
+                .with_context(|| format!("bulk transfer from {addr} stalled"))??;
+            if n == 0 {
+                break;
+            }
+            received += n;
+        }
+        anyhow::ensure!(
+            received == BULK_BYTES,
+            "bulk transfer from {addr}: {received} of {BULK_BYTES} bytes"
+        );
+        rates.push(received as f64 / started.elapsed().as_secs_f64().max(1e-9));
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
 }
 
 /// Handshake times of `n` sequential connects (after a warm-up), closed with RST.
@@ -918,17 +969,17 @@ fn report(settings: &Settings, rows: &[Row], loads: &[Load], notes: &[String]) -
     );
     let _ = writeln!(
         out,
-        "| layout | services | target | connect p50 | connect p99 | req/s, 1 client | req/s, {} clients | p50 / floor | req/s / floor | failed |",
+        "| layout | services | target | connect p50 | connect p99 | req/s, 1 client | req/s, {} clients | bulk MB/s | p50 / floor | req/s / floor | bulk / floor | failed |",
         settings.clients
     );
-    out.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let floors: BTreeMap<(Layout, usize), &Row> = rows
         .iter()
         .filter(|r| r.target.starts_with("pod IP"))
         .map(|r| ((r.layout, r.services), r))
         .collect();
     for r in rows {
-        let (p50_ratio, rps_ratio) = match floors.get(&(r.layout, r.services)) {
+        let (p50_ratio, rps_ratio, bulk_ratio) = match floors.get(&(r.layout, r.services)) {
             Some(f) => (
                 format!(
                     "{:.2}",
@@ -938,8 +989,9 @@ fn report(settings: &Settings, rows: &[Row], loads: &[Load], notes: &[String]) -
                     "{:.2}",
                     r.sequential.per_second() / f.sequential.per_second().max(1e-9)
                 ),
+                format!("{:.2}", r.bulk / f.bulk.max(1e-9)),
             ),
-            None => ("–".into(), "–".into()),
+            None => ("–".into(), "–".into(), "–".into()),
         };
         let services = if r.layout == Layout::None {
             "–".to_string()
@@ -948,13 +1000,14 @@ fn report(settings: &Settings, rows: &[Row], loads: &[Load], notes: &[String]) -
         };
         let _ = writeln!(
             out,
-            "| {} | {services} | {} | {} | {} | {:.0} | {:.0} | {p50_ratio} | {rps_ratio} | {} |",
+            "| {} | {services} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {p50_ratio} | {rps_ratio} | {bulk_ratio} | {} |",
             r.layout.label(),
             r.target,
             micros(r.connect.p50),
             micros(r.connect.p99),
             r.sequential.per_second(),
             r.parallel.per_second(),
+            r.bulk / 1e6,
             r.connect.failed + r.sequential.failed + r.parallel.failed,
         );
     }
