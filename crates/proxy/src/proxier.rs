@@ -21,7 +21,7 @@
 //! are the sums of both tables.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -640,11 +640,7 @@ impl SyncLoop {
                 .map(|(k, (port, local))| (*port, (k.clone(), *local)))
                 .collect();
             let netns = self.config.netns.clone();
-            health_servers.sync(&wanted, |port| {
-                netns
-                    .bind_tcp(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-            });
+            health_servers.sync(&wanted, |port| bind_health_check(&netns, port));
             let elapsed = started.elapsed();
             self.record(
                 if matches!(result, Ok(SyncKind::Full)) || (!full.is_empty() && result.is_err()) {
@@ -894,6 +890,16 @@ fn health_of(
         .max()
         .unwrap_or(0);
     Some((port, local))
+}
+
+/// A `healthCheckNodePort` listener on every address of both families (one dual-stack socket,
+/// as Go's `":port"` that kube-proxy listens on), or of IPv4 alone where the namespace has no
+/// IPv6.
+fn bind_health_check(netns: &NetNs, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    netns
+        .bind_tcp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+        .or_else(|_| netns.bind_tcp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Addresses in `ip -o addr show` output that lie in one of `cidrs` (loopback never).
