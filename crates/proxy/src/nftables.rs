@@ -31,11 +31,11 @@
 //! matches, `ipv6_addr` keys, `dnat to [fd00::a]:8080`, `jhash ip6 saddr` and ICMPv6 rejects in
 //! the `ip6` table. Families never mix: a family's table holds only that family's ClusterIPs,
 //! external and LoadBalancer IPs, NodePort addresses, endpoints, source ranges and cluster CIDR,
-//! so an IPv4 ClusterIP never gets an IPv6 endpoint (nftables cannot translate between them).
+//! so an IPv4 ClusterIP never gets an IPv6 endpoint (DNAT cannot change a packet's family).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -77,14 +77,6 @@ impl Family {
         }
     }
 
-    /// kube-proxy's `ip_family` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-
     /// The family of `ip`.
     pub fn of(ip: &IpAddr) -> Family {
         match ip {
@@ -120,14 +112,6 @@ impl Family {
     /// The addresses of `ips` in this family.
     fn pick(self, ips: &[IpAddr]) -> impl Iterator<Item = &IpAddr> {
         ips.iter().filter(move |ip| Family::of(ip) == self)
-    }
-}
-
-/// `ip:port` as `dnat to` takes it: IPv6 addresses in brackets.
-fn socket(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(ip) => format!("{ip}:{port}"),
-        IpAddr::V6(ip) => format!("[{ip}]:{port}"),
     }
 }
 
@@ -508,7 +492,10 @@ fn add_service_port(
         .pick(&info.external_ips)
         .chain(family.pick(&info.load_balancer_ips))
         .collect();
-    if cluster_ips.is_empty() && external_ips.is_empty() && info.node_port.is_none() {
+    // A service is in a family's table only with a ClusterIP of that family, as kube-proxy's
+    // per-family proxiers take it (`GetClusterIPByFamily`): a single-stack IPv4 Service's
+    // IPv6 external IPs, say, are not served, and its NodePort is not opened on IPv6.
+    if cluster_ips.is_empty() {
         return;
     }
     let port = info.port;
@@ -582,9 +569,10 @@ fn add_service_port(
                 ),
             );
         }
+        // `ip:port`, or `[ip]:port` for IPv6, as nft's `dnat to` takes them.
         chain.push(format!(
             "meta l4proto {proto} dnat to {}",
-            socket(ep.ip, ep.port)
+            SocketAddr::new(ep.ip, ep.port)
         ));
         rules.chains.insert(name, chain);
     }

@@ -661,7 +661,11 @@ impl SyncLoop {
                             SyncKind::Full => {
                                 m.full_syncs += 1;
                                 m.last_full_sync_duration = elapsed;
-                                last_full = Instant::now();
+                                // The hourly repair is due again once every table was
+                                // replaced, not when one family recovered from a failure.
+                                if full.len() == Family::ALL.len() {
+                                    last_full = Instant::now();
+                                }
                             }
                             SyncKind::Partial => m.partial_syncs += 1,
                             SyncKind::Nothing => {}

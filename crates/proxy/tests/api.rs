@@ -222,7 +222,7 @@ async fn rules_follow_services_and_slices_with_one_full_sync_then_partial_ones()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ipv6_endpoints_and_external_ips_go_to_the_ip6_table_in_partial_syncs() {
+async fn a_dual_stack_service_and_its_ipv6_slice_go_to_the_ip6_table_in_partial_syncs() {
     require_namespaces!();
     let mut guard = NsGuard::new();
     let ns = guard.create(&unique_name("a")).await.expect("ns");
@@ -239,33 +239,43 @@ async fn ipv6_endpoints_and_external_ips_go_to_the_ip6_table_in_partial_syncs() 
 
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let mut web6 = service("web6", &[]);
-    if let Some(spec) = web6.spec.as_mut() {
-        spec.external_ips = Some(vec!["2001:db8:2::10".into(), "192.0.2.10".into()]);
+    let mut dual = service("dual", &[]);
+    if let Some(spec) = dual.spec.as_mut() {
+        spec.cluster_ip = Some("10.96.200.20".into());
+        spec.cluster_ips = Some(vec!["10.96.200.20".into(), "fd00:96::20".into()]);
+        spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+        spec.ip_family_policy = Some("PreferDualStack".into());
+        spec.external_ips = Some(vec!["2001:db8:2::10".into()]);
     }
     services
-        .create(&PostParams::default(), &web6)
+        .create(&PostParams::default(), &dual)
         .await
-        .expect("create web6");
-    let mut ipv6_slice = slice_of("web6", &["fd00:10:244:1::5"]);
+        .expect("create dual");
+    let mut ipv6_slice = slice_of("dual", &["fd00:10:244:1::5"]);
     ipv6_slice.address_type = "IPv6".into();
     slices
         .create(&PostParams::default(), &ipv6_slice)
         .await
         .expect("create slice");
-    wait_table_of(&ns, "ip6", "web6's IPv6 external IP and endpoint", |t| {
-        t.contains("2001:db8:2::10 . tcp . 80 : goto external-")
-            && t.contains("dnat to [fd00:10:244:1::5]:8080")
-    })
+    wait_table_of(
+        &ns,
+        "ip6",
+        "the IPv6 ClusterIP, external IP and endpoint",
+        |t| {
+            t.contains("fd00:96::20 . tcp . 80 : goto service-")
+                && t.contains("2001:db8:2::10 . tcp . 80 : goto external-")
+                && t.contains("dnat to [fd00:10:244:1::5]:8080")
+        },
+    )
     .await;
-    // The IPv4 external IP has no IPv4 endpoint: it refuses, and nothing IPv6 is in the `ip`
+    // The IPv4 ClusterIP has no IPv4 endpoint: it refuses, and nothing IPv6 is in the `ip`
     // table.
     let v4 = table(&ns).await;
     assert!(
-        v4.contains("192.0.2.10 . tcp . 80 : goto reject-chain"),
+        v4.contains("10.96.200.20 . tcp . 80 : goto reject-chain"),
         "{v4}"
     );
-    assert!(!v4.contains("fd00:10:244"), "{v4}");
+    assert!(!v4.contains("fd00"), "{v4}");
     let m = proxy.metrics();
     assert_eq!(m.full_syncs, 1, "{m:?}");
     assert_eq!(m.sync_errors, 0, "{m:?}");

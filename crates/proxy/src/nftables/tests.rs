@@ -558,3 +558,21 @@ fn an_ipv6_partial_transaction_addresses_the_ip6_table() {
     );
     assert!(text.contains("delete chain ip6 switchyard endpoint-"));
 }
+
+#[test]
+fn a_single_stack_service_is_not_in_the_other_familys_table() {
+    let (n, mut p) = web(&[("10.244.1.2", "node-a")]);
+    p.info.node_port = Some(30080);
+    p.info.external_ips = vec![ip("2001:db8:2::10")];
+    p.endpoints.push(Endpoint::ready(
+        ip("fd00:10:244:1::2"),
+        8080,
+        Some("node-a"),
+    ));
+    let snapshot: Snapshot = [(n, p)].into_iter().collect();
+    // No IPv6 ClusterIP: no NodePort on the node's IPv6 addresses, no IPv6 external IP.
+    assert!(build(&snapshot, &node(), Family::V6).services.is_empty());
+    let v4 = full_transaction(&build(&snapshot, &node(), Family::V4));
+    assert!(v4.contains("tcp . 30080 : goto external-"));
+    assert!(!v4.contains("2001:db8") && !v4.contains("fd00"), "{v4}");
+}
