@@ -1092,3 +1092,89 @@ async fn a_failure_in_one_family_makes_only_that_familys_next_sync_full() {
     );
     assert_eq!(answers(&topo.node, "10.96.0.32:80", 5).await, vec!["p0"; 5]);
 }
+
+#[tokio::test]
+async fn ipv6_client_ip_affinity_sticks() {
+    require_namespaces!();
+    let topo = topology(3).await;
+    let all: Vec<&Pod> = topo.pods.iter().collect();
+    let (n, mut p) = service("sticky6", "fd00:96::13", 80, Protocol::Tcp, &all);
+    p.info.session_affinity_seconds = Some(60);
+    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
+    plane
+        .sync_snapshot(&[(n, p)].into_iter().collect())
+        .await
+        .expect("sync");
+    for client in [&topo.client, &topo.pods[1].ns] {
+        let got = answers(client, "[fd00:96::13]:80", 15).await;
+        assert_eq!(distinct(&got).len(), 1, "affinity: {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn ipv6_load_balancer_source_ranges_drop_other_clients() {
+    require_namespaces!();
+    let topo = topology(1).await;
+    let all: Vec<&Pod> = topo.pods.iter().collect();
+    let (n, mut p) = service("lb6", "fd00:96::19", 80, Protocol::Tcp, &all);
+    p.info.node_port = Some(30094);
+    p.info.load_balancer_ips = vec![ip("2001:db8:51::9")];
+    p.info.load_balancer_source_ranges = vec!["2001:db8:113::/64".parse().expect("net")];
+    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
+    plane
+        .sync_snapshot(&[(n.clone(), p.clone())].into_iter().collect())
+        .await
+        .expect("sync");
+    let lb: SocketAddr = "[2001:db8:51::9]:80".parse().expect("addr");
+    let err = topo
+        .client
+        .connect_tcp(lb, Duration::from_millis(500))
+        .await
+        .expect_err("the client is not in the source ranges");
+    assert!(
+        err.to_string().contains("timed out"),
+        "dropped, not refused: {err}"
+    );
+    p.info
+        .load_balancer_source_ranges
+        .push("fd00:67::/64".parse().expect("net"));
+    assert_eq!(
+        plane
+            .sync_snapshot(&[(n, p)].into_iter().collect())
+            .await
+            .expect("sync"),
+        SyncKind::Partial
+    );
+    assert_eq!(
+        fetch(&topo.client, "[2001:db8:51::9]:80")
+            .await
+            .expect("allowed"),
+        "p0"
+    );
+}
+
+#[tokio::test]
+async fn ipv6_external_traffic_policy_local_keeps_the_client_address() {
+    require_namespaces!();
+    let topo = topology(2).await;
+    let all: Vec<&Pod> = topo.pods.iter().collect();
+    let (n, mut p) = service("local6", "fd00:96::17", 80, Protocol::Tcp, &all);
+    // p1 counts as another node's endpoint.
+    p.endpoints[1].node_name = Some("node-b".into());
+    p.info.node_port = Some(30092);
+    p.info.external_policy_local = true;
+    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
+    plane
+        .sync_snapshot(&[(n, p)].into_iter().collect())
+        .await
+        .expect("sync");
+    for _ in 0..10 {
+        let greeting = greet(&topo.client, "[fd00:67::1]:30092")
+            .await
+            .expect("local");
+        assert_eq!(
+            greeting, "p0 fd00:67::2",
+            "local endpoint only, client address kept"
+        );
+    }
+}
