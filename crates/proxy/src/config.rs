@@ -19,6 +19,9 @@
 //!   plane; the Services behave the same), with a warning; `kernelspace` is an error;
 //! - `ipvs.scheduler` picks the endpoint choice in every mode (Switchyard's
 //!   `--ipvs-scheduler`): `""`/`random`, `rr`, `sh`, or `lc` (userspace only).
+//! - `clusterCIDR` is one CIDR or a dual-stack pair (one per family, kube-proxy's validation);
+//!   of a pair, the IPv4 CIDR tells cluster traffic apart and the other is reported in a
+//!   warning ([`ProxyConfig`] holds one).
 //!
 //! [`Conntrack`] settings are sysctls of the proxy's network namespace
 //! (`net.netfilter.nf_conntrack_*` are per namespace), never of the root namespace unless the
