@@ -374,7 +374,7 @@ fn node_config() -> NodeConfig {
     NodeConfig {
         node_name: NODE_NAME.into(),
         node_port_ips: Vec::new(),
-        cluster_cidr: Some(CLUSTER_CIDR.parse().expect("a literal CIDR")),
+        cluster_cidrs: vec![CLUSTER_CIDR.parse().expect("a literal CIDR")],
         masquerade_all: false,
         scheduler: Scheduler::Random,
     }
@@ -408,7 +408,7 @@ fn snapshot(list: &[BenchService]) -> Snapshot {
 
 async fn load_nftables(node: &NetNs, list: &[BenchService]) -> anyhow::Result<Load> {
     let started = Instant::now();
-    let ruleset = nftables::build(&snapshot(list), &node_config());
+    let ruleset = nftables::build(&snapshot(list), &node_config(), nftables::Family::V4);
     let transaction = nftables::full_transaction(&ruleset);
     let build = started.elapsed();
     let started = Instant::now();

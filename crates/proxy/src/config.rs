@@ -19,6 +19,9 @@
 //!   plane; the Services behave the same), with a warning; `kernelspace` is an error;
 //! - `ipvs.scheduler` picks the endpoint choice in every mode (Switchyard's
 //!   `--ipvs-scheduler`): `""`/`random`, `rr`, `sh`, or `lc` (userspace only).
+//! - `clusterCIDR` is one CIDR or a dual-stack pair (one per family, kube-proxy's validation);
+//!   of a pair, the IPv4 CIDR tells cluster traffic apart and the other is reported in a
+//!   warning ([`ProxyConfig`] holds one).
 //!
 //! [`Conntrack`] settings are sysctls of the proxy's network namespace
 //! (`net.netfilter.nf_conntrack_*` are per namespace), never of the root namespace unless the
@@ -118,6 +121,26 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
     }
     Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// kube-proxy's `clusterCIDR` (and `--cluster-cidr`): one CIDR, or a dual-stack pair
+/// `"10.244.0.0/16,fd00:10:244::/56"` with one CIDR of each family (kube-proxy's validation).
+/// Host bits are cleared.
+pub fn parse_cluster_cidrs(text: &str) -> Result<Vec<IpNet>, String> {
+    let mut cidrs: Vec<IpNet> = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let net: IpNet = part
+            .parse()
+            .map_err(|_| format!("{part:?} is not a CIDR"))?;
+        if cidrs
+            .iter()
+            .any(|c| matches!(c, IpNet::V4(_)) == matches!(net, IpNet::V4(_)))
+        {
+            return Err(format!("{text:?}: give at most one CIDR of each IP family"));
+        }
+        cidrs.push(net.trunc());
+    }
+    Ok(cidrs)
 }
 
 /// `KubeProxyConfiguration` v1alpha1: every field, so that any kube-proxy file parses.
@@ -451,28 +474,33 @@ impl KubeProxyConfiguration {
         if node_name.is_empty() {
             return Err(invalid("hostnameOverride", "cannot tell this node's name"));
         }
-        let cluster_cidr = match self.cluster_cidr.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(text) => {
-                // Dual-stack pairs are accepted; Switchyard programs the IPv4 one.
-                let mut v4 = None;
-                for part in text.split(',').map(str::trim) {
-                    let net: IpNet = part
-                        .parse()
-                        .map_err(|_| invalid("clusterCIDR", format!("{part:?} is not a CIDR")))?;
-                    if matches!(net, IpNet::V4(_)) && v4.is_none() {
-                        v4 = Some(net.trunc());
-                    }
-                }
-                v4
-            }
+        let cluster_cidrs = match self.cluster_cidr.as_deref().map(str::trim) {
+            None | Some("") => Vec::new(),
+            Some(text) => parse_cluster_cidrs(text).map_err(|m| invalid("clusterCIDR", m))?,
         };
+        // `ProxyConfig` carries one cluster CIDR (the IPv4 one of a pair): the other family's
+        // table then masquerades no off-cluster traffic to ClusterIPs, as kube-proxy's proxier
+        // of a family without a cluster CIDR.
+        let cluster_cidr = cluster_cidrs
+            .iter()
+            .copied()
+            .find(|c| matches!(c, IpNet::V4(_)))
+            .or(cluster_cidrs.first().copied());
+        if let Some(unused) = cluster_cidrs.iter().find(|c| Some(**c) != cluster_cidr) {
+            warnings.push(format!(
+                "clusterCIDR {unused}: only {} is used to tell cluster traffic apart",
+                cluster_cidr.map(|c| c.to_string()).unwrap_or_default()
+            ));
+        }
         let mut node_port_addresses = Vec::new();
         for a in self.node_port_addresses.iter().flatten().map(|a| a.trim()) {
             match a {
                 "" | "primary" => {}
-                // Every address of the namespace.
-                "all" => node_port_addresses.push(IpNet::V4(ipnet::Ipv4Net::default())),
+                // Every address of the namespace, of both families.
+                "all" => node_port_addresses.extend([
+                    IpNet::V4(ipnet::Ipv4Net::default()),
+                    IpNet::V6(ipnet::Ipv6Net::default()),
+                ]),
                 other => node_port_addresses.push(
                     other
                         .parse::<IpNet>()
@@ -819,6 +847,11 @@ winkernel:
             ("ipvs:\n  scheduler: wlc\n", "ipvs.scheduler"),
             ("mode: nftables\nipvs:\n  scheduler: lc\n", "ipvs.scheduler"),
             ("clusterCIDR: 10.0.0.0/99\n", "clusterCIDR"),
+            ("clusterCIDR: 10.0.0.0/8,10.1.0.0/16\n", "clusterCIDR"),
+            (
+                "clusterCIDR: fd00::/56,fd01::/56,10.0.0.0/8\n",
+                "clusterCIDR",
+            ),
             ("nodePortAddresses: [nope]\n", "nodePortAddresses"),
             ("metricsBindAddress: here:there\n", "metricsBindAddress"),
             ("conntrack:\n  maxPerCore: -1\n", "conntrack.maxPerCore"),
@@ -848,5 +881,47 @@ winkernel:
             Ok(Some("[::]:7".parse().expect("addr")))
         );
         assert!(parse_bind_address("localhost:80", 1).is_err());
+    }
+
+    #[test]
+    fn cluster_cidrs_are_one_or_a_dual_stack_pair() {
+        let net = |s: &str| s.parse::<IpNet>().expect("cidr");
+        assert_eq!(
+            parse_cluster_cidrs("10.244.0.5/16"),
+            Ok(vec![net("10.244.0.0/16")])
+        );
+        assert_eq!(
+            parse_cluster_cidrs("fd00:10:244::/56, 10.244.0.0/16"),
+            Ok(vec![net("fd00:10:244::/56"), net("10.244.0.0/16")])
+        );
+        assert!(parse_cluster_cidrs("10.0.0.0/8,10.1.0.0/16").is_err());
+        assert!(parse_cluster_cidrs("fd00::/8,nope").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_cluster_cidr_resolves_to_its_ipv4_half_with_a_warning() {
+        let config = KubeProxyConfiguration::parse(&format!(
+            "{HEAD}clusterCIDR: fd00:10:244::/56,10.244.0.0/16\n"
+        ))
+        .expect("parses");
+        let s = config.resolve(&identity()).await.expect("resolves");
+        assert_eq!(
+            s.proxy.cluster_cidr,
+            Some("10.244.0.0/16".parse().expect("cidr"))
+        );
+        assert!(
+            s.warnings.iter().any(|w| w.contains("fd00:10:244::/56")),
+            "{:?}",
+            s.warnings
+        );
+        let config =
+            KubeProxyConfiguration::parse(&format!("{HEAD}clusterCIDR: fd00:10:244::/56\n"))
+                .expect("parses");
+        let s = config.resolve(&identity()).await.expect("resolves");
+        assert_eq!(
+            s.proxy.cluster_cidr,
+            Some("fd00:10:244::/56".parse().expect("cidr"))
+        );
+        assert!(s.warnings.iter().all(|w| !w.contains("clusterCIDR")));
     }
 }

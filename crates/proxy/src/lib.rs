@@ -3,9 +3,10 @@
 //!
 //! Three stages, as in kube-proxy's nftables mode: [`model`] folds watch events into one change
 //! per service and computes what each service port needs; [`nftables`] is the pure builder from
-//! that snapshot to a ruleset and to `nft -f` transactions (full or partial); [`proxier`] owns the
-//! watches, the sync loop and the IO (`nft` inside the node's namespace). It never programs from
-//! a half-listed cache and never flushes its table except by replacing it atomically.
+//! that snapshot to a ruleset per IP family and to `nft -f` transactions (full or partial);
+//! [`proxier`] owns the watches, the sync loop and the IO (`nft` inside the node's namespace).
+//! It never programs from a half-listed cache and never flushes its tables except by replacing
+//! them atomically.
 //!
 //! [`userspace`] is the backend for machines without nftables (`--proxy-mode userspace`): an L4
 //! proxy listening on the service addresses, driven by the same watches.
@@ -30,6 +31,6 @@ pub use model::{
     ChangeTracker, Endpoint, Protocol, ServiceKey, ServicePort, ServicePortInfo, ServicePortName,
     Snapshot,
 };
-pub use nftables::{NodeConfig, Ruleset, Scheduler};
+pub use nftables::{Family, NodeConfig, Ruleset, Scheduler};
 pub use proxier::{NftApplier, Observer, Proxy, ProxyConfig, ProxyMetrics, ProxyMode};
 pub use supervisor::ProxySupervisor;

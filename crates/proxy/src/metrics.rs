@@ -1,7 +1,8 @@
 //! What the proxy counts and how `/metrics` shows it (issue 5): Prometheus text (version 0.0.4)
 //! under kube-proxy's names (pkg/proxy/metrics/metrics.go), so kube-proxy dashboards and alerts
-//! work unchanged. Families kube-proxy labels by `ip_family` carry `ip_family="IPv4"` (the only
-//! family Switchyard programs), as kube-proxy ≥ 1.33 does.
+//! work unchanged. Families kube-proxy labels by `ip_family` carry `ip_family="IPv4"`, as
+//! kube-proxy ≥ 1.33 does: Switchyard syncs its `ip` and `ip6` tables in one loop, so one sync
+//! is one observation under the primary family's label, and the table counts sum both tables.
 //!
 //! kube-proxy has no family for the size of its nftables table (only the iptables mode's
 //! `kubeproxy_sync_proxy_rules_iptables_total`), so the chain and element counts are ours:
@@ -35,7 +36,7 @@ pub fn programming_buckets() -> Vec<f64> {
     b
 }
 
-/// The label kube-proxy puts on per-family families; Switchyard programs IPv4 only.
+/// The label kube-proxy puts on per-family families; one sync covers both of our tables.
 const IP_FAMILY: &str = "ip_family=\"IPv4\"";
 
 /// A Prometheus histogram: per-bucket counts (not cumulative; summed when rendered), the sum

@@ -5,16 +5,18 @@
 //!
 //! The layout follows kube-proxy's nftables mode (pkg/proxy/nftables/proxier.go):
 //!
-//! - one table, `ip switchyard`, so nothing of anyone else's is ever touched;
+//! - one table per IP family, `ip switchyard` and `ip6 switchyard`, so nothing of anyone
+//!   else's is ever touched (kube-proxy runs one proxier per family, each with its own table);
 //! - base chains at kube-proxy's hooks and priorities: `nat-prerouting`/`nat-output` jump to
 //!   `services`, `nat-postrouting` to `masquerading`; `filter-*` chains at priority -110
 //!   (before DNAT) REJECT new connections to services without endpoints and apply
 //!   `loadBalancerSourceRanges`;
-//! - O(1) dispatch through verdict maps: `service-ips` (`ipv4_addr . inet_proto . inet_service`)
-//!   for ClusterIPs, externalIPs and LoadBalancer ingress IPs, `service-nodeports`
-//!   (`inet_proto . inet_service`) for NodePorts on the addresses in the `nodeport-ips` set
-//!   (never 127.0.0.1: CVE-2020-8558), `no-endpoint-services`/`no-endpoint-nodeports` for
-//!   REJECT/DROP, `firewall-ips` for source ranges;
+//! - O(1) dispatch through verdict maps: `service-ips` (`ipv4_addr . inet_proto . inet_service`,
+//!   `ipv6_addr . …` in the `ip6` table) for ClusterIPs, externalIPs and LoadBalancer ingress
+//!   IPs, `service-nodeports` (`inet_proto . inet_service`) for NodePorts on the addresses in the
+//!   `nodeport-ips` set (never 127.0.0.1 nor ::1: CVE-2020-8558),
+//!   `no-endpoint-services`/`no-endpoint-nodeports` for REJECT/DROP, `firewall-ips` for source
+//!   ranges;
 //! - endpoint choice by a cascade of `numgen random mod k == 0 goto endpoint-…` rules (no
 //!   per-service anonymous maps: the kernel makes those O(n²) to load; see PERFORMANCE.md);
 //! - per service port: `service-…` (all usable endpoints), `local-…` (this node's endpoints, for
@@ -25,18 +27,22 @@
 //! Masquerading is by mark, as in kube-proxy: `mark-for-masquerade` ORs 0x4000 into the packet
 //! mark; `masquerading` (postrouting) masquerades marked packets and clears the bit.
 //!
-//! Only IPv4 is programmed (the table is `ip`); IPv6 addresses in a snapshot are skipped.
+//! Dual-stack Services (KEP-563) are built once per [`Family`]: the same layout, with `ip6`
+//! matches, `ipv6_addr` keys, `dnat to [fd00::a]:8080`, `jhash ip6 saddr` and ICMPv6 rejects in
+//! the `ip6` table. Families never mix: a family's table holds only that family's ClusterIPs,
+//! external and LoadBalancer IPs, NodePort addresses, endpoints, source ranges and cluster CIDR,
+//! so an IPv4 ClusterIP never gets an IPv6 endpoint (DNAT cannot change a packet's family).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use crate::model::{Endpoint, ServiceKey, ServicePort, ServicePortName, Snapshot};
 
-/// Our table's name (family `ip`).
+/// Our tables' name (one in family `ip`, one in `ip6`).
 pub const TABLE: &str = "switchyard";
 /// The masquerade mark bit (kube-proxy's `--masquerade-bit` 14 → 0x4000).
 pub const MASQUERADE_MARK: u32 = 0x4000;
@@ -48,6 +54,67 @@ pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub const FIREWALL_IPS: &str = "firewall-ips";
 pub const NODEPORT_IPS: &str = "nodeport-ips";
 
+/// An IP family: each has its own table, built from the same snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// The `ip switchyard` table.
+    #[default]
+    V4,
+    /// The `ip6 switchyard` table.
+    V6,
+}
+
+impl Family {
+    /// Both families, IPv4 first (the order tables are synced in).
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The nftables family of the table, which is also the keyword of address matches
+    /// (`ip saddr`, `ip6 daddr`).
+    pub fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    /// The family of `ip`.
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The family of `net`.
+    pub fn of_net(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+
+    /// The nft type of one address.
+    fn addr_type(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        }
+    }
+
+    /// The ICMP message refusing a non-TCP connection.
+    fn port_unreachable(self) -> &'static str {
+        match self {
+            Family::V4 => "icmp type port-unreachable",
+            Family::V6 => "icmpv6 type port-unreachable",
+        }
+    }
+
+    /// The addresses of `ips` in this family.
+    fn pick(self, ips: &[IpAddr]) -> impl Iterator<Item = &IpAddr> {
+        ips.iter().filter(move |ip| Family::of(ip) == self)
+    }
+}
+
 /// How a service chain picks among its endpoints (the seeds' IPVS schedulers, in nftables).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Scheduler {
@@ -56,8 +123,8 @@ pub enum Scheduler {
     Random,
     /// `numgen inc`: round robin per service chain.
     RoundRobin,
-    /// `jhash ip saddr`: one client source always lands on the same endpoint (while the
-    /// endpoint set is unchanged).
+    /// `jhash ip saddr` (`ip6 saddr`): one client source always lands on the same endpoint
+    /// (while the endpoint set is unchanged).
     SourceHash,
 }
 
@@ -77,13 +144,25 @@ impl std::str::FromStr for Scheduler {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeConfig {
     pub node_name: String,
-    /// Addresses NodePorts answer on. Loopback addresses are never used.
+    /// Addresses NodePorts answer on, of both families. Loopback addresses are never used.
     pub node_port_ips: Vec<IpAddr>,
-    /// The pod network: traffic to ClusterIPs from outside it is masqueraded.
-    pub cluster_cidr: Option<IpNet>,
+    /// The pod network, at most one CIDR per family (kube-proxy's `clusterCIDR`, dual-stack
+    /// `"10.244.0.0/16,fd00:10:244::/56"`): traffic to ClusterIPs from outside it is
+    /// masqueraded. A family without one masquerades no such traffic, as kube-proxy's.
+    pub cluster_cidrs: Vec<IpNet>,
     /// Masquerade all traffic to services (kube-proxy's `--masquerade-all`).
     pub masquerade_all: bool,
     pub scheduler: Scheduler,
+}
+
+impl NodeConfig {
+    /// The cluster CIDR of `family` (the first one given).
+    pub fn cluster_cidr(&self, family: Family) -> Option<IpNet> {
+        self.cluster_cidrs
+            .iter()
+            .copied()
+            .find(|c| Family::of_net(c) == family)
+    }
 }
 
 /// The rules of one Service (all its ports): chains, affinity sets and map elements.
@@ -110,7 +189,8 @@ pub struct UdpFlow {
 }
 
 impl UdpFlow {
-    /// `conntrack` arguments deleting this flow's entries.
+    /// `conntrack` arguments deleting this flow's entries (the tool takes the family from the
+    /// addresses).
     pub fn conntrack_delete_args(&self) -> Vec<String> {
         let mut args = vec!["-D".to_string(), "-p".into(), "udp".into()];
         if let Some(address) = self.address {
@@ -126,10 +206,13 @@ impl UdpFlow {
     }
 }
 
-/// Everything our table should contain.
+/// Everything one family's table should contain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
-    /// The base chains, sets and maps (without elements): depends only on [`NodeConfig`].
+    /// Which table.
+    pub family: Family,
+    /// The base chains, sets and maps (without elements): depends only on [`NodeConfig`] and
+    /// the family.
     pub base: String,
     pub services: BTreeMap<ServiceKey, ServiceRules>,
 }
@@ -184,37 +267,37 @@ pub fn service_chain_name(prefix: &str, spn: &ServicePortName, port: u16) -> Str
     format!("{prefix}-{}-{suffix}", hash8(&suffix))
 }
 
-/// `<prefix>-<hash>-ns/name/proto/port__ip/port`: ≤ 166 + 2 + 15 + 1 + 5 = 189 characters.
+/// `<prefix>-<hash>-ns/name/proto/port__ip/port`, with the colons of an IPv6 address written as
+/// dots (nft names cannot hold a colon): ≤ 166 + 2 + 39 + 1 + 5 = 213 characters.
 pub fn endpoint_chain_name(
     prefix: &str,
     spn: &ServicePortName,
     port: u16,
     ep: &Endpoint,
 ) -> String {
-    let suffix = format!("{}__{}/{}", port_suffix(spn, port), ep.ip, ep.port);
+    let ip = ep.ip.to_string().replace(':', ".");
+    let suffix = format!("{}__{ip}/{}", port_suffix(spn, port), ep.port);
     format!("{prefix}-{}-{suffix}", hash8(&suffix))
 }
 
-fn v4(ips: &[IpAddr]) -> impl Iterator<Item = &IpAddr> {
-    ips.iter().filter(|ip| ip.is_ipv4())
-}
-
-/// The base of our table: sets, maps (without elements) and the fixed chains.
-pub fn base(node: &NodeConfig) -> String {
+/// The base of `family`'s table: sets, maps (without elements) and the fixed chains.
+pub fn base(node: &NodeConfig, family: Family) -> String {
     let mut out = String::new();
-    let nodeport_ips: Vec<String> = v4(&node.node_port_ips)
+    let nodeport_ips: Vec<String> = family
+        .pick(&node.node_port_ips)
         .filter(|ip| !ip.is_loopback())
         .map(ToString::to_string)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
     let _ = writeln!(out, "\tset {NODEPORT_IPS} {{");
-    let _ = writeln!(out, "\t\ttype ipv4_addr");
+    let _ = writeln!(out, "\t\ttype {}", family.addr_type());
     if !nodeport_ips.is_empty() {
         let _ = writeln!(out, "\t\telements = {{ {} }}", nodeport_ips.join(", "));
     }
     out.push_str("\t}\n");
     let masq = MASQUERADE_MARK;
+    let (ip, unreachable) = (family.nft(), family.port_unreachable());
     let fixed = format!(
         "\tchain nat-prerouting {{
 \t\ttype nat hook prerouting priority dstnat; policy accept;
@@ -248,8 +331,8 @@ pub fn base(node: &NodeConfig) -> String {
 \t\tct state new jump firewall-check
 \t}}
 \tchain services {{
-\t\tip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}
-\t\tip daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}
+\t\t{ip} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}
+\t\t{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}
 \t}}
 \tchain masquerading {{
 \t\tmeta mark & {masq:#x} == 0 return
@@ -260,17 +343,17 @@ pub fn base(node: &NodeConfig) -> String {
 \t\tmeta mark set meta mark | {masq:#x}
 \t}}
 \tchain service-endpoints-check {{
-\t\tip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}
+\t\t{ip} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}
 \t}}
 \tchain nodeport-endpoints-check {{
-\t\tip daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}
+\t\t{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}
 \t}}
 \tchain firewall-check {{
-\t\tip daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}
+\t\t{ip} daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}
 \t}}
 \tchain reject-chain {{
 \t\tmeta l4proto tcp reject with tcp reset
-\t\treject with icmp type port-unreachable
+\t\treject with {unreachable}
 \t}}
 "
     );
@@ -278,47 +361,52 @@ pub fn base(node: &NodeConfig) -> String {
     out
 }
 
-/// The map declarations' type lines.
-const MAPS: [(&str, &str); 5] = [
-    (
-        SERVICE_IPS,
-        "ipv4_addr . inet_proto . inet_service : verdict",
-    ),
-    (SERVICE_NODEPORTS, "inet_proto . inet_service : verdict"),
-    (
-        NO_ENDPOINT_SERVICES,
-        "ipv4_addr . inet_proto . inet_service : verdict",
-    ),
-    (NO_ENDPOINT_NODEPORTS, "inet_proto . inet_service : verdict"),
-    (
-        FIREWALL_IPS,
-        "ipv4_addr . inet_proto . inet_service : verdict",
-    ),
+/// Our verdict maps, and whether their key starts with an address of the table's family.
+const MAPS: [(&str, bool); 5] = [
+    (SERVICE_IPS, true),
+    (SERVICE_NODEPORTS, false),
+    (NO_ENDPOINT_SERVICES, true),
+    (NO_ENDPOINT_NODEPORTS, false),
+    (FIREWALL_IPS, true),
 ];
 
-/// The desired ruleset for a whole snapshot.
-pub fn build(snapshot: &Snapshot, node: &NodeConfig) -> Ruleset {
+/// A map's type line in `family`'s table.
+fn map_type(family: Family, keyed_by_address: bool) -> String {
+    if keyed_by_address {
+        format!(
+            "{} . inet_proto . inet_service : verdict",
+            family.addr_type()
+        )
+    } else {
+        "inet_proto . inet_service : verdict".to_string()
+    }
+}
+
+/// The desired ruleset of `family`'s table for a whole snapshot.
+pub fn build(snapshot: &Snapshot, node: &NodeConfig, family: Family) -> Ruleset {
     let mut services: BTreeMap<ServiceKey, ServiceRules> = BTreeMap::new();
     for (spn, port) in snapshot {
         let rules = services.entry(spn.service()).or_default();
-        add_service_port(rules, spn, port, node);
+        add_service_port(rules, spn, port, node, family);
     }
     services.retain(|_, r| *r != ServiceRules::default());
     Ruleset {
-        base: base(node),
+        family,
+        base: base(node, family),
         services,
     }
 }
 
-/// The rules of one service from its ports (all with `spn.service() == key`); `None` when the
-/// service needs no rules.
+/// The rules of one service in `family`'s table from its ports (all with
+/// `spn.service() == key`); `None` when the service needs no rules there.
 pub fn build_service<'a>(
     ports: impl IntoIterator<Item = (&'a ServicePortName, &'a ServicePort)>,
     node: &NodeConfig,
+    family: Family,
 ) -> Option<ServiceRules> {
     let mut rules = ServiceRules::default();
     for (spn, port) in ports {
-        add_service_port(&mut rules, spn, port, node);
+        add_service_port(&mut rules, spn, port, node, family);
     }
     (rules != ServiceRules::default()).then_some(rules)
 }
@@ -332,11 +420,13 @@ fn load_balance(
     eps: &[&Endpoint],
     affinity: bool,
     scheduler: Scheduler,
+    family: Family,
 ) {
+    let ip = family.nft();
     if affinity {
         for ep in eps {
             rules.push(format!(
-                "ip saddr @{} goto {}",
+                "{ip} saddr @{} goto {}",
                 endpoint_chain_name("affinity", spn, port, ep),
                 endpoint_chain_name("endpoint", spn, port, ep)
             ));
@@ -373,7 +463,7 @@ fn load_balance(
     for (i, ep) in eps[..n - 1].iter().enumerate() {
         let draw = match scheduler {
             Scheduler::SourceHash => {
-                format!("jhash ip saddr mod {} seed {:#x}", n - i, 0x5357 + i)
+                format!("jhash {ip} saddr mod {} seed {:#x}", n - i, 0x5357 + i)
             }
             _ => format!("numgen random mod {}", n - i),
         };
@@ -393,20 +483,27 @@ fn add_service_port(
     spn: &ServicePortName,
     sp: &ServicePort,
     node: &NodeConfig,
+    family: Family,
 ) {
     let info = &sp.info;
-    let cluster_ips: Vec<&IpAddr> = v4(&info.cluster_ips).collect();
-    let external_ips: Vec<&IpAddr> = v4(&info.external_ips)
-        .chain(v4(&info.load_balancer_ips))
+    let ip = family.nft();
+    let cluster_ips: Vec<&IpAddr> = family.pick(&info.cluster_ips).collect();
+    let external_ips: Vec<&IpAddr> = family
+        .pick(&info.external_ips)
+        .chain(family.pick(&info.load_balancer_ips))
         .collect();
-    if cluster_ips.is_empty() && external_ips.is_empty() && info.node_port.is_none() {
+    // A service is in a family's table only with a ClusterIP of that family, as kube-proxy's
+    // per-family proxiers take it (`GetClusterIPByFamily`): a single-stack IPv4 Service's
+    // IPv6 external IPs, say, are not served, and its NodePort is not opened on IPv6.
+    if cluster_ips.is_empty() {
         return;
     }
     let port = info.port;
     let proto = info.protocol.nft();
     let usable = sp.usable_endpoints(&node.node_name);
-    let all: Vec<&Endpoint> = usable.all.iter().filter(|e| e.ip.is_ipv4()).collect();
-    let local: Vec<&Endpoint> = usable.local.iter().filter(|e| e.ip.is_ipv4()).collect();
+    let of_family = |e: &&Endpoint| Family::of(&e.ip) == family;
+    let all: Vec<&Endpoint> = usable.all.iter().filter(of_family).collect();
+    let local: Vec<&Endpoint> = usable.local.iter().filter(of_family).collect();
     let affinity = info.session_affinity_seconds;
     let service_chain = service_chain_name("service", spn, port);
     let local_chain = service_chain_name("local", spn, port);
@@ -416,15 +513,16 @@ fn add_service_port(
 
     // Traffic to a ClusterIP from outside the pod network (the node itself, other hosts) is
     // masqueraded so replies come back through this node.
+    let cluster_cidr = node.cluster_cidr(family);
     let masquerade_rules: Vec<String> = cluster_ips
         .iter()
-        .filter_map(|ip| {
+        .filter_map(|addr| {
             if node.masquerade_all {
-                Some(format!("ip daddr {ip} {proto} dport {port} jump mark-for-masquerade"))
+                Some(format!("{ip} daddr {addr} {proto} dport {port} jump mark-for-masquerade"))
             } else {
-                node.cluster_cidr.filter(|c| matches!(c, IpNet::V4(_))).map(|cidr| {
+                cluster_cidr.map(|cidr| {
                     format!(
-                        "ip daddr {ip} {proto} dport {port} ip saddr != {cidr} jump mark-for-masquerade"
+                        "{ip} daddr {addr} {proto} dport {port} {ip} saddr != {cidr} jump mark-for-masquerade"
                     )
                 })
             }
@@ -459,18 +557,22 @@ fn add_service_port(
     }
     for ep in chosen.values() {
         let name = endpoint_chain_name("endpoint", spn, port, ep);
-        let mut chain = vec![format!("ip saddr {} jump mark-for-masquerade", ep.ip)];
+        let mut chain = vec![format!("{ip} saddr {} jump mark-for-masquerade", ep.ip)];
         if let Some(timeout) = affinity {
             let set = endpoint_chain_name("affinity", spn, port, ep);
-            chain.push(format!("update @{set} {{ ip saddr }}"));
+            chain.push(format!("update @{set} {{ {ip} saddr }}"));
             rules.sets.insert(
                 set,
-                format!("type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;"),
+                format!(
+                    "type {}; flags dynamic,timeout; timeout {timeout}s;",
+                    family.addr_type()
+                ),
             );
         }
+        // `ip:port`, or `[ip]:port` for IPv6, as nft's `dnat to` takes them.
         chain.push(format!(
-            "meta l4proto {proto} dnat to {}:{}",
-            ep.ip, ep.port
+            "meta l4proto {proto} dnat to {}",
+            SocketAddr::new(ep.ip, ep.port)
         ));
         rules.chains.insert(name, chain);
     }
@@ -483,6 +585,7 @@ fn add_service_port(
             &all,
             affinity.is_some(),
             node.scheduler,
+            family,
         );
         rules.chains.insert(service_chain.clone(), chain);
     }
@@ -499,6 +602,7 @@ fn add_service_port(
             &local,
             affinity.is_some(),
             node.scheduler,
+            family,
         );
         rules.chains.insert(local_chain.clone(), chain);
     }
@@ -516,8 +620,8 @@ fn add_service_port(
     } else {
         (!all.is_empty()).then(|| service_chain.clone())
     };
-    for ip in &cluster_ips {
-        let key = format!("{ip} . {proto} . {port}");
+    for addr in &cluster_ips {
+        let key = format!("{addr} . {proto} . {port}");
         match &cluster_target {
             Some(chain) => rules
                 .elements
@@ -538,8 +642,8 @@ fn add_service_port(
             // Pods and the node itself reach an external address of a Local service through
             // the cluster-wide chain (kube-proxy's "short circuit"): only traffic from outside
             // is limited to local endpoints, and it keeps its source address.
-            if let Some(cidr) = node.cluster_cidr.filter(|c| matches!(c, IpNet::V4(_))) {
-                chain.push(format!("ip saddr {cidr} goto {service_chain}"));
+            if let Some(cidr) = cluster_cidr {
+                chain.push(format!("{ip} saddr {cidr} goto {service_chain}"));
             }
             chain.push("fib saddr type local jump mark-for-masquerade".to_string());
             chain.push(format!("fib saddr type local goto {service_chain}"));
@@ -559,8 +663,8 @@ fn add_service_port(
     } else {
         Some(format!("goto {external_chain}"))
     };
-    for ip in &external_ips {
-        let key = format!("{ip} . {proto} . {port}");
+    for addr in &external_ips {
+        let key = format!("{addr} . {proto} . {port}");
         match &external_verdict {
             Some(v) => rules.elements.insert((SERVICE_IPS, key), v.clone()),
             None => rules
@@ -583,37 +687,42 @@ fn add_service_port(
     let ranges: Vec<String> = info
         .load_balancer_source_ranges
         .iter()
-        .filter(|n| matches!(n, IpNet::V4(_)))
+        .filter(|n| Family::of_net(n) == family)
         .map(ToString::to_string)
         .collect();
-    let lb_ips: Vec<&IpAddr> = v4(&info.load_balancer_ips).collect();
+    let lb_ips: Vec<&IpAddr> = family.pick(&info.load_balancer_ips).collect();
     if !ranges.is_empty() && !lb_ips.is_empty() {
         let firewall_chain = service_chain_name("firewall", spn, port);
         rules.chains.insert(
             firewall_chain.clone(),
-            vec![format!("ip saddr != {{ {} }} drop", ranges.join(", "))],
+            vec![format!("{ip} saddr != {{ {} }} drop", ranges.join(", "))],
         );
-        for ip in lb_ips {
+        for addr in lb_ips {
             rules.elements.insert(
-                (FIREWALL_IPS, format!("{ip} . {proto} . {port}")),
+                (FIREWALL_IPS, format!("{addr} . {proto} . {port}")),
                 format!("goto {firewall_chain}"),
             );
         }
     }
 }
 
-/// The full transaction: creates the table if missing and replaces all of it in one atomic
-/// step (`add table` makes the `delete table` safe on a first run; conntrack entries of
-/// established connections survive, so they keep flowing).
+/// The full transaction of the ruleset's family: creates its table if missing and replaces all
+/// of it in one atomic step (`add table` makes the `delete table` safe on a first run;
+/// conntrack entries of established connections survive, so they keep flowing).
 pub fn full_transaction(ruleset: &Ruleset) -> String {
     let mut out = String::with_capacity(256 + ruleset.services.len() * 1024);
-    let _ = writeln!(out, "add table ip {TABLE}");
-    let _ = writeln!(out, "delete table ip {TABLE}");
-    let _ = writeln!(out, "table ip {TABLE} {{");
+    let table = format!("{} {TABLE}", ruleset.family.nft());
+    let _ = writeln!(out, "add table {table}");
+    let _ = writeln!(out, "delete table {table}");
+    let _ = writeln!(out, "table {table} {{");
     out.push_str(&ruleset.base);
-    for (map, type_) in MAPS {
+    for (map, keyed_by_address) in MAPS {
         let _ = writeln!(out, "\tmap {map} {{");
-        let _ = writeln!(out, "\t\ttype {type_}");
+        let _ = writeln!(
+            out,
+            "\t\ttype {}",
+            map_type(ruleset.family, keyed_by_address)
+        );
         let mut first = true;
         for rules in ruleset.services.values() {
             for ((m, key), verdict) in &rules.elements {
@@ -650,8 +759,8 @@ pub fn full_transaction(ruleset: &Ruleset) -> String {
     out
 }
 
-/// A transaction moving the services in `changes` from their old rules to their new ones,
-/// touching nothing else. `None` when it cannot be done incrementally (an affinity set changed
+/// A transaction moving the services in `changes` from their old rules to their new ones in
+/// `family`'s table, touching nothing else. `None` when it cannot be done incrementally (an affinity set changed
 /// its declaration): the caller then does a full sync.
 ///
 /// Order matters within the one atomic transaction: new sets and chains are created (and
@@ -659,8 +768,10 @@ pub fn full_transaction(ruleset: &Ruleset) -> String {
 /// re-added with a new verdict; chains and sets that are gone are flushed, then deleted, last,
 /// when nothing refers to them any more.
 pub fn partial_transaction<'a>(
+    family: Family,
     changes: impl IntoIterator<Item = (Option<&'a ServiceRules>, Option<&'a ServiceRules>)>,
 ) -> Option<String> {
+    let table = format!("{} {TABLE}", family.nft());
     let empty = ServiceRules::default();
     let mut create = String::new();
     let mut fill = String::new();
@@ -676,7 +787,7 @@ pub fn partial_transaction<'a>(
                 Some(old_body) if old_body != body => return None,
                 Some(_) => {}
                 None => {
-                    let _ = writeln!(create, "add set ip {TABLE} {name} {{ {body} }}");
+                    let _ = writeln!(create, "add set {table} {name} {{ {body} }}");
                 }
             }
         }
@@ -684,39 +795,36 @@ pub fn partial_transaction<'a>(
             if old.chains.get(name) == Some(chain) {
                 continue;
             }
-            let _ = writeln!(create, "add chain ip {TABLE} {name}");
+            let _ = writeln!(create, "add chain {table} {name}");
             if old.chains.contains_key(name) {
-                let _ = writeln!(create, "flush chain ip {TABLE} {name}");
+                let _ = writeln!(create, "flush chain {table} {name}");
             }
             for rule in chain {
-                let _ = writeln!(fill, "add rule ip {TABLE} {name} {rule}");
+                let _ = writeln!(fill, "add rule {table} {name} {rule}");
             }
         }
         for ((map, key), verdict) in &old.elements {
             if new.elements.get(&(*map, key.clone())) != Some(verdict) {
-                let _ = writeln!(
-                    delete_elements,
-                    "delete element ip {TABLE} {map} {{ {key} }}"
-                );
+                let _ = writeln!(delete_elements, "delete element {table} {map} {{ {key} }}");
             }
         }
         for ((map, key), verdict) in &new.elements {
             if old.elements.get(&(*map, key.clone())) != Some(verdict) {
                 let _ = writeln!(
                     add_elements,
-                    "add element ip {TABLE} {map} {{ {key} : {verdict} }}"
+                    "add element {table} {map} {{ {key} : {verdict} }}"
                 );
             }
         }
         for name in old.chains.keys() {
             if !new.chains.contains_key(name) {
-                let _ = writeln!(flush_gone, "flush chain ip {TABLE} {name}");
-                let _ = writeln!(delete_gone, "delete chain ip {TABLE} {name}");
+                let _ = writeln!(flush_gone, "flush chain {table} {name}");
+                let _ = writeln!(delete_gone, "delete chain {table} {name}");
             }
         }
         for name in old.sets.keys() {
             if !new.sets.contains_key(name) {
-                let _ = writeln!(delete_gone, "delete set ip {TABLE} {name}");
+                let _ = writeln!(delete_gone, "delete set {table} {name}");
             }
         }
     }

@@ -4,19 +4,24 @@
 //!
 //! Rules of the loop (kube-proxy's, see pkg/proxy/nftables/proxier.go `syncProxyRules`):
 //! - nothing is programmed before every informer has stored its first complete list;
-//! - the first sync, one every [`FULL_SYNC_PERIOD`] (an hour, kube-proxy's
-//!   `proxyutil.FullSyncPeriod`), any change of the node's facts and the sync after a failure
-//!   are full (the table is replaced atomically); all others, including the periodic sync every
-//!   `sync_period`, touch only the services that changed (nothing when nothing did): a full
-//!   sync of 10,000 services costs seconds of `nft`, so it must stay rare;
+//! - there are two tables, `ip switchyard` and `ip6 switchyard` (kube-proxy runs one proxier
+//!   per family); every sync covers both, each in its own transaction, and each family decides
+//!   alone between full and partial;
+//! - a family's first sync, one every [`FULL_SYNC_PERIOD`] (an hour, kube-proxy's
+//!   `proxyutil.FullSyncPeriod`), any change of the node's facts that changes its base rules and
+//!   its sync after a failure (of that family) are full (its table is replaced atomically); all
+//!   others, including the periodic sync every `sync_period`, touch only the services that
+//!   changed (nothing when nothing did): a full sync of 10,000 services costs seconds of `nft`,
+//!   so it must stay rare;
 //! - syncs are at least `min_sync_period` apart, so a burst of events costs one sync.
 //!
 //! Every sync is recorded in an [`Observer`] (the Prometheus [`Metrics`] and the
 //! [`ProxierHealth`] behind `/healthz`), which outlives the proxy when a new configuration
-//! replaces it.
+//! replaces it. A sync counts once however many families it touched; rule and element counts
+//! are the sums of both tables.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -35,7 +40,7 @@ use tokio::time::Instant;
 use crate::healthcheck::{HealthServers, ProxierHealth};
 use crate::metrics::{Metrics, SyncRecord, SyncScope};
 use crate::model::{self, ChangeTracker, ServiceKey, Snapshot, LABEL_SERVICE_NAME};
-use crate::nftables::{self, NodeConfig, Ruleset, Scheduler, ServiceRules, UdpFlow};
+use crate::nftables::{self, Family, NodeConfig, Ruleset, Scheduler, ServiceRules, UdpFlow};
 
 /// How often the table is rebuilt whole even when nothing failed (kube-proxy's
 /// `proxyutil.FullSyncPeriod`): repairs rules changed behind the proxy's back.
@@ -56,7 +61,9 @@ pub struct ProxyConfig {
     pub node_name: String,
     /// The namespace whose nftables are programmed (the node's).
     pub netns: NetNs,
-    /// The pod network (`--cluster-cidr`): traffic to ClusterIPs from outside is masqueraded.
+    /// The pod network (`--cluster-cidr`) of one family: traffic to ClusterIPs from outside is
+    /// masqueraded. The other family's table masquerades no such traffic (as kube-proxy without
+    /// a cluster CIDR for a family).
     pub cluster_cidr: Option<IpNet>,
     /// `--nodeport-addresses`: NodePorts answer on this namespace's addresses inside these
     /// CIDRs; empty means the Node's InternalIP addresses.
@@ -151,13 +158,41 @@ impl NftApplier {
     }
 }
 
-/// Our table in one namespace, and what was last applied to it. Any failure forgets the
-/// applied state, so the next sync replaces the whole table.
+/// Our two tables (`ip` and `ip6`) in one namespace, and what was last applied to each. The
+/// families are synced as separate transactions and tracked apart: a failure forgets only that
+/// family's applied state, so only its next sync replaces the whole table.
 #[derive(Debug)]
 pub struct NftDataPlane {
     applier: NftApplier,
     node: NodeConfig,
-    applied: Option<Ruleset>,
+    /// Indexed by [`family_index`].
+    applied: [Option<Ruleset>; 2],
+}
+
+/// The slot of `family` in per-family arrays.
+fn family_index(family: Family) -> usize {
+    match family {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
+}
+
+/// The outcome of syncing both families: the widest kind, or the first error (after every
+/// family was tried).
+fn combine(results: impl IntoIterator<Item = Result<SyncKind, Error>>) -> Result<SyncKind, Error> {
+    let mut kind = SyncKind::Nothing;
+    let mut error = None;
+    for result in results {
+        match result {
+            Ok(SyncKind::Full) => kind = SyncKind::Full,
+            Ok(SyncKind::Partial) if kind == SyncKind::Nothing => kind = SyncKind::Partial,
+            Ok(_) => {}
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    error.map_or(Ok(kind), Err)
 }
 
 impl NftDataPlane {
@@ -165,7 +200,7 @@ impl NftDataPlane {
         NftDataPlane {
             applier: NftApplier::new(netns),
             node,
-            applied: None,
+            applied: [None, None],
         }
     }
 
@@ -173,42 +208,71 @@ impl NftDataPlane {
         &self.node
     }
 
-    /// Changes the node's facts; the next sync is full if the base rules differ.
+    /// Changes the node's facts; the next sync of a family is full if its base rules differ.
     pub fn set_node(&mut self, node: NodeConfig) {
         self.node = node;
     }
 
-    /// Whether the next sync must be full.
-    pub fn needs_full_sync(&self) -> bool {
-        match &self.applied {
+    /// Whether the next sync of `family` must be full.
+    pub fn needs_full_sync_of(&self, family: Family) -> bool {
+        match &self.applied[family_index(family)] {
             None => true,
-            Some(applied) => applied.base != nftables::base(&self.node),
+            Some(applied) => applied.base != nftables::base(&self.node, family),
         }
     }
 
-    /// The rules last applied (None before the first sync or after a failure).
-    pub fn applied(&self) -> Option<&Ruleset> {
-        self.applied.as_ref()
+    /// Whether the next sync of either family must be full.
+    pub fn needs_full_sync(&self) -> bool {
+        Family::ALL.into_iter().any(|f| self.needs_full_sync_of(f))
     }
 
-    /// Replaces the whole table with `ruleset`.
+    /// The rules last applied to `family`'s table (None before its first sync or after a
+    /// failure).
+    pub fn applied(&self, family: Family) -> Option<&Ruleset> {
+        self.applied[family_index(family)].as_ref()
+    }
+
+    /// Chains and map elements of services in both tables (for metrics).
+    pub fn counts(&self) -> (usize, usize) {
+        self.applied
+            .iter()
+            .flatten()
+            .map(Ruleset::counts)
+            .fold((0, 0), |(c, e), (c2, e2)| (c + c2, e + e2))
+    }
+
+    /// Replaces the whole table of `ruleset`'s family with it.
     pub async fn sync_full(&mut self, ruleset: Ruleset) -> Result<(), Error> {
-        self.applied = None;
+        let slot = family_index(ruleset.family);
+        self.applied[slot] = None;
         self.applier
             .apply(&nftables::full_transaction(&ruleset))
             .await?;
-        self.applied = Some(ruleset);
+        self.applied[slot] = Some(ruleset);
         Ok(())
     }
 
-    /// Programs `snapshot`: fully if needed, else only the services whose rules differ.
+    /// Programs `snapshot` into both tables: each fully if needed, else only the services whose
+    /// rules differ.
     pub async fn sync_snapshot(&mut self, snapshot: &Snapshot) -> Result<SyncKind, Error> {
-        let ruleset = nftables::build(snapshot, &self.node);
-        if self.needs_full_sync() {
+        let mut results = Vec::new();
+        for family in Family::ALL {
+            results.push(self.sync_family(snapshot, family).await);
+        }
+        combine(results)
+    }
+
+    async fn sync_family(
+        &mut self,
+        snapshot: &Snapshot,
+        family: Family,
+    ) -> Result<SyncKind, Error> {
+        let ruleset = nftables::build(snapshot, &self.node, family);
+        if self.needs_full_sync_of(family) {
             self.sync_full(ruleset).await?;
             return Ok(SyncKind::Full);
         }
-        let applied = self.applied.as_ref().map(|a| &a.services);
+        let applied = self.applied(family).map(|a| &a.services);
         let empty = BTreeMap::new();
         let applied = applied.unwrap_or(&empty);
         let mut changed: BTreeMap<ServiceKey, Option<ServiceRules>> = BTreeMap::new();
@@ -222,19 +286,22 @@ impl NftDataPlane {
                 changed.insert(key.clone(), None);
             }
         }
-        self.sync_services(changed).await
+        self.sync_services(family, changed).await
     }
 
-    /// Moves the `changed` services to their new rules (`None`: the service has none any more),
-    /// in one partial transaction when possible, else by a full sync of the applied rules with
-    /// these changes.
+    /// Moves the `changed` services to their new rules in `family`'s table (`None`: the service
+    /// has none there any more), in one partial transaction when possible, else by a full sync
+    /// of the applied rules with these changes.
     pub async fn sync_services(
         &mut self,
+        family: Family,
         changed: BTreeMap<ServiceKey, Option<ServiceRules>>,
     ) -> Result<SyncKind, Error> {
-        let Some(applied) = self.applied.take() else {
+        let slot = family_index(family);
+        let Some(applied) = self.applied[slot].take() else {
             let ruleset = Ruleset {
-                base: nftables::base(&self.node),
+                family,
+                base: nftables::base(&self.node, family),
                 services: changed
                     .into_iter()
                     .filter_map(|(k, r)| r.map(|r| (k, r)))
@@ -256,6 +323,7 @@ impl NftDataPlane {
             })
             .collect();
         let transaction = nftables::partial_transaction(
+            family,
             changed
                 .iter()
                 .map(|(key, rules)| (next.services.get(key), rules.as_ref())),
@@ -266,19 +334,19 @@ impl NftDataPlane {
                 None => next.services.remove(&key),
             };
         }
-        let base_changed = next.base != nftables::base(&self.node);
+        let base = nftables::base(&self.node, family);
         let kind = match transaction {
-            Some(text) if !base_changed => {
+            Some(text) if next.base == base => {
                 if text.is_empty() {
-                    self.applied = Some(next);
+                    self.applied[slot] = Some(next);
                     return Ok(SyncKind::Nothing);
                 }
                 self.applier.apply(&text).await?;
-                self.applied = Some(next);
+                self.applied[slot] = Some(next);
                 SyncKind::Partial
             }
             _ => {
-                next.base = nftables::base(&self.node);
+                next.base = base;
                 self.sync_full(next).await?;
                 SyncKind::Full
             }
@@ -516,7 +584,6 @@ impl SyncLoop {
         }
         let mut plane = NftDataPlane::new(self.config.netns.clone(), self.node_config().await);
         let mut last_full = Instant::now();
-        let mut force_full = true;
         let mut health: BTreeMap<ServiceKey, (u16, usize)> = BTreeMap::new();
         let mut health_servers = HealthServers::default();
         loop {
@@ -527,40 +594,56 @@ impl SyncLoop {
             let changes = lock(&self.tracker).take();
             let triggered = std::mem::take(&mut *lock(&self.triggers));
             let oldest = changes.values().min().copied();
-            let full =
-                force_full || plane.needs_full_sync() || last_full.elapsed() >= FULL_SYNC_PERIOD;
-            let span = tracing::info_span!("sync", full, services = changes.len());
+            let hourly = last_full.elapsed() >= FULL_SYNC_PERIOD;
+            let (full, partial): (Vec<Family>, Vec<Family>) = Family::ALL
+                .into_iter()
+                .partition(|f| hourly || plane.needs_full_sync_of(*f));
+            let span = tracing::info_span!("sync", full = ?full, services = changes.len());
             let _enter = span.enter();
-            let result = if full {
-                let (ruleset, health_now) = self.build_all(plane.node());
+            let mut results = Vec::new();
+            if !full.is_empty() {
+                let (snapshot, health_now) = self.snapshot_all(plane.node());
                 health = health_now;
-                plane.sync_full(ruleset).await.map(|()| SyncKind::Full)
-            } else {
-                let node = plane.node().clone();
-                let mut changed = BTreeMap::new();
-                for key in changes.keys() {
-                    let (rules, h) = self.build_one(key, &node);
-                    match h {
-                        Some(h) => health.insert(key.clone(), h),
-                        None => health.remove(key),
-                    };
-                    changed.insert(key.clone(), rules);
+                for family in &full {
+                    let ruleset = nftables::build(&snapshot, plane.node(), *family);
+                    results.push(plane.sync_full(ruleset).await.map(|()| SyncKind::Full));
                 }
-                plane.sync_services(changed).await
-            };
+            }
+            if !partial.is_empty() {
+                let node = plane.node().clone();
+                let mut changed: [BTreeMap<ServiceKey, Option<ServiceRules>>; 2] =
+                    Default::default();
+                for key in changes.keys() {
+                    let ports = self.ports_of(key);
+                    if full.is_empty() {
+                        match health_of(&ports, &node) {
+                            Some(h) => health.insert(key.clone(), h),
+                            None => health.remove(key),
+                        };
+                    }
+                    for (family, changed) in partial.iter().zip(&mut changed) {
+                        let rules = nftables::build_service(
+                            ports.iter().map(|(n, p)| (n, p)),
+                            &node,
+                            *family,
+                        );
+                        changed.insert(key.clone(), rules);
+                    }
+                }
+                for (family, changed) in partial.iter().zip(changed) {
+                    results.push(plane.sync_services(*family, changed).await);
+                }
+            }
+            let result = combine(results);
             let wanted: BTreeMap<u16, (ServiceKey, usize)> = health
                 .iter()
                 .map(|(k, (port, local))| (*port, (k.clone(), *local)))
                 .collect();
             let netns = self.config.netns.clone();
-            health_servers.sync(&wanted, |port| {
-                netns
-                    .bind_tcp(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-            });
+            health_servers.sync(&wanted, |port| bind_health_check(&netns, port));
             let elapsed = started.elapsed();
             self.record(
-                if matches!(result, Ok(SyncKind::Full)) || (full && result.is_err()) {
+                if matches!(result, Ok(SyncKind::Full)) || (!full.is_empty() && result.is_err()) {
                     SyncScope::Full
                 } else {
                     SyncScope::Partial
@@ -568,7 +651,7 @@ impl SyncLoop {
                 elapsed,
                 result.is_ok(),
                 &triggered,
-                plane.applied().map(Ruleset::counts).unwrap_or_default(),
+                plane.counts(),
             );
             {
                 let mut m = lock(&self.shared.metrics);
@@ -578,7 +661,11 @@ impl SyncLoop {
                             SyncKind::Full => {
                                 m.full_syncs += 1;
                                 m.last_full_sync_duration = elapsed;
-                                last_full = Instant::now();
+                                // The hourly repair is due again once every table was
+                                // replaced, not when one family recovered from a failure.
+                                if full.len() == Family::ALL.len() {
+                                    last_full = Instant::now();
+                                }
                             }
                             SyncKind::Partial => m.partial_syncs += 1,
                             SyncKind::Nothing => {}
@@ -587,16 +674,16 @@ impl SyncLoop {
                         if let Some(oldest) = oldest {
                             m.last_programming_latency = oldest.elapsed();
                         }
-                        if let Some(applied) = plane.applied() {
-                            (m.chains, m.elements) = applied.counts();
-                        }
+                        (m.chains, m.elements) = plane.counts();
                     }
                     Err(_) => m.sync_errors += 1,
                 }
             }
+            // After a failure, retry soon; the data plane knows which families' tables that
+            // retry replaces whole (a failure forgets what its family had applied).
+            let failed = result.is_err();
             match result {
                 Ok(kind) => {
-                    force_full = false;
                     tracing::debug!(?kind, ?elapsed, "synced");
                     self.shared.synced.store(
                         self.shared.synced.load(Ordering::Acquire) || kind == SyncKind::Full,
@@ -604,8 +691,6 @@ impl SyncLoop {
                     );
                 }
                 Err(e) => {
-                    // Any failure: the next sync replaces the whole table.
-                    force_full = true;
                     tracing::warn!(error = %e, "sync failed; the next sync is full");
                 }
             }
@@ -613,7 +698,7 @@ impl SyncLoop {
             // Syncs are at least min_sync_period apart; wake early for changes, at the latest
             // for the periodic sync (or a retry after a failure).
             tokio::time::sleep_until(started + self.config.min_sync_period).await;
-            let next_full = if force_full {
+            let next_full = if failed {
                 Instant::now() + self.config.min_sync_period.max(Duration::from_millis(500))
             } else {
                 (started + self.config.sync_period).min(last_full + FULL_SYNC_PERIOD)
@@ -664,13 +749,10 @@ impl SyncLoop {
         }
     }
 
-    fn build_one(
-        &self,
-        key: &ServiceKey,
-        node: &NodeConfig,
-    ) -> (Option<ServiceRules>, Option<(u16, usize)>) {
+    /// The service ports of `key` as the informers know them now (none when it is gone).
+    fn ports_of(&self, key: &ServiceKey) -> Vec<(model::ServicePortName, model::ServicePort)> {
         let Some(svc) = self.services.get(&key.namespace, &key.name) else {
-            return (None, None);
+            return Vec::new();
         };
         let selector = LabelSelector::from_map(&BTreeMap::from([(
             LABEL_SERVICE_NAME.to_string(),
@@ -678,11 +760,7 @@ impl SyncLoop {
         )]));
         let slices = self.slices.select(&key.namespace, &selector);
         let refs: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
-        let ports = model::service_ports(&svc, &refs);
-        (
-            nftables::build_service(ports.iter().map(|(n, p)| (n, p)), node),
-            health_of(&ports, node),
-        )
+        model::service_ports(&svc, &refs)
     }
 
     /// The userspace backend's loop: each sync computes every frontend (cheap: no kernel
@@ -740,11 +818,6 @@ impl SyncLoop {
         }
     }
 
-    fn build_all(&self, node: &NodeConfig) -> (Ruleset, BTreeMap<ServiceKey, (u16, usize)>) {
-        let (snapshot, health) = self.snapshot_all(node);
-        (nftables::build(&snapshot, node), health)
-    }
-
     fn snapshot_all(&self, node: &NodeConfig) -> (Snapshot, BTreeMap<ServiceKey, (u16, usize)>) {
         let mut by_service: HashMap<ServiceKey, Vec<Arc<EndpointSlice>>> = HashMap::new();
         for slice in self.slices.list() {
@@ -796,7 +869,7 @@ impl SyncLoop {
         NodeConfig {
             node_name: self.config.node_name.clone(),
             node_port_ips,
-            cluster_cidr: self.config.cluster_cidr,
+            cluster_cidrs: self.config.cluster_cidr.into_iter().collect(),
             masquerade_all: self.config.masquerade_all,
             scheduler: self.config.scheduler,
         }
@@ -821,6 +894,16 @@ fn health_of(
         .max()
         .unwrap_or(0);
     Some((port, local))
+}
+
+/// A `healthCheckNodePort` listener on every address of both families (one dual-stack socket,
+/// as Go's `":port"` that kube-proxy listens on), or of IPv4 alone where the namespace has no
+/// IPv6.
+fn bind_health_check(netns: &NetNs, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    netns
+        .bind_tcp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+        .or_else(|_| netns.bind_tcp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Addresses in `ip -o addr show` output that lie in one of `cidrs` (loopback never).

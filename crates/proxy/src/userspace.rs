@@ -688,7 +688,7 @@ mod tests {
         let node = crate::nftables::NodeConfig {
             node_name: "node-1".into(),
             node_port_ips: vec![ip("192.168.67.11"), ip("127.0.0.1")],
-            cluster_cidr: None,
+            cluster_cidrs: Vec::new(),
             masquerade_all: false,
             scheduler: crate::nftables::Scheduler::Random,
         };

@@ -102,18 +102,32 @@ fn slice_of(service: &str, ips: &[&str]) -> EndpointSlice {
 }
 
 async fn table(ns: &NetNs) -> String {
-    ns.nft(&["list", "table", "ip", "switchyard"], None)
+    table_of(ns, "ip").await
+}
+
+/// Our table of nft `family` (`ip`, `ip6`) in `ns`, empty when there is none.
+async fn table_of(ns: &NetNs, family: &str) -> String {
+    ns.nft(&["list", "table", family, "switchyard"], None)
         .await
         .unwrap_or_default()
 }
 
 async fn wait_table(ns: &NetNs, what: &str, check: impl Fn(&str) -> bool) {
+    wait_table_of(ns, "ip", what, check).await;
+}
+
+async fn wait_table_of(ns: &NetNs, family: &str, what: &str, check: impl Fn(&str) -> bool) {
     wait_for(Duration::from_secs(60), what, || async {
-        let t = table(ns).await;
+        let t = table_of(ns, family).await;
         check(&t).then_some(())
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}; table:\n{}", futures::executor::block_on(table(ns))));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; table:\n{}",
+            futures::executor::block_on(table_of(ns, family))
+        )
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,6 +219,101 @@ async fn rules_follow_services_and_slices_with_one_full_sync_then_partial_ones()
     drop(proxy);
     // Stopping the proxy leaves the rules in place.
     assert!(table(&ns).await.contains(&later_ip));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_service_and_its_ipv6_slice_go_to_the_ip6_table_in_partial_syncs() {
+    require_namespaces!();
+    let mut guard = NsGuard::new();
+    let ns = guard.create(&unique_name("a")).await.expect("ns");
+    let server = InProcessServer::start().await.expect("server");
+    let client = server.client().await.expect("client");
+    let proxy = Proxy::start(client.clone(), config(&ns));
+    wait_for(Duration::from_secs(60), "first sync", || async {
+        proxy.is_synced().then_some(())
+    })
+    .await
+    .expect("synced");
+    // Both tables exist from the first (full) sync.
+    assert!(table_of(&ns, "ip6").await.contains("chain services"));
+
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let mut dual = service("dual", &[]);
+    if let Some(spec) = dual.spec.as_mut() {
+        spec.cluster_ip = Some("10.96.200.20".into());
+        spec.cluster_ips = Some(vec!["10.96.200.20".into(), "fd00:96::20".into()]);
+        spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+        spec.ip_family_policy = Some("PreferDualStack".into());
+        spec.external_ips = Some(vec!["2001:db8:2::10".into()]);
+    }
+    services
+        .create(&PostParams::default(), &dual)
+        .await
+        .expect("create dual");
+    let mut ipv6_slice = slice_of("dual", &["fd00:10:244:1::5"]);
+    ipv6_slice.address_type = "IPv6".into();
+    slices
+        .create(&PostParams::default(), &ipv6_slice)
+        .await
+        .expect("create slice");
+    wait_table_of(
+        &ns,
+        "ip6",
+        "the IPv6 ClusterIP, external IP and endpoint",
+        |t| {
+            t.contains("fd00:96::20 . tcp . 80 : goto service-")
+                && t.contains("2001:db8:2::10 . tcp . 80 : goto external-")
+                && t.contains("dnat to [fd00:10:244:1::5]:8080")
+        },
+    )
+    .await;
+    // The IPv4 ClusterIP has no IPv4 endpoint: it refuses, and nothing IPv6 is in the `ip`
+    // table.
+    let v4 = table(&ns).await;
+    assert!(
+        v4.contains("10.96.200.20 . tcp . 80 : goto reject-chain"),
+        "{v4}"
+    );
+    assert!(!v4.contains("fd00"), "{v4}");
+    let m = proxy.metrics();
+    assert_eq!(m.full_syncs, 1, "{m:?}");
+    assert_eq!(m.sync_errors, 0, "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_node_port_answers_over_both_families() {
+    require_namespaces!();
+    let mut guard = NsGuard::new();
+    let ns = guard.create(&unique_name("a")).await.expect("ns");
+    let server = InProcessServer::start().await.expect("server");
+    let client = server.client().await.expect("client");
+    let _proxy = Proxy::start(client.clone(), config(&ns));
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let mut lb = service("lb-local", &[]);
+    if let Some(spec) = lb.spec.as_mut() {
+        spec.type_ = Some("LoadBalancer".into());
+        spec.external_traffic_policy = Some("Local".into());
+    }
+    let created = services
+        .create(&PostParams::default(), &lb)
+        .await
+        .expect("create");
+    let port = created
+        .spec
+        .and_then(|s| s.health_check_node_port)
+        .and_then(|p| u16::try_from(p).ok())
+        .expect("a healthCheckNodePort");
+    for ip in ["::1", "127.0.0.1"] {
+        let addr = SocketAddr::new(ip.parse().expect("ip"), port);
+        // No local endpoint: kube-proxy's 503.
+        let (status, _) = wait_for(Duration::from_secs(60), "health check server", || {
+            get(&ns, addr, "/")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{addr}: {e}"));
+        assert_eq!(status, 503, "{addr}");
+    }
 }
 
 /// A client of an API server that never answers: the informers never sync.
