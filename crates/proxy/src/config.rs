@@ -478,20 +478,6 @@ impl KubeProxyConfiguration {
             None | Some("") => Vec::new(),
             Some(text) => parse_cluster_cidrs(text).map_err(|m| invalid("clusterCIDR", m))?,
         };
-        // `ProxyConfig` carries one cluster CIDR (the IPv4 one of a pair): the other family's
-        // table then masquerades no off-cluster traffic to ClusterIPs, as kube-proxy's proxier
-        // of a family without a cluster CIDR.
-        let cluster_cidr = cluster_cidrs
-            .iter()
-            .copied()
-            .find(|c| matches!(c, IpNet::V4(_)))
-            .or(cluster_cidrs.first().copied());
-        if let Some(unused) = cluster_cidrs.iter().find(|c| Some(**c) != cluster_cidr) {
-            warnings.push(format!(
-                "clusterCIDR {unused}: only {} is used to tell cluster traffic apart",
-                cluster_cidr.map(|c| c.to_string()).unwrap_or_default()
-            ));
-        }
         let mut node_port_addresses = Vec::new();
         for a in self.node_port_addresses.iter().flatten().map(|a| a.trim()) {
             match a {
@@ -595,7 +581,7 @@ impl KubeProxyConfiguration {
             proxy: ProxyConfig {
                 node_name,
                 netns: node.netns.clone(),
-                cluster_cidr,
+                cluster_cidrs,
                 node_port_addresses,
                 masquerade_all,
                 sync_period,
@@ -733,8 +719,8 @@ winkernel:
         assert_eq!(s.proxy.sync_period, Duration::from_secs(30));
         assert_eq!(s.proxy.min_sync_period, Duration::from_secs(1));
         assert_eq!(
-            s.proxy.cluster_cidr,
-            Some("10.244.0.0/16".parse().expect("cidr"))
+            s.proxy.cluster_cidrs,
+            vec!["10.244.0.0/16".parse::<IpNet>().expect("cidr")]
         );
         assert!(!s.proxy.masquerade_all);
         assert_eq!(s.proxy.scheduler, Scheduler::Random);
@@ -899,29 +885,25 @@ winkernel:
     }
 
     #[tokio::test]
-    async fn a_dual_stack_cluster_cidr_resolves_to_its_ipv4_half_with_a_warning() {
+    async fn a_dual_stack_cluster_cidr_gives_each_family_its_own() {
         let config = KubeProxyConfiguration::parse(&format!(
             "{HEAD}clusterCIDR: fd00:10:244::/56,10.244.0.0/16\n"
         ))
         .expect("parses");
         let s = config.resolve(&identity()).await.expect("resolves");
         assert_eq!(
-            s.proxy.cluster_cidr,
-            Some("10.244.0.0/16".parse().expect("cidr"))
-        );
-        assert!(
-            s.warnings.iter().any(|w| w.contains("fd00:10:244::/56")),
-            "{:?}",
-            s.warnings
-        );
-        let config =
-            KubeProxyConfiguration::parse(&format!("{HEAD}clusterCIDR: fd00:10:244::/56\n"))
-                .expect("parses");
-        let s = config.resolve(&identity()).await.expect("resolves");
-        assert_eq!(
-            s.proxy.cluster_cidr,
-            Some("fd00:10:244::/56".parse().expect("cidr"))
+            s.proxy.cluster_cidrs,
+            vec![
+                "fd00:10:244::/56".parse::<IpNet>().expect("cidr"),
+                "10.244.0.0/16".parse().expect("cidr")
+            ]
         );
         assert!(s.warnings.iter().all(|w| !w.contains("clusterCIDR")));
+        let config = KubeProxyConfiguration::parse(&format!(
+            "{HEAD}clusterCIDR: 10.244.0.0/16,10.245.0.0/16\n"
+        ))
+        .expect("parses");
+        let error = config.resolve(&identity()).await.expect_err("two IPv4 CIDRs");
+        assert!(error.to_string().contains("clusterCIDR"), "{error}");
     }
 }

@@ -61,10 +61,10 @@ pub struct ProxyConfig {
     pub node_name: String,
     /// The namespace whose nftables are programmed (the node's).
     pub netns: NetNs,
-    /// The pod network (`--cluster-cidr`) of one family: traffic to ClusterIPs from outside is
-    /// masqueraded. The other family's table masquerades no such traffic (as kube-proxy without
-    /// a cluster CIDR for a family).
-    pub cluster_cidr: Option<IpNet>,
+    /// The pod network (`--cluster-cidr`), at most one CIDR per family: traffic to ClusterIPs
+    /// from outside it is masqueraded. A family without one masquerades no such traffic (as
+    /// kube-proxy without a cluster CIDR for a family).
+    pub cluster_cidrs: Vec<IpNet>,
     /// `--nodeport-addresses`: NodePorts answer on this namespace's addresses inside these
     /// CIDRs; empty means the Node's InternalIP addresses.
     pub node_port_addresses: Vec<IpNet>,
@@ -94,7 +94,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             node_name: String::new(),
             netns: NetNs::current(),
-            cluster_cidr: None,
+            cluster_cidrs: Vec::new(),
             node_port_addresses: Vec::new(),
             masquerade_all: false,
             // Same as kube-proxy's `--config-sync-period`/nftables `syncPeriod` default.
@@ -869,7 +869,7 @@ impl SyncLoop {
         NodeConfig {
             node_name: self.config.node_name.clone(),
             node_port_ips,
-            cluster_cidrs: self.config.cluster_cidr.into_iter().collect(),
+            cluster_cidrs: self.config.cluster_cidrs.clone(),
             masquerade_all: self.config.masquerade_all,
             scheduler: self.config.scheduler,
         }

@@ -33,7 +33,7 @@ fn config(ns: &NetNs) -> ProxyConfig {
     ProxyConfig {
         node_name: "node-a".into(),
         netns: ns.clone(),
-        cluster_cidr: Some("10.244.0.0/16".parse().expect("cidr")),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         min_sync_period: Duration::from_millis(50),
         sync_period: Duration::from_secs(3600),
         ..ProxyConfig::default()

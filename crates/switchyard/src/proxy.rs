@@ -67,7 +67,8 @@ pub struct ProxySourceFlags {
 /// The data-plane flags of the proxy, shared by `switchyard proxy` and `switchyard node`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ProxyFlags {
-    /// The pod network; traffic to ClusterIPs from outside it is masqueraded.
+    /// The pod network, one CIDR or a dual-stack pair ("10.244.0.0/16,fd00:10:244::/56");
+    /// traffic to ClusterIPs from outside it is masqueraded.
     #[arg(long)]
     cluster_cidr: Option<String>,
     /// NodePorts answer on this node's addresses inside these CIDRs (comma separated; default:
@@ -138,12 +139,10 @@ impl ProxyFlags {
                 Err(e) => return Err(usage(format!("--ipvs-scheduler: {e}"))),
             }
         };
-        let cluster_cidr = match self.cluster_cidr.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(c) => match c.parse::<ipnet::IpNet>() {
-                Ok(net) => Some(net.trunc()),
-                Err(_) => return Err(usage(format!("--cluster-cidr: {c:?} is not a CIDR"))),
-            },
+        let cluster_cidrs = match self.cluster_cidr.as_deref().map(str::trim) {
+            None | Some("") => Vec::new(),
+            Some(c) => switchyard_proxy::config::parse_cluster_cidrs(c)
+                .map_err(|e| usage(format!("--cluster-cidr: {e}")))?,
         };
         let mut node_port_addresses = Vec::new();
         for a in self
@@ -188,7 +187,7 @@ impl ProxyFlags {
         Ok(switchyard_proxy::ProxyConfig {
             node_name,
             netns,
-            cluster_cidr,
+            cluster_cidrs,
             node_port_addresses,
             masquerade_all: self.masquerade_all,
             sync_period: self.sync_period.max(Duration::from_secs(1)),
