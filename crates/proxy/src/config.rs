@@ -903,7 +903,10 @@ winkernel:
             "{HEAD}clusterCIDR: 10.244.0.0/16,10.245.0.0/16\n"
         ))
         .expect("parses");
-        let error = config.resolve(&identity()).await.expect_err("two IPv4 CIDRs");
+        let error = config
+            .resolve(&identity())
+            .await
+            .expect_err("two IPv4 CIDRs");
         assert!(error.to_string().contains("clusterCIDR"), "{error}");
     }
 }

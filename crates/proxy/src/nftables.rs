@@ -847,4 +847,10 @@ pub fn partial_transaction<'a>(
 pub mod rule;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod flows;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace;

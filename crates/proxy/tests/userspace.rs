@@ -1,25 +1,40 @@
 //! The userspace backend with real sockets in a network namespace of its own: service IPs on
-//! the namespace's loopback, backends as servers inside it.
+//! the namespace's loopback, backends as servers inside it. The packet-flow tables of the
+//! nftables tracer (`src/nftables/flows.rs`) run here too.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_netns::{can_create_namespaces, unique_name, NetNs, NsGuard};
-use switchyard_proxy::userspace::{BackendSet, Balance, Frontend, UserspaceProxy, L4};
+use switchyard_proxy::userspace::{self, BackendSet, Balance, Frontend, UserspaceProxy, L4};
+// The shared fixtures and tables below name them as `crate::model` and `crate::nftables`.
+use switchyard_proxy::{model, nftables};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "../src/nftables/fixtures.rs"]
+mod fixtures;
+// The packet's origin and source and the affinity state are for the nftables tracer: this
+// backend does not look at them.
+#[allow(dead_code)]
+#[path = "../src/nftables/flows.rs"]
+mod flows;
+
 /// A TCP and a UDP server inside `ns` at `addr` answering `name` to every connection/datagram.
-fn backend(ns: &NetNs, addr: &str, name: &'static str) -> Vec<tokio::task::JoinHandle<()>> {
+fn backend(ns: &NetNs, addr: &str, name: &str) -> Vec<tokio::task::JoinHandle<()>> {
     let addr: SocketAddr = addr.parse().expect("addr");
     let tcp = ns.bind_tcp(addr).expect("bind backend");
     let udp = ns.bind_udp(addr).expect("bind backend udp");
+    let name: Arc<str> = name.into();
+    let udp_name = name.clone();
     vec![
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = tcp.accept().await else {
                     return;
                 };
+                let name = name.clone();
                 tokio::spawn(async move {
                     let mut buf = [0u8; 64];
                     let _ = s.read(&mut buf).await;
@@ -33,35 +48,40 @@ fn backend(ns: &NetNs, addr: &str, name: &'static str) -> Vec<tokio::task::JoinH
                 let Ok((_, from)) = udp.recv_from(&mut buf).await else {
                     return;
                 };
-                let _ = udp.send_to(name.as_bytes(), from).await;
+                let _ = udp.send_to(udp_name.as_bytes(), from).await;
             }
         }),
     ]
 }
 
+/// The answer of the server reached at `addr` (its error kind kept: refused, timed out, ...).
 async fn ask_tcp(ns: &NetNs, addr: SocketAddr) -> std::io::Result<String> {
     let mut s = ns
         .connect_tcp(addr, Duration::from_secs(5))
         .await
-        .map_err(std::io::Error::other)?;
+        .map_err(|e| match e {
+            switchyard_netns::Error::Io(e) => e,
+            other => std::io::Error::other(other),
+        })?;
     s.write_all(b"hi").await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     Ok(out)
 }
 
-async fn ask_udp(ns: &NetNs, addr: SocketAddr) -> String {
+/// The answer to a datagram sent to `addr` from a new socket (a new flow); refused when the
+/// ICMP port unreachable comes back.
+async fn ask_udp(ns: &NetNs, addr: SocketAddr) -> std::io::Result<String> {
     let sock = ns
         .bind_udp("0.0.0.0:0".parse().expect("addr"))
         .expect("bind");
-    sock.connect(addr).await.expect("connect");
-    sock.send(b"hi").await.expect("send");
+    sock.connect(addr).await?;
+    sock.send(b"hi").await?;
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
         .await
-        .expect("a UDP answer in time")
-        .expect("recv");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no UDP answer"))??;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 fn frontend(ip: &str, port: u16, protocol: L4) -> Frontend {
@@ -140,7 +160,11 @@ async fn userspace_proxy_balances_fails_over_and_refuses() {
 
     let mut udp_seen = BTreeSet::new();
     for _ in 0..6 {
-        udp_seen.insert(ask_udp(&ns, "10.96.0.50:53".parse().expect("addr")).await);
+        udp_seen.insert(
+            ask_udp(&ns, "10.96.0.50:53".parse().expect("addr"))
+                .await
+                .expect("a UDP answer"),
+        );
     }
     assert!(udp_seen.len() >= 2, "UDP flows spread: {udp_seen:?}");
 
@@ -262,4 +286,103 @@ async fn the_sync_loop_drives_the_userspace_backend() {
     // No nftables table was made.
     let tables = ns.nft(&["list", "tables"], None).await.unwrap_or_default();
     assert!(!tables.contains("switchyard"), "{tables}");
+}
+
+/// One row's packet as connections (or datagrams) from inside `ns`: the endpoints reached (each
+/// backend answers its own `ip:port`) must be exactly the expected ones; a refusal is expected
+/// for `Reject`, and for `Untouched` (nothing of the proxy's listens there, so the namespace's
+/// kernel refuses). The userspace backend never drops, so a `Drop` here is a mistake in the
+/// table.
+async fn check_flow(
+    ns: &NetNs,
+    packet: &flows::Packet,
+    expected: &flows::Outcome,
+) -> Result<(), String> {
+    let addr = SocketAddr::new(packet.destination, packet.port);
+    let ask = || async {
+        match packet.protocol {
+            model::Protocol::Tcp => ask_tcp(ns, addr).await,
+            model::Protocol::Udp => ask_udp(ns, addr).await,
+            model::Protocol::Sctp => Err(std::io::Error::other("no SCTP in userspace")),
+        }
+    };
+    match expected {
+        flows::Outcome::Endpoints { endpoints, .. } => {
+            // Round robin: twice round the endpoints reaches each of them.
+            let mut seen = BTreeSet::new();
+            for _ in 0..2 * endpoints.len() {
+                let answer = ask().await.map_err(|e| format!("no answer: {e}"))?;
+                let endpoint: SocketAddr = answer
+                    .parse()
+                    .map_err(|_| format!("answer {answer:?} from no endpoint"))?;
+                seen.insert(endpoint);
+            }
+            if &seen == endpoints {
+                Ok(())
+            } else {
+                Err(format!("reached {seen:?}"))
+            }
+        }
+        flows::Outcome::Reject | flows::Outcome::Untouched => match ask().await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            Err(e) => Err(format!("not refused: {e}")),
+            Ok(answer) => Err(format!("answered {answer:?}")),
+        },
+        flows::Outcome::Drop => Err("the userspace backend never drops: mark the row".into()),
+    }
+}
+
+/// The packet-flow tables against the userspace backend: per table a namespace with a server on
+/// every endpoint (its address on the loopback) and the proxy's frontends for the shape, then
+/// every row that applies, from inside the namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packet_flow_tables_hold_for_the_userspace_backend() {
+    if !can_create_namespaces() {
+        eprintln!("SKIPPED: needs root and iproute2 to create network namespaces");
+        return;
+    }
+    let mut guard = NsGuard::new();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for table in flows::tables() {
+        let ns = guard.create(&unique_name("usf")).await.expect("namespace");
+        let endpoints = flows::endpoints(&table);
+        let ips: BTreeSet<IpAddr> = endpoints.iter().map(SocketAddr::ip).collect();
+        for ip in ips {
+            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+                .await
+                .expect("endpoint address");
+        }
+        let servers: Vec<_> = endpoints
+            .iter()
+            .flat_map(|e| backend(&ns, &e.to_string(), &e.to_string()))
+            .collect();
+        let mut proxy = UserspaceProxy::new(ns.clone(), 1).expect("proxy");
+        let frontends = userspace::frontends(&table.snapshot, &table.node, Balance::RoundRobin);
+        proxy.sync(&frontends).await.expect("sync");
+        for row in &table.rows {
+            let expected = match &row.userspace {
+                flows::Userspace::Same => &row.nftables,
+                flows::Userspace::Differs { outcome, why } => {
+                    eprintln!("{}: {:?}: differs: {why}", table.name, row.packet);
+                    outcome
+                }
+                flows::Userspace::NotApplicable(why) => {
+                    eprintln!("{}: {:?}: not applicable: {why}", table.name, row.packet);
+                    continue;
+                }
+            };
+            ran += 1;
+            if let Err(e) = check_flow(&ns, &row.packet, expected).await {
+                failures.push(format!(
+                    "{}: {:?}\n    expected {expected:?}: {e}",
+                    table.name, row.packet
+                ));
+            }
+        }
+        drop(proxy);
+        servers.iter().for_each(|s| s.abort());
+    }
+    assert!(ran >= 30, "only {ran} rows ran");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

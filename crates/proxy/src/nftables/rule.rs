@@ -35,41 +35,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::Family;
 use crate::model::Protocol;
-
-/// An address family of a table and of address expressions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// `ip`: IPv4.
-    Ip,
-    /// `ip6`: IPv6.
-    Ip6,
-}
-
-impl Family {
-    pub fn keyword(self) -> &'static str {
-        match self {
-            Family::Ip => "ip",
-            Family::Ip6 => "ip6",
-        }
-    }
-
-    /// The set/map element type of an address of this family.
-    pub fn addr_type(self) -> &'static str {
-        match self {
-            Family::Ip => "ipv4_addr",
-            Family::Ip6 => "ipv6_addr",
-        }
-    }
-
-    fn parse(word: &str) -> Option<Family> {
-        match word {
-            "ip" => Some(Family::Ip),
-            "ip6" => Some(Family::Ip6),
-            _ => None,
-        }
-    }
-}
 
 /// Which address of the packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -289,8 +256,8 @@ impl SetDecl {
         let mut parser = Parser::new(text);
         parser.expect("type")?;
         let family = match parser.word()? {
-            "ipv4_addr;" => Family::Ip,
-            "ipv6_addr;" => Family::Ip6,
+            "ipv4_addr;" => Family::V4,
+            "ipv6_addr;" => Family::V6,
             other => return Err(parser.error(format!("set type {other:?}"))),
         };
         let mut decl = SetDecl {
@@ -330,8 +297,8 @@ pub fn map_keys(type_: &str) -> Result<Vec<Key>, ParseError> {
         .ok_or_else(|| error("not a verdict map".into()))?;
     keys.split(" . ")
         .map(|t| match t {
-            "ipv4_addr" => Ok(Key::Addr(Family::Ip, AddrField::Daddr)),
-            "ipv6_addr" => Ok(Key::Addr(Family::Ip6, AddrField::Daddr)),
+            "ipv4_addr" => Ok(Key::Addr(Family::V4, AddrField::Daddr)),
+            "ipv6_addr" => Ok(Key::Addr(Family::V6, AddrField::Daddr)),
             "inet_proto" => Ok(Key::L4Proto),
             "inet_service" => Ok(Key::DPort(None)),
             other => Err(error(format!("key type {other:?}"))),
@@ -602,7 +569,7 @@ impl<'a> Parser<'a> {
 
     fn key(&mut self) -> Result<Key, ParseError> {
         let word = self.word()?;
-        if let Some(family) = Family::parse(word) {
+        if let Some(family) = parse_family(word) {
             let field = match self.word()? {
                 "saddr" => AddrField::Saddr,
                 "daddr" => AddrField::Daddr,
@@ -653,7 +620,7 @@ impl<'a> Parser<'a> {
                 let family = self
                     .word()
                     .ok()
-                    .and_then(Family::parse)
+                    .and_then(parse_family)
                     .ok_or_else(|| self.error("jhash of an address family"))?;
                 self.expect("saddr")?;
                 self.expect("mod")?;
@@ -701,7 +668,7 @@ impl<'a> Parser<'a> {
                     Value::Net(n) => matches!(n, IpNet::V4(_)),
                     _ => unreachable!("an address value"),
                 };
-                if v4 != (*family == Family::Ip) {
+                if v4 != (*family == Family::V4) {
                     return Err(bad());
                 }
                 value
@@ -716,6 +683,14 @@ impl<'a> Parser<'a> {
             _ => return Err(bad()),
         };
         Ok(value)
+    }
+}
+
+fn parse_family(word: &str) -> Option<Family> {
+    match word {
+        "ip" => Some(Family::V4),
+        "ip6" => Some(Family::V6),
+        _ => None,
     }
 }
 
@@ -759,16 +734,10 @@ fn parse_addr_port(word: &str) -> Option<(IpAddr, u16)> {
     Some((addr, port.parse().ok()?))
 }
 
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.keyword())
-    }
-}
-
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Key::Addr(family, field) => write!(f, "{family} {}", field.keyword()),
+            Key::Addr(family, field) => write!(f, "{} {}", family.nft(), field.keyword()),
             Key::L4Proto => f.write_str("meta l4proto"),
             Key::DPort(None) => f.write_str("th dport"),
             Key::DPort(Some(proto)) => write!(f, "{} dport", proto.nft()),
@@ -787,7 +756,11 @@ impl fmt::Display for Key {
                 family,
                 modulus,
                 seed,
-            } => write!(f, "jhash {family} saddr mod {modulus} seed {seed:#x}"),
+            } => write!(
+                f,
+                "jhash {} saddr mod {modulus} seed {seed:#x}",
+                family.nft()
+            ),
         }
     }
 }
@@ -961,7 +934,7 @@ mod tests {
             rule.terms,
             vec![
                 Term::Cmp {
-                    key: Key::Addr(Family::Ip, AddrField::Daddr),
+                    key: Key::Addr(Family::V4, AddrField::Daddr),
                     op: CmpOp::Eq,
                     value: Value::Addr("10.96.0.10".parse().expect("ip")),
                 },
@@ -971,7 +944,7 @@ mod tests {
                     value: Value::Port(80),
                 },
                 Term::Cmp {
-                    key: Key::Addr(Family::Ip, AddrField::Saddr),
+                    key: Key::Addr(Family::V4, AddrField::Saddr),
                     op: CmpOp::Ne,
                     value: Value::Net("10.244.0.0/16".parse().expect("net")),
                 },
@@ -1052,7 +1025,7 @@ mod tests {
         assert_eq!(
             SetDecl::parse("type ipv4_addr; flags dynamic,timeout; timeout 10800s;").expect("set"),
             SetDecl {
-                family: Family::Ip,
+                family: Family::V4,
                 dynamic: true,
                 timeout: Some(10800),
             }

@@ -3,53 +3,9 @@
 //! switchyard-proxy` and review the diff; every golden full ruleset is also loaded into a real
 //! kernel by `tests/dataplane.rs` (`nft -c`), so goldens cannot hold rules nft would reject.
 
+use super::fixtures::{ip, node, spn, web};
 use super::*;
 use crate::model::{Endpoint, Protocol, ServicePortInfo};
-
-pub(crate) fn ip(s: &str) -> IpAddr {
-    s.parse().expect("ip")
-}
-
-fn spn(name: &str, port_name: &str, protocol: Protocol) -> ServicePortName {
-    ServicePortName {
-        namespace: "default".into(),
-        name: name.into(),
-        port_name: port_name.into(),
-        protocol,
-    }
-}
-
-fn node() -> NodeConfig {
-    NodeConfig {
-        node_name: "node-a".into(),
-        node_port_ips: vec![
-            ip("192.168.67.1"),
-            ip("127.0.0.1"),
-            ip("10.244.1.1"),
-            ip("fd00:67::1"),
-            ip("::1"),
-        ],
-        cluster_cidrs: vec![
-            "10.244.0.0/16".parse().expect("cidr"),
-            "fd00:10:244::/56".parse().expect("cidr"),
-        ],
-        masquerade_all: false,
-        scheduler: Scheduler::Random,
-    }
-}
-
-fn web(endpoints: &[(&str, &str)]) -> (ServicePortName, ServicePort) {
-    (
-        spn("web", "http", Protocol::Tcp),
-        ServicePort {
-            info: ServicePortInfo::cluster_ip(ip("10.96.0.10"), 80, Protocol::Tcp),
-            endpoints: endpoints
-                .iter()
-                .map(|(e, node)| Endpoint::ready(ip(e), 8080, Some(node)))
-                .collect(),
-        },
-    )
-}
 
 fn check_golden(name: &str, actual: &str) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
