@@ -9,6 +9,12 @@
 //!   load-balancer IP.)
 //! - A frontend without endpoints has no listener: the kernel refuses the connection (TCP reset,
 //!   ICMP port unreachable for UDP), as the nftables backend's REJECT does.
+//! - Each family's frontends reach only that family's endpoints, and a family's frontends exist
+//!   only when the service has a ClusterIP of that family, as in the nftables backend's
+//!   per-family tables (KEP-563: DNAT cannot change a packet's family, so neither may we).
+//! - `loadBalancerSourceRanges`: a LoadBalancer IP's socket carries a BPF filter that drops
+//!   packets from other sources before the kernel answers them ([`source_ranges`]), so those
+//!   clients time out as under the nftables backend's drop.
 //! - Backend choice: round-robin (default), least connections (`lc`), random, or source hash
 //!   (`sh`); `sessionAffinity: ClientIP` pins a client IP to its backend until it has been idle
 //!   for the timeout. When a connect fails the next backend is tried.
@@ -25,8 +31,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use switchyard_netns::NetNs;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::nftables::Family;
+
+mod source_ranges;
 
 /// How long connecting to one backend may take before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -76,6 +87,9 @@ pub struct BackendSet {
     pub balance: Balance,
     /// `sessionAffinity: ClientIP` with this timeout.
     pub affinity: Option<Duration>,
+    /// `loadBalancerSourceRanges` of the frontend's family: only these sources reach it
+    /// (everyone when empty).
+    pub source_ranges: Vec<IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,15 +130,29 @@ pub struct UserspaceProxy {
 struct Running {
     set: BackendSet,
     picker: Arc<RwLock<Arc<Picker>>>,
-    /// The listener task; `None` while there are no endpoints (connections are refused).
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// `None` while there are no endpoints (connections are refused).
+    listener: Option<Listener>,
+}
+
+/// A frontend's listening socket and the task serving it.
+struct Listener {
+    task: tokio::task::JoinHandle<()>,
+    /// The same socket (a second descriptor), to refit its source filter when the ranges
+    /// change. Dropped with the task, or the socket would stay open and listening.
+    socket: socket2::Socket,
+}
+
+impl Listener {
+    fn stop(self) {
+        self.task.abort();
+    }
 }
 
 impl Drop for UserspaceProxy {
     fn drop(&mut self) {
         for r in self.frontends.values_mut() {
-            if let Some(t) = r.task.take() {
-                t.abort();
+            if let Some(l) = r.listener.take() {
+                l.stop();
             }
         }
         if let Some(rt) = self.runtime.take() {
@@ -149,7 +177,11 @@ impl UserspaceProxy {
     pub fn metrics(&self) -> UserspaceMetrics {
         UserspaceMetrics {
             frontends: self.frontends.len(),
-            listening: self.frontends.values().filter(|r| r.task.is_some()).count(),
+            listening: self
+                .frontends
+                .values()
+                .filter(|r| r.listener.is_some())
+                .count(),
             connections: self.counters.connections.load(Ordering::Relaxed),
             connect_failures: self.counters.connect_failures.load(Ordering::Relaxed),
         }
@@ -172,8 +204,8 @@ impl UserspaceProxy {
             .collect();
         for f in gone {
             if let Some(mut r) = self.frontends.remove(&f) {
-                if let Some(t) = r.task.take() {
-                    t.abort();
+                if let Some(l) = r.listener.take() {
+                    l.stop();
                 }
             }
         }
@@ -212,7 +244,13 @@ impl UserspaceProxy {
                 continue;
             }
             let cidr = host_cidr(ip);
-            self.ns.ip(&["addr", "add", &cidr, "dev", "lo"]).await?;
+            let mut args = vec!["addr", "add", &cidr, "dev", "lo"];
+            if ip.is_ipv6() {
+                // Usable at once: no duplicate address detection (the kernel skips it on the
+                // loopback anyway; `nodad` says so rather than rely on it).
+                args.push("nodad");
+            }
+            self.ns.ip(&args).await?;
             self.added_ips.insert(ip);
         }
         Ok(())
@@ -240,10 +278,21 @@ impl UserspaceProxy {
                 endpoints: Vec::new(),
                 balance: set.balance,
                 affinity: None,
+                source_ranges: set.source_ranges.clone(),
             },
             picker: Arc::new(RwLock::new(Arc::new(Picker::new(set, None)))),
-            task: None,
+            listener: None,
         });
+        if running.set.source_ranges != set.source_ranges {
+            if let Some(l) = &running.listener {
+                source_ranges::apply(&l.socket, &set.source_ranges).map_err(|source| {
+                    UserspaceError::Listen {
+                        frontend: f,
+                        source,
+                    }
+                })?;
+            }
+        }
         if running.set != *set {
             let old = running
                 .picker
@@ -258,10 +307,10 @@ impl UserspaceProxy {
             running.set = set.clone();
         }
         let want_listener = !set.endpoints.is_empty();
-        match (&running.task, want_listener) {
+        match (&running.listener, want_listener) {
             (Some(_), false) => {
-                if let Some(t) = running.task.take() {
-                    t.abort();
+                if let Some(l) = running.listener.take() {
+                    l.stop();
                 }
             }
             (None, true) => {
@@ -270,14 +319,16 @@ impl UserspaceProxy {
                 let counters = self.counters.clone();
                 // Bind on a thread of the namespace's runtime (so the socket is the
                 // namespace's), synchronously, so a taken port is reported now.
+                let listen_error = |source| UserspaceError::Listen {
+                    frontend: f,
+                    source,
+                };
+                let socket = bind(&handle, addr, f.protocol, set.source_ranges.clone())
+                    .map_err(listen_error)?;
+                let second = socket.try_clone().map_err(listen_error)?;
                 let task = match f.protocol {
                     L4::Tcp => {
-                        let std = bind_std_tcp(&handle, addr).map_err(|source| {
-                            UserspaceError::Listen {
-                                frontend: f,
-                                source,
-                            }
-                        })?;
+                        let std = std::net::TcpListener::from(socket);
                         handle.spawn(async move {
                             match TcpListener::from_std(std) {
                                 Ok(l) => serve_tcp(l, picker, counters).await,
@@ -286,12 +337,7 @@ impl UserspaceProxy {
                         })
                     }
                     L4::Udp => {
-                        let std = bind_std_udp(&handle, addr).map_err(|source| {
-                            UserspaceError::Listen {
-                                frontend: f,
-                                source,
-                            }
-                        })?;
+                        let std = std::net::UdpSocket::from(socket);
                         handle.spawn(async move {
                             match UdpSocket::from_std(std) {
                                 Ok(s) => serve_udp(Arc::new(s), picker, counters).await,
@@ -300,7 +346,10 @@ impl UserspaceProxy {
                         })
                     }
                 };
-                running.task = Some(task);
+                running.listener = Some(Listener {
+                    task,
+                    socket: second,
+                });
             }
             _ => {}
         }
@@ -309,8 +358,10 @@ impl UserspaceProxy {
 }
 
 /// The userspace frontends of a snapshot: every cluster IP, external IP, load-balancer IP and
-/// node address (for the NodePort) of each TCP or UDP service port, with the endpoints its
-/// traffic policy allows on `node` (SCTP is left to the nftables backend).
+/// node address (for the NodePort) of each TCP or UDP service port, with the endpoints of the
+/// frontend's family its traffic policy allows on `node` (SCTP is left to the nftables
+/// backend). As in the nftables backend, a family's frontends exist only for a service with a
+/// ClusterIP of that family, and loopback addresses never get a NodePort (CVE-2020-8558).
 pub fn frontends(
     snapshot: &crate::model::Snapshot,
     node: &crate::nftables::NodeConfig,
@@ -326,48 +377,57 @@ pub fn frontends(
             Protocol::Sctp => continue,
         };
         let usable = port.usable_endpoints(&node.node_name);
-        let set = |local: bool| BackendSet {
-            endpoints: if local { &usable.local } else { &usable.all }
-                .iter()
-                .map(|e| SocketAddr::new(e.ip, e.port))
-                .collect(),
-            balance,
-            affinity: info
-                .session_affinity_seconds
-                .map(|s| Duration::from_secs(u64::from(s))),
-        };
-        let internal = set(info.internal_policy_local);
-        let external = set(info.external_policy_local);
-        for ip in &info.cluster_ips {
-            out.insert(
-                Frontend {
-                    ip: *ip,
-                    port: info.port,
-                    protocol,
-                },
-                internal.clone(),
-            );
-        }
-        for ip in info.external_ips.iter().chain(&info.load_balancer_ips) {
-            out.insert(
-                Frontend {
-                    ip: *ip,
-                    port: info.port,
-                    protocol,
-                },
-                external.clone(),
-            );
-        }
-        if let Some(node_port) = info.node_port {
-            for ip in node.node_port_ips.iter().filter(|ip| !ip.is_loopback()) {
+        for family in Family::ALL {
+            let of_family = |ip: &&IpAddr| Family::of(ip) == family;
+            let set = |local: bool, source_ranges: Vec<IpNet>| BackendSet {
+                endpoints: if local { &usable.local } else { &usable.all }
+                    .iter()
+                    .filter(|e| Family::of(&e.ip) == family)
+                    .map(|e| SocketAddr::new(e.ip, e.port))
+                    .collect(),
+                balance,
+                affinity: info
+                    .session_affinity_seconds
+                    .map(|s| Duration::from_secs(u64::from(s))),
+                source_ranges,
+            };
+            let mut frontend = |ip: &IpAddr, port: u16, set: &BackendSet| {
                 out.insert(
                     Frontend {
                         ip: *ip,
-                        port: node_port,
+                        port,
                         protocol,
                     },
-                    external.clone(),
+                    set.clone(),
                 );
+            };
+            let cluster_ips: Vec<&IpAddr> = info.cluster_ips.iter().filter(of_family).collect();
+            if cluster_ips.is_empty() {
+                continue;
+            }
+            let internal = set(info.internal_policy_local, Vec::new());
+            let external = set(info.external_policy_local, Vec::new());
+            let ranges: Vec<IpNet> = info
+                .load_balancer_source_ranges
+                .iter()
+                .filter(|n| Family::of_net(n) == family)
+                .copied()
+                .collect();
+            let firewalled = set(info.external_policy_local, ranges);
+            for ip in cluster_ips {
+                frontend(ip, info.port, &internal);
+            }
+            for ip in info.external_ips.iter().filter(of_family) {
+                frontend(ip, info.port, &external);
+            }
+            for ip in info.load_balancer_ips.iter().filter(of_family) {
+                frontend(ip, info.port, &firewalled);
+            }
+            if let Some(node_port) = info.node_port {
+                let node_ips = node.node_port_ips.iter().filter(of_family);
+                for ip in node_ips.filter(|ip| !ip.is_loopback()) {
+                    frontend(ip, node_port, &external);
+                }
             }
         }
     }
@@ -394,25 +454,36 @@ fn on_runtime<T: Send + 'static>(
         .map_err(|_| std::io::Error::other("the proxy's runtime did not answer"))?
 }
 
-fn bind_std_tcp(
-    handle: &tokio::runtime::Handle,
-    addr: SocketAddr,
-) -> std::io::Result<std::net::TcpListener> {
-    on_runtime(handle, move || {
-        let l = std::net::TcpListener::bind(addr)?;
-        l.set_nonblocking(true)?;
-        Ok(l)
-    })
-}
+/// Backlog of a TCP frontend's listener.
+const LISTEN_BACKLOG: i32 = 1024;
 
-fn bind_std_udp(
+/// A non-blocking socket bound to `addr` (listening, for TCP), its source filter attached
+/// before it can receive anything: no packet from outside `ranges` ever reaches it.
+fn bind(
     handle: &tokio::runtime::Handle,
     addr: SocketAddr,
-) -> std::io::Result<std::net::UdpSocket> {
+    protocol: L4,
+    ranges: Vec<IpNet>,
+) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
     on_runtime(handle, move || {
-        let s = std::net::UdpSocket::bind(addr)?;
-        s.set_nonblocking(true)?;
-        Ok(s)
+        let socket = match protocol {
+            L4::Tcp => Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?,
+            L4::Udp => Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?,
+        };
+        if !ranges.is_empty() {
+            source_ranges::apply(&socket, &ranges)?;
+        }
+        if protocol == L4::Tcp {
+            // As std's `TcpListener::bind`: a restarted proxy rebinds at once.
+            socket.set_reuse_address(true)?;
+        }
+        socket.bind(&addr.into())?;
+        if protocol == L4::Tcp {
+            socket.listen(LISTEN_BACKLOG)?;
+        }
+        socket.set_nonblocking(true)?;
+        Ok(socket)
     })
 }
 
@@ -716,11 +787,106 @@ mod tests {
         );
     }
 
+    #[test]
+    fn frontends_keep_families_apart_and_filter_only_load_balancer_ips() {
+        use crate::model::{Endpoint, Protocol, ServicePort, ServicePortInfo, ServicePortName};
+        let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        let name = |name: &str| ServicePortName {
+            namespace: "default".into(),
+            name: name.into(),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+        };
+        let mut dual = ServicePortInfo::cluster_ip(ip("10.96.0.20"), 80, Protocol::Tcp);
+        dual.cluster_ips.push(ip("fd00:96::20"));
+        dual.node_port = Some(30080);
+        dual.load_balancer_ips = vec![ip("192.0.2.9"), ip("2001:db8::9")];
+        dual.load_balancer_source_ranges = vec![
+            "203.0.113.0/24".parse().expect("net"),
+            "2001:db8:113::/64".parse().expect("net"),
+        ];
+        // Single-stack IPv4: its IPv6 external IP and the node's IPv6 address serve nothing.
+        let mut v4 = ServicePortInfo::cluster_ip(ip("10.96.0.21"), 80, Protocol::Tcp);
+        v4.node_port = Some(30081);
+        v4.external_ips = vec![ip("2001:db8::77")];
+        let endpoints = vec![
+            Endpoint::ready(ip("10.244.1.5"), 8080, Some("node-1")),
+            Endpoint::ready(ip("fd00:10:244:1::5"), 8080, Some("node-1")),
+        ];
+        let snapshot = crate::model::Snapshot::from([
+            (
+                name("dual"),
+                ServicePort {
+                    info: dual,
+                    endpoints: endpoints.clone(),
+                },
+            ),
+            (
+                name("v4"),
+                ServicePort {
+                    info: v4,
+                    endpoints,
+                },
+            ),
+        ]);
+        let node = crate::nftables::NodeConfig {
+            node_name: "node-1".into(),
+            node_port_ips: vec![ip("192.168.67.11"), ip("fd00:67::11"), ip("::1")],
+            ..Default::default()
+        };
+        let f = frontends(&snapshot, &node, Balance::RoundRobin);
+        let at = |addr: &str, port: u16| {
+            f.get(&Frontend {
+                ip: ip(addr),
+                port,
+                protocol: L4::Tcp,
+            })
+        };
+        let addrs = |set: &BackendSet| set.endpoints.clone();
+        let v4_eps: Vec<SocketAddr> = vec!["10.244.1.5:8080".parse().expect("addr")];
+        let v6_eps: Vec<SocketAddr> = vec!["[fd00:10:244:1::5]:8080".parse().expect("addr")];
+        for (addr, port) in [
+            ("10.96.0.20", 80),
+            ("192.168.67.11", 30080),
+            ("192.0.2.9", 80),
+        ] {
+            assert_eq!(addrs(at(addr, port).expect(addr)), v4_eps, "{addr}");
+        }
+        for (addr, port) in [
+            ("fd00:96::20", 80),
+            ("fd00:67::11", 30080),
+            ("2001:db8::9", 80),
+        ] {
+            assert_eq!(addrs(at(addr, port).expect(addr)), v6_eps, "{addr}");
+        }
+        assert_eq!(
+            at("192.0.2.9", 80).expect("LB").source_ranges,
+            vec!["203.0.113.0/24".parse::<IpNet>().expect("net")]
+        );
+        assert_eq!(
+            at("2001:db8::9", 80).expect("LB").source_ranges,
+            vec!["2001:db8:113::/64".parse::<IpNet>().expect("net")]
+        );
+        assert!(at("10.96.0.20", 80)
+            .expect("ClusterIP")
+            .source_ranges
+            .is_empty());
+        assert!(at("fd00:67::11", 30080)
+            .expect("NodePort")
+            .source_ranges
+            .is_empty());
+        assert_eq!(at("10.96.0.21", 80).expect("v4").endpoints, v4_eps);
+        assert!(at("2001:db8::77", 80).is_none());
+        assert!(at("fd00:67::11", 30081).is_none());
+        assert!(at("::1", 30080).is_none() && at("::1", 30081).is_none());
+    }
+
     fn set(endpoints: &[&str], balance: Balance, affinity: Option<Duration>) -> BackendSet {
         BackendSet {
             endpoints: endpoints.iter().map(|e| e.parse().expect("addr")).collect(),
             balance,
             affinity,
+            source_ranges: Vec::new(),
         }
     }
 

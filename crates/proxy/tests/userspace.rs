@@ -1,6 +1,8 @@
 //! The userspace backend with real sockets in a network namespace of its own: service IPs on
 //! the namespace's loopback, backends as servers inside it. The packet-flow tables of the
-//! nftables tracer (`src/nftables/flows.rs`) run here too.
+//! nftables tracer (`src/nftables/flows.rs`) run here too, IPv6 ones included (the
+//! namespace's loopback takes IPv6 addresses too), each connection made from the row's source
+//! address so that `loadBalancerSourceRanges` can be judged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -15,8 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "../src/nftables/fixtures.rs"]
 mod fixtures;
-// The packet's origin and source and the affinity state are for the nftables tracer: this
-// backend does not look at them.
+// The packet's origin and the affinity state are for the nftables tracer: this backend does
+// not look at them.
 #[allow(dead_code)]
 #[path = "../src/nftables/flows.rs"]
 mod flows;
@@ -56,25 +58,52 @@ fn backend(ns: &NetNs, addr: &str, name: &str) -> Vec<tokio::task::JoinHandle<()
 
 /// The answer of the server reached at `addr` (its error kind kept: refused, timed out, ...).
 async fn ask_tcp(ns: &NetNs, addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = ns
+    let s = ns
         .connect_tcp(addr, Duration::from_secs(5))
         .await
         .map_err(|e| match e {
             switchyard_netns::Error::Io(e) => e,
             other => std::io::Error::other(other),
         })?;
+    answer(s).await
+}
+
+/// As [`ask_tcp`], from `source` (an address of the namespace), giving up connecting after
+/// `timeout`.
+async fn ask_tcp_from(
+    ns: &NetNs,
+    source: IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    let socket = ns
+        .run(move || {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            Ok::<_, std::io::Error>(socket)
+        })
+        .map_err(std::io::Error::other)??;
+    let s = tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    answer(s).await
+}
+
+/// Says hello on `s` and reads the server's answer.
+async fn answer(mut s: tokio::net::TcpStream) -> std::io::Result<String> {
     s.write_all(b"hi").await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     Ok(out)
 }
 
-/// The answer to a datagram sent to `addr` from a new socket (a new flow); refused when the
-/// ICMP port unreachable comes back.
-async fn ask_udp(ns: &NetNs, addr: SocketAddr) -> std::io::Result<String> {
-    let sock = ns
-        .bind_udp("0.0.0.0:0".parse().expect("addr"))
-        .expect("bind");
+/// The answer to a datagram sent to `addr` from a new socket (a new flow) on `source`; refused
+/// when the ICMP port unreachable comes back.
+async fn ask_udp(ns: &NetNs, source: IpAddr, addr: SocketAddr) -> std::io::Result<String> {
+    let sock = ns.bind_udp(SocketAddr::new(source, 0)).expect("bind");
     sock.connect(addr).await?;
     sock.send(b"hi").await?;
     let mut buf = [0u8; 64];
@@ -97,6 +126,7 @@ fn backends(addrs: &[&str], balance: Balance, affinity: Option<Duration>) -> Bac
         endpoints: addrs.iter().map(|a| a.parse().expect("addr")).collect(),
         balance,
         affinity,
+        source_ranges: Vec::new(),
     }
 }
 
@@ -161,9 +191,13 @@ async fn userspace_proxy_balances_fails_over_and_refuses() {
     let mut udp_seen = BTreeSet::new();
     for _ in 0..6 {
         udp_seen.insert(
-            ask_udp(&ns, "10.96.0.50:53".parse().expect("addr"))
-                .await
-                .expect("a UDP answer"),
+            ask_udp(
+                &ns,
+                "127.0.0.1".parse().expect("ip"),
+                "10.96.0.50:53".parse().expect("addr"),
+            )
+            .await
+            .expect("a UDP answer"),
         );
     }
     assert!(udp_seen.len() >= 2, "UDP flows spread: {udp_seen:?}");
@@ -288,30 +322,58 @@ async fn the_sync_loop_drives_the_userspace_backend() {
     assert!(!tables.contains("switchyard"), "{tables}");
 }
 
-/// One row's packet as connections (or datagrams) from inside `ns`: the endpoints reached (each
-/// backend answers its own `ip:port`) must be exactly the expected ones; a refusal is expected
-/// for `Reject`, and for `Untouched` (nothing of the proxy's listens there, so the namespace's
-/// kernel refuses). The userspace backend never drops, so a `Drop` here is a mistake in the
-/// table.
+/// `ip` on the namespace's loopback (`/128 nodad` for IPv6: no duplicate address detection to
+/// wait for), unless the namespace has it already.
+async fn add_address(ns: &NetNs, ip: IpAddr) {
+    let present = ns.ip(&["-o", "addr", "show"]).await.expect("ip addr");
+    let has = present
+        .split_whitespace()
+        .filter_map(|w| w.split('/').next()?.parse::<IpAddr>().ok())
+        .any(|a| a == ip);
+    if has {
+        return;
+    }
+    let (cidr, extra) = match ip {
+        IpAddr::V4(_) => (format!("{ip}/32"), None),
+        IpAddr::V6(_) => (format!("{ip}/128"), Some("nodad")),
+    };
+    let mut args = vec!["addr", "add", &cidr, "dev", "lo"];
+    args.extend(extra);
+    ns.ip(&args).await.expect("add address");
+}
+
+/// How long a dropped connection is waited for before it counts as dropped (no answer can
+/// come: the SYN is gone; the wait only has to outlast a refusal or an answer on loopback).
+const DROP_WAIT: Duration = Duration::from_secs(2);
+
+/// One row's packet as connections (or datagrams) from its source address inside `ns`: the
+/// endpoints reached (each backend answers its own `ip:port`) must be exactly the expected
+/// ones; a refusal is expected for `Reject`, and for `Untouched` (nothing of the proxy's
+/// listens there: the namespace's kernel refuses, or has no route when the address is nobody's
+/// in the namespace); no answer within [`DROP_WAIT`] for `Drop`.
 async fn check_flow(
     ns: &NetNs,
     packet: &flows::Packet,
     expected: &flows::Outcome,
 ) -> Result<(), String> {
+    add_address(ns, packet.source).await;
     let addr = SocketAddr::new(packet.destination, packet.port);
-    let ask = || async {
+    let ask = |timeout| async move {
         match packet.protocol {
-            model::Protocol::Tcp => ask_tcp(ns, addr).await,
-            model::Protocol::Udp => ask_udp(ns, addr).await,
+            model::Protocol::Tcp => ask_tcp_from(ns, packet.source, addr, timeout).await,
+            model::Protocol::Udp => ask_udp(ns, packet.source, addr).await,
             model::Protocol::Sctp => Err(std::io::Error::other("no SCTP in userspace")),
         }
     };
+    let connect_timeout = Duration::from_secs(5);
     match expected {
         flows::Outcome::Endpoints { endpoints, .. } => {
             // Round robin: twice round the endpoints reaches each of them.
             let mut seen = BTreeSet::new();
             for _ in 0..2 * endpoints.len() {
-                let answer = ask().await.map_err(|e| format!("no answer: {e}"))?;
+                let answer = ask(connect_timeout)
+                    .await
+                    .map_err(|e| format!("no answer: {e}"))?;
                 let endpoint: SocketAddr = answer
                     .parse()
                     .map_err(|_| format!("answer {answer:?} from no endpoint"))?;
@@ -323,12 +385,23 @@ async fn check_flow(
                 Err(format!("reached {seen:?}"))
             }
         }
-        flows::Outcome::Reject | flows::Outcome::Untouched => match ask().await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
-            Err(e) => Err(format!("not refused: {e}")),
-            Ok(answer) => Err(format!("answered {answer:?}")),
-        },
-        flows::Outcome::Drop => Err("the userspace backend never drops: mark the row".into()),
+        flows::Outcome::Reject | flows::Outcome::Untouched => {
+            let untouched = *expected == flows::Outcome::Untouched;
+            match ask(connect_timeout).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+                Err(e) if untouched && e.kind() == std::io::ErrorKind::NetworkUnreachable => Ok(()),
+                Err(e) => Err(format!("not refused: {e}")),
+                Ok(answer) => Err(format!("answered {answer:?}")),
+            }
+        }
+        flows::Outcome::Drop if packet.protocol == model::Protocol::Tcp => {
+            match ask(DROP_WAIT).await {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(()),
+                Err(e) => Err(format!("not dropped: {e}")),
+                Ok(answer) => Err(format!("answered {answer:?}")),
+            }
+        }
+        flows::Outcome::Drop => Err("only TCP drops are checked: mark the row".into()),
     }
 }
 
@@ -349,9 +422,7 @@ async fn the_packet_flow_tables_hold_for_the_userspace_backend() {
         let endpoints = flows::endpoints(&table);
         let ips: BTreeSet<IpAddr> = endpoints.iter().map(SocketAddr::ip).collect();
         for ip in ips {
-            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])
-                .await
-                .expect("endpoint address");
+            add_address(&ns, ip).await;
         }
         let servers: Vec<_> = endpoints
             .iter()
@@ -383,6 +454,74 @@ async fn the_packet_flow_tables_hold_for_the_userspace_backend() {
         drop(proxy);
         servers.iter().for_each(|s| s.abort());
     }
-    assert!(ran >= 30, "only {ran} rows ran");
+    assert!(ran >= 70, "only {ran} rows ran");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `loadBalancerSourceRanges` on a live frontend: sources outside the ranges get no answer at
+/// all (TCP and UDP, IPv4 and IPv6), and changed ranges take effect on the listener already
+/// open, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ranges_drop_other_sources_and_follow_changes() {
+    if !can_create_namespaces() {
+        eprintln!("SKIPPED: needs root and iproute2 to create network namespaces");
+        return;
+    }
+    let mut guard = NsGuard::new();
+    let ns = guard.create(&unique_name("usr")).await.expect("namespace");
+    let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+    let (inside, outside) = (ip("203.0.113.7"), ip("198.18.0.9"));
+    let (inside6, outside6) = (ip("2001:db8:113::7"), ip("2001:db8:18::9"));
+    for a in [
+        inside,
+        outside,
+        inside6,
+        outside6,
+        ip("10.1.0.3"),
+        ip("fd00::3"),
+    ] {
+        add_address(&ns, a).await;
+    }
+    let _servers: Vec<_> = ["10.1.0.3:8001", "[fd00::3]:8001"]
+        .into_iter()
+        .flat_map(|addr| backend(&ns, addr, addr))
+        .collect();
+    let firewalled = |endpoint: &str, ranges: &[&str]| BackendSet {
+        source_ranges: ranges.iter().map(|r| r.parse().expect("net")).collect(),
+        ..backends(&[endpoint], Balance::RoundRobin, None)
+    };
+    let lb_tcp = frontend("198.51.100.9", 80, L4::Tcp);
+    let lb_udp = frontend("198.51.100.9", 80, L4::Udp);
+    let lb6 = frontend("2001:db8:51::9", 80, L4::Tcp);
+    let mut proxy = UserspaceProxy::new(ns.clone(), 1).expect("proxy");
+    let mut desired = BTreeMap::from([
+        (lb_tcp, firewalled("10.1.0.3:8001", &["203.0.113.0/24"])),
+        (lb_udp, firewalled("10.1.0.3:8001", &["203.0.113.0/24"])),
+        (lb6, firewalled("[fd00::3]:8001", &["2001:db8:113::/64"])),
+    ]);
+    proxy.sync(&desired).await.expect("sync");
+    let lb: SocketAddr = "198.51.100.9:80".parse().expect("addr");
+    let lb6_addr: SocketAddr = "[2001:db8:51::9]:80".parse().expect("addr");
+    let answered = |r: std::io::Result<String>| r.is_ok();
+    let dropped = |r: std::io::Result<String>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut);
+    let tcp = |source, addr, timeout| ask_tcp_from(&ns, source, addr, timeout);
+    let long = Duration::from_secs(5);
+    assert!(answered(tcp(inside, lb, long).await));
+    assert!(dropped(tcp(outside, lb, DROP_WAIT).await));
+    assert!(answered(ask_udp(&ns, inside, lb).await));
+    assert!(dropped(ask_udp(&ns, outside, lb).await));
+    assert!(answered(tcp(inside6, lb6_addr, long).await));
+    assert!(dropped(tcp(outside6, lb6_addr, DROP_WAIT).await));
+
+    // New ranges refit the open listener: the other source is in now, the first one out.
+    desired.insert(lb_tcp, firewalled("10.1.0.3:8001", &["198.18.0.0/15"]));
+    proxy.sync(&desired).await.expect("sync");
+    assert!(answered(tcp(outside, lb, long).await));
+    assert!(dropped(tcp(inside, lb, DROP_WAIT).await));
+    // No ranges: everyone.
+    desired.insert(lb_tcp, firewalled("10.1.0.3:8001", &[]));
+    proxy.sync(&desired).await.expect("sync");
+    assert!(answered(tcp(inside, lb, long).await));
+    assert!(answered(tcp(outside, lb, long).await));
+    drop(proxy);
 }

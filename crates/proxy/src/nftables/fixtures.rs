@@ -57,3 +57,10 @@ pub(crate) fn web(endpoints: &[(&str, &str)]) -> (ServicePortName, ServicePort) 
         },
     )
 }
+
+/// `web` over IPv6: ClusterIP fd00:96::a, endpoints `(ip, node)` on port 8080.
+pub(crate) fn web6(endpoints: &[(&str, &str)]) -> (ServicePortName, ServicePort) {
+    let (name, mut port) = web(endpoints);
+    port.info.cluster_ips = vec![ip("fd00:96::a")];
+    (name, port)
+}

@@ -7,11 +7,16 @@
 //! column says how the userspace backend relates to it: the same (the masquerade bit aside: the
 //! userspace proxy always connects from its own address), a different outcome with the reason,
 //! or not applicable with the reason. Nothing is skipped silently.
+//!
+//! IPv6 tables (`ip6 switchyard`, KEP-563) repeat the IPv4 shapes with the node's IPv6 address
+//! and pod network ([`super::fixtures::node`]); a packet is traced through the table of its
+//! family, so a dual-stack Service's rows show each ClusterIP reaching only its own family's
+//! endpoints.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use super::fixtures::{ip, node, spn, web};
+use super::fixtures::{ip, node, spn, web, web6};
 use crate::model::{Endpoint, Protocol, ServicePort, ServicePortInfo, Snapshot};
 use crate::nftables::{NodeConfig, Scheduler};
 
@@ -87,7 +92,13 @@ const OUTSIDE: &str = "198.18.0.9";
 const NODE: &str = "192.168.67.1";
 const CLUSTER_IP: &str = "10.96.0.10";
 
-const NO_SOURCE_RANGES: &str = "the userspace backend does not apply loadBalancerSourceRanges";
+/// The same over IPv6: a pod of node-a, an outside host, node-a's IPv6 address, the ClusterIP.
+const POD6: &str = "fd00:10:244:1::5";
+const OUTSIDE6: &str = "2001:db8:18::9";
+const NODE6: &str = "fd00:67::1";
+const CLUSTER_IP6: &str = "fd00:96::a";
+const LB_IP6: &str = "2001:db8:51::9";
+
 const POLICY_FOR_EVERYONE: &str = "the userspace backend applies externalTrafficPolicy Local to \
     every client of an external address, pods and the node too (nftables short-circuits them to \
     all endpoints)";
@@ -175,8 +186,25 @@ fn web_local_and_remote() -> (crate::model::ServicePortName, ServicePort) {
 const BOTH: [&str; 2] = ["10.244.1.2:8080", "10.244.2.2:8080"];
 const LOCAL: [&str; 1] = ["10.244.1.2:8080"];
 
-/// Every table.
+/// `web6` with one endpoint on this node (fd00:10:244:1::2) and one on node-b.
+fn web6_local_and_remote() -> (crate::model::ServicePortName, ServicePort) {
+    web6(&[
+        ("fd00:10:244:1::2", "node-a"),
+        ("fd00:10:244:2::2", "node-b"),
+    ])
+}
+
+const BOTH6: [&str; 2] = ["[fd00:10:244:1::2]:8080", "[fd00:10:244:2::2]:8080"];
+const LOCAL6: [&str; 1] = ["[fd00:10:244:1::2]:8080"];
+
+/// Every table, IPv4 then IPv6 and dual-stack.
 pub(crate) fn tables() -> Vec<FlowTable> {
+    let mut tables = ipv4_tables();
+    tables.extend(ipv6_tables());
+    tables
+}
+
+fn ipv4_tables() -> Vec<FlowTable> {
     use Origin::{Node, Outside, Pod};
     vec![
         table(
@@ -336,11 +364,9 @@ pub(crate) fn tables() -> Vec<FlowTable> {
                     tcp(Outside, "203.0.113.7", "198.51.100.9", 80),
                     to(&LOCAL, true),
                 ),
-                Row::new(tcp(Outside, OUTSIDE, "198.51.100.9", 80), Outcome::Drop)
-                    .not_in_userspace(NO_SOURCE_RANGES),
+                Row::new(tcp(Outside, OUTSIDE, "198.51.100.9", 80), Outcome::Drop),
                 // The node is not in the ranges either (kube-proxy allows it only when it is).
-                Row::new(tcp(Node, NODE, "198.51.100.9", 80), Outcome::Drop)
-                    .not_in_userspace(NO_SOURCE_RANGES),
+                Row::new(tcp(Node, NODE, "198.51.100.9", 80), Outcome::Drop),
                 // The ranges guard the LoadBalancer IPs only, not the NodePort.
                 Row::new(tcp(Outside, OUTSIDE, NODE, 30080), to(&LOCAL, true)),
             ],
@@ -452,6 +478,208 @@ pub(crate) fn tables() -> Vec<FlowTable> {
                     false,
                 ),
             )],
+        ),
+    ]
+}
+
+fn ipv6_tables() -> Vec<FlowTable> {
+    use Origin::{Node, Outside, Pod};
+    vec![
+        table(
+            "IPv6 ClusterIP with endpoints",
+            node(),
+            vec![web6_local_and_remote()],
+            vec![
+                Row::new(tcp(Pod, POD6, CLUSTER_IP6, 80), to(&BOTH6, false)),
+                Row::new(tcp(Node, NODE6, CLUSTER_IP6, 80), to(&BOTH6, true)),
+                Row::new(tcp(Outside, OUTSIDE6, CLUSTER_IP6, 80), to(&BOTH6, true)),
+                Row::new(tcp(Pod, POD6, CLUSTER_IP6, 81), Outcome::Untouched),
+                Row::new(udp(Pod, POD6, CLUSTER_IP6, 80), Outcome::Untouched),
+                // The IPv4 ClusterIP of a single-stack IPv6 Service does not exist.
+                Row::new(tcp(Pod, POD, CLUSTER_IP, 80), Outcome::Untouched),
+            ],
+        ),
+        table(
+            "IPv6 hairpin",
+            node(),
+            vec![web6(&[("fd00:10:244:1::2", "node-a")])],
+            vec![
+                Row::new(
+                    tcp(Pod, "fd00:10:244:1::2", CLUSTER_IP6, 80),
+                    to(&LOCAL6, true),
+                ),
+                Row::new(tcp(Pod, POD6, CLUSTER_IP6, 80), to(&LOCAL6, false)),
+            ],
+        ),
+        table(
+            "IPv6 no endpoints",
+            node(),
+            vec![web6(&[]), {
+                let mut dns = ServicePort {
+                    info: ServicePortInfo::cluster_ip(ip("fd00:96::35"), 53, Protocol::Udp),
+                    endpoints: vec![],
+                };
+                dns.info.node_port = Some(30053);
+                (spn("dns", "dns", Protocol::Udp), dns)
+            }],
+            vec![
+                // TCP reset, ICMPv6 port unreachable.
+                Row::new(tcp(Pod, POD6, CLUSTER_IP6, 80), Outcome::Reject),
+                Row::new(tcp(Node, NODE6, CLUSTER_IP6, 80), Outcome::Reject),
+                Row::new(udp(Pod, POD6, "fd00:96::35", 53), Outcome::Reject),
+                Row::new(udp(Outside, OUTSIDE6, NODE6, 30053), Outcome::Reject),
+                // Never a NodePort on ::1 (CVE-2020-8558).
+                Row::new(udp(Node, "::1", "::1", 30053), Outcome::Untouched),
+            ],
+        ),
+        table(
+            "IPv6 NodePort and externalIPs, externalTrafficPolicy Cluster",
+            node(),
+            vec![{
+                let (name, mut port) = web6_local_and_remote();
+                port.info.node_port = Some(30080);
+                // An IPv4 external IP of a single-stack IPv6 Service is served by neither table.
+                port.info.external_ips = vec![ip("2001:db8:10::10"), ip("192.0.2.10")];
+                (name, port)
+            }],
+            vec![
+                Row::new(tcp(Outside, OUTSIDE6, NODE6, 30080), to(&BOTH6, true)),
+                Row::new(tcp(Pod, POD6, NODE6, 30080), to(&BOTH6, true)),
+                Row::new(
+                    tcp(Outside, OUTSIDE6, "2001:db8:10::10", 80),
+                    to(&BOTH6, true),
+                ),
+                Row::new(tcp(Outside, OUTSIDE6, "::1", 30080), Outcome::Untouched),
+                Row::new(tcp(Node, "::1", "::1", 30080), Outcome::Untouched),
+                Row::new(tcp(Outside, OUTSIDE6, NODE6, 30081), Outcome::Untouched),
+                // Nor is the IPv4 NodePort opened for it.
+                Row::new(tcp(Outside, OUTSIDE, NODE, 30080), Outcome::Untouched),
+                Row::new(tcp(Pod, POD6, CLUSTER_IP6, 80), to(&BOTH6, false)),
+            ],
+        ),
+        table(
+            "IPv6 externalTrafficPolicy Local",
+            node(),
+            vec![{
+                let (name, mut port) = web6_local_and_remote();
+                port.info.node_port = Some(30080);
+                port.info.load_balancer_ips = vec![ip(LB_IP6)];
+                port.info.external_policy_local = true;
+                (name, port)
+            }],
+            vec![
+                Row::new(tcp(Outside, OUTSIDE6, NODE6, 30080), to(&LOCAL6, false)),
+                Row::new(tcp(Outside, OUTSIDE6, LB_IP6, 80), to(&LOCAL6, false)),
+                Row::new(tcp(Pod, POD6, LB_IP6, 80), to(&BOTH6, false))
+                    .userspace_differs(to(&LOCAL6, false), POLICY_FOR_EVERYONE),
+                Row::new(tcp(Node, NODE6, NODE6, 30080), to(&BOTH6, true))
+                    .userspace_differs(to(&LOCAL6, false), POLICY_FOR_EVERYONE),
+                Row::new(tcp(Pod, POD6, CLUSTER_IP6, 80), to(&BOTH6, false)),
+            ],
+        ),
+        table(
+            "IPv6 loadBalancerSourceRanges",
+            node(),
+            vec![{
+                let (name, mut port) = web6(&[("fd00:10:244:1::2", "node-a")]);
+                port.info.node_port = Some(30080);
+                port.info.load_balancer_ips = vec![ip(LB_IP6)];
+                // The IPv4 range does not open the IPv6 address to IPv4 sources, nor does it
+                // close it to IPv6 ones.
+                port.info.load_balancer_source_ranges = vec![
+                    "2001:db8:113::/64".parse().expect("net"),
+                    "203.0.113.0/24".parse().expect("net"),
+                ];
+                (name, port)
+            }],
+            vec![
+                Row::new(
+                    tcp(Outside, "2001:db8:113::7", LB_IP6, 80),
+                    to(&LOCAL6, true),
+                ),
+                Row::new(tcp(Outside, OUTSIDE6, LB_IP6, 80), Outcome::Drop),
+                Row::new(tcp(Node, NODE6, LB_IP6, 80), Outcome::Drop),
+                Row::new(tcp(Outside, OUTSIDE6, NODE6, 30080), to(&LOCAL6, true)),
+                Row::new(tcp(Pod, POD6, CLUSTER_IP6, 80), to(&LOCAL6, false)),
+            ],
+        ),
+        table(
+            "IPv6 sessionAffinity ClientIP",
+            node(),
+            vec![{
+                let (name, mut port) = web6(&[
+                    ("fd00:10:244:1::2", "node-a"),
+                    ("fd00:10:244:1::3", "node-a"),
+                ]);
+                port.info.session_affinity_seconds = Some(60);
+                (name, port)
+            }],
+            vec![
+                Row::new(
+                    tcp(Pod, POD6, CLUSTER_IP6, 80),
+                    to(
+                        &["[fd00:10:244:1::2]:8080", "[fd00:10:244:1::3]:8080"],
+                        false,
+                    ),
+                )
+                .not_in_userspace(
+                    "one client is pinned by its first connection; stickiness is covered by \
+                     userspace_proxy_balances_fails_over_and_refuses",
+                ),
+                Row::new(
+                    tcp(Pod, POD6, CLUSTER_IP6, 80),
+                    to(&["[fd00:10:244:1::3]:8080"], false),
+                )
+                .with_affinity_to("[fd00:10:244:1::3]:8080")
+                .not_in_userspace("the userspace backend's affinity state cannot be preset"),
+            ],
+        ),
+        table(
+            "IPv6 source hash",
+            NodeConfig {
+                scheduler: Scheduler::SourceHash,
+                ..node()
+            },
+            vec![web6(&[
+                ("fd00:10:244:1::2", "node-a"),
+                ("fd00:10:244:1::3", "node-a"),
+                ("fd00:10:244:2::2", "node-b"),
+            ])],
+            vec![Row::new(
+                tcp(Pod, POD6, CLUSTER_IP6, 80),
+                to(
+                    &[
+                        "[fd00:10:244:1::2]:8080",
+                        "[fd00:10:244:1::3]:8080",
+                        "[fd00:10:244:2::2]:8080",
+                    ],
+                    false,
+                ),
+            )],
+        ),
+        table(
+            "dual-stack ClusterIP",
+            node(),
+            vec![{
+                let (name, mut port) = web(&[
+                    ("10.244.1.2", "node-a"),
+                    ("10.244.2.2", "node-b"),
+                    ("fd00:10:244:1::2", "node-a"),
+                    ("fd00:10:244:2::2", "node-b"),
+                ]);
+                port.info.cluster_ips = vec![ip(CLUSTER_IP), ip(CLUSTER_IP6)];
+                port.info.node_port = Some(30080);
+                (name, port)
+            }],
+            vec![
+                // Each family's ClusterIP and NodePort reach only that family's endpoints.
+                Row::new(tcp(Pod, POD, CLUSTER_IP, 80), to(&BOTH, false)),
+                Row::new(tcp(Pod, POD6, CLUSTER_IP6, 80), to(&BOTH6, false)),
+                Row::new(tcp(Node, NODE, CLUSTER_IP, 80), to(&BOTH, true)),
+                Row::new(tcp(Node, NODE6, CLUSTER_IP6, 80), to(&BOTH6, true)),
+                Row::new(tcp(Outside, OUTSIDE, NODE, 30080), to(&BOTH, true)),
+                Row::new(tcp(Outside, OUTSIDE6, NODE6, 30080), to(&BOTH6, true)),
+            ],
         ),
     ]
 }

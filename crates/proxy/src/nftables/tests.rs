@@ -3,7 +3,7 @@
 //! switchyard-proxy` and review the diff; every golden full ruleset is also loaded into a real
 //! kernel by `tests/dataplane.rs` (`nft -c`), so goldens cannot hold rules nft would reject.
 
-use super::fixtures::{ip, node, spn, web};
+use super::fixtures::{ip, node, spn, web, web6};
 use super::*;
 use crate::model::{Endpoint, Protocol, ServicePortInfo};
 
@@ -287,17 +287,6 @@ fn a_changed_affinity_timeout_needs_a_full_sync() {
         [(old.services.get(&key), new.services.get(&key))]
     )
     .is_none());
-}
-
-/// `web` over IPv6: ClusterIP fd00:96::a, endpoints on port 8080.
-fn web6(endpoints: &[(&str, &str)]) -> (ServicePortName, ServicePort) {
-    let (n, mut p) = web(&[]);
-    p.info.cluster_ips = vec![ip("fd00:96::a")];
-    p.endpoints = endpoints
-        .iter()
-        .map(|(e, node)| Endpoint::ready(ip(e), 8080, Some(node)))
-        .collect();
-    (n, p)
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! A packet tracer over the generated rules (test support): it reads the full transaction of a
 //! [`Ruleset`] (the text `nft -f` loads) and walks the first packet of a connection through the
 //! table's base chains in the kernel's order, reporting the endpoint it is DNATed to and whether
-//! it is masqueraded, or DROP, REJECT, or untouched.
+//! it is masqueraded, or DROP, REJECT, or untouched. Either family's table: `ip switchyard`
+//! takes IPv4 packets, `ip6 switchyard` IPv6 ones (a packet of the other family is an error, as
+//! is a rule of the table that speaks of the other family: `ip saddr` in the `ip6` table, an
+//! ICMP reject, an `ipv4_addr` set).
 //!
 //! Every rule, map element and set declaration goes through [`super::rule`]'s strict parser, and
 //! every term is evaluated, never skipped: a rule shape the tracer does not understand, a jump to
@@ -94,9 +97,10 @@ struct Map {
     elements: Vec<(Value, Verdict)>,
 }
 
-/// Our table, read back from a full transaction.
+/// One family's table, read back from a full transaction.
 #[derive(Debug)]
 pub(crate) struct Table {
+    family: Family,
     chains: BTreeMap<String, Chain>,
     sets: BTreeMap<String, Set>,
     maps: BTreeMap<String, Map>,
@@ -170,20 +174,24 @@ struct Stage {
 const MAX_DEPTH: usize = 16;
 
 impl Table {
-    /// Reads the full transaction of `ruleset`; `node_addresses` are the node's own.
+    /// Reads the full transaction of `ruleset`; `node_addresses` are the node's own (of both
+    /// families: a packet from the node has one of them as its source).
     pub(crate) fn load(
         ruleset: &Ruleset,
         node_addresses: impl IntoIterator<Item = IpAddr>,
     ) -> Result<Table, TraceError> {
-        let mut table = read(&full_transaction(ruleset))?;
+        let mut table = read(&full_transaction(ruleset), ruleset.family)?;
         table.node_addresses = node_addresses.into_iter().collect();
         table.check_references()?;
+        table.check_families()?;
         Ok(table)
     }
 
-    /// The dynamic affinity set of `endpoint` (the builder names it `affinity-…__ip/port`).
+    /// The dynamic affinity set of `endpoint` (the builder names it `affinity-…__ip/port`, an
+    /// IPv6 address with dots for colons).
     pub(crate) fn affinity_set(&self, endpoint: SocketAddr) -> Result<String, TraceError> {
-        let suffix = format!("__{}/{}", endpoint.ip(), endpoint.port());
+        let ip = endpoint.ip().to_string().replace(':', ".");
+        let suffix = format!("__{ip}/{}", endpoint.port());
         let names: Vec<&String> = self
             .sets
             .keys()
@@ -201,6 +209,14 @@ impl Table {
         packet: &Packet,
         dynamic: &BTreeMap<String, BTreeSet<IpAddr>>,
     ) -> Result<BTreeSet<End>, TraceError> {
+        if Family::of(&packet.source) != self.family
+            || Family::of(&packet.destination) != self.family
+        {
+            return error(format!(
+                "{packet:?}: not a packet of the {} table",
+                self.family.nft()
+            ));
+        }
         let from_node = self.node_addresses.contains(&packet.source);
         if from_node != (packet.from == Origin::Node) {
             return error(format!(
@@ -302,6 +318,55 @@ impl Table {
                             return error(format!("{name}: missing set {set}"));
                         }
                         _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Table {
+    /// Every address match, hash, set and map of the table is of the table's family: the
+    /// kernel would refuse `ip saddr` in an `ip6` table, and an IPv4 set there could never
+    /// match.
+    fn check_families(&self) -> Result<(), TraceError> {
+        let family = self.family;
+        let key_ok = |key: &Key| match key {
+            Key::Addr(f, _) | Key::Jhash { family: f, .. } => *f == family,
+            _ => true,
+        };
+        for (name, set) in &self.sets {
+            if set.family != family {
+                return error(format!(
+                    "set {name} of {:?} in the {family:?} table",
+                    set.family
+                ));
+            }
+        }
+        for (name, map) in &self.maps {
+            if !map.keys.iter().all(key_ok) {
+                return error(format!(
+                    "map {name} keyed by {:?} in the {family:?} table",
+                    map.keys
+                ));
+            }
+        }
+        for (name, chain) in &self.chains {
+            for rule in &chain.rules {
+                for term in &rule.terms {
+                    let ok = match term {
+                        Term::Cmp { key, .. } | Term::UpdateSet { key, .. } => key_ok(key),
+                        Term::Lookup { keys, .. } | Term::Vmap { keys, .. } => {
+                            keys.iter().all(key_ok)
+                        }
+                        Term::Dnat { addr, .. } => Family::of(addr) == family,
+                        Term::Reject(Reject::IcmpPortUnreachable) => family == Family::V4,
+                        Term::Reject(Reject::Icmpv6PortUnreachable) => family == Family::V6,
+                        _ => true,
+                    };
+                    if !ok {
+                        return error(format!("{name}: {term} in the {family:?} table"));
                     }
                 }
             }
@@ -691,13 +756,15 @@ pub(crate) fn outcome(ends: &BTreeSet<End>) -> Result<Outcome, String> {
     }
 }
 
-/// Reads `table ip switchyard { … }` as [`super::full_transaction`] writes it.
-fn read(text: &str) -> Result<Table, TraceError> {
+/// Reads `table ip switchyard { … }` (`ip6` for [`Family::V6`]) as
+/// [`super::full_transaction`] writes it.
+fn read(text: &str, family: Family) -> Result<Table, TraceError> {
     let mut lines = text.lines().enumerate();
+    let ip = family.nft();
     for expected in [
-        format!("add table ip {TABLE}"),
-        format!("delete table ip {TABLE}"),
-        format!("table ip {TABLE} {{"),
+        format!("add table {ip} {TABLE}"),
+        format!("delete table {ip} {TABLE}"),
+        format!("table {ip} {TABLE} {{"),
     ] {
         match lines.next() {
             Some((_, line)) if line == expected => {}
@@ -705,6 +772,7 @@ fn read(text: &str) -> Result<Table, TraceError> {
         }
     }
     let mut table = Table {
+        family,
         chains: BTreeMap::new(),
         sets: BTreeMap::new(),
         maps: BTreeMap::new(),
@@ -817,7 +885,7 @@ fn read_base(line: &str) -> Result<Base, TraceError> {
         "postrouting" => Hook::Postrouting,
         other => return error(format!("hook {other:?}")),
     };
-    // nft's named priorities of the ip family.
+    // nft's named priorities of the ip and ip6 families (the same numbers).
     let priority = match priority.strip_suffix(';') {
         Some("dstnat") => -100,
         Some("filter") => 0,
@@ -897,7 +965,7 @@ fn braced(line: &str) -> Result<&str, TraceError> {
 #[cfg(test)]
 mod tests {
     use super::super::build;
-    use super::super::fixtures::{node, web};
+    use super::super::fixtures::{node, web, web6};
     use super::super::flows::{endpoints, tables, Origin};
     use super::*;
 
@@ -906,12 +974,20 @@ mod tests {
         let mut failures = Vec::new();
         let mut rows = 0;
         for table in tables() {
-            let ruleset = build(&table.snapshot, &table.node, Family::V4);
-            let traced = Table::load(&ruleset, table.node.node_port_ips.iter().copied())
-                .unwrap_or_else(|e| panic!("{}: {e}", table.name));
+            // A packet goes through the table of its family.
+            let by_family: BTreeMap<Family, Table> = Family::ALL
+                .into_iter()
+                .map(|family| {
+                    let ruleset = build(&table.snapshot, &table.node, family);
+                    let traced = Table::load(&ruleset, table.node.node_port_ips.iter().copied())
+                        .unwrap_or_else(|e| panic!("{} ({family:?}): {e}", table.name));
+                    (family, traced)
+                })
+                .collect();
             let known = endpoints(&table);
             for row in &table.rows {
                 rows += 1;
+                let traced = &by_family[&Family::of(&row.packet.destination)];
                 if let Outcome::Endpoints { endpoints, .. } = &row.nftables {
                     assert!(endpoints.is_subset(&known), "{}: {row:?}", table.name);
                 }
@@ -932,13 +1008,24 @@ mod tests {
                 }
             }
         }
-        assert!(rows >= 40, "only {rows} rows");
+        assert!(rows >= 80, "only {rows} rows");
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
     fn traced(extra: Option<(&str, &str)>) -> Result<Table, TraceError> {
         let snapshot = [web(&[("10.244.1.2", "node-a")])].into_iter().collect();
-        let mut ruleset = build(&snapshot, &node(), Family::V4);
+        with_rule(build(&snapshot, &node(), Family::V4), extra)
+    }
+
+    fn traced6(extra: Option<(&str, &str)>) -> Result<Table, TraceError> {
+        let snapshot = [web6(&[("fd00:10:244:1::2", "node-a")])]
+            .into_iter()
+            .collect();
+        with_rule(build(&snapshot, &node(), Family::V6), extra)
+    }
+
+    /// `ruleset`'s table with `rule` first in the first chain named `chain…`.
+    fn with_rule(mut ruleset: Ruleset, extra: Option<(&str, &str)>) -> Result<Table, TraceError> {
         if let Some((chain, rule)) = extra {
             let rules = ruleset
                 .services
@@ -988,6 +1075,45 @@ mod tests {
             .trace(&from_pod(), &BTreeMap::new())
             .expect_err("a misplaced statement");
         assert!(e.to_string().contains("outside a filter chain"), "{e}");
+    }
+
+    #[test]
+    fn the_other_familys_words_fail_the_ipv6_load() {
+        traced6(None).expect("the builder's own IPv6 rules load");
+        for (rule, word) in [
+            ("ip saddr 10.0.0.1 drop", "ip saddr"),
+            ("reject with icmp type port-unreachable", "icmp type"),
+            ("meta l4proto tcp dnat to 10.0.0.1:80", "dnat to 10.0.0.1"),
+            ("jhash ip saddr mod 2 seed 0x1 == 0 drop", "jhash ip saddr"),
+        ] {
+            let e = traced6(Some(("service-", rule))).expect_err(rule);
+            assert!(e.to_string().contains(word), "{rule}: {e}");
+        }
+        let e = traced(Some((
+            "service-",
+            "reject with icmpv6 type port-unreachable",
+        )))
+        .expect_err("ICMPv6 in the ip table");
+        assert!(e.to_string().contains("icmpv6"), "{e}");
+    }
+
+    #[test]
+    fn a_packet_goes_only_through_its_familys_table() {
+        let v4 = traced(None).expect("loads");
+        let v6 = traced6(None).expect("loads");
+        let mut packet6 = from_pod();
+        packet6.source = "fd00:10:244:1::5".parse().expect("ip");
+        packet6.destination = "fd00:96::a".parse().expect("ip");
+        assert!(v4.trace(&packet6, &BTreeMap::new()).is_err());
+        assert!(v6.trace(&from_pod(), &BTreeMap::new()).is_err());
+        let ends = v6.trace(&packet6, &BTreeMap::new()).expect("traces");
+        assert_eq!(
+            outcome(&ends).expect("one outcome"),
+            Outcome::Endpoints {
+                endpoints: BTreeSet::from(["[fd00:10:244:1::2]:8080".parse().expect("addr")]),
+                masqueraded: false,
+            }
+        );
     }
 
     #[test]
