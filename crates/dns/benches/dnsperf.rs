@@ -5,6 +5,8 @@
 //!   ClusterIP) loaded directly into a [`Zone`] and served by our server; the same records as a
 //!   static zone file served by `knotd`; the same query file against both;
 //! - cached external names: our forwarder with Knot as its upstream, next to Knot directly;
+//! - CPU time (user + system) each server spent per query answered during those same runs: on
+//!   a machine shared with other work the rate follows the load, the cost per query much less;
 //! - our process's RSS with that zone loaded, next to CoreDNS's published formula
 //!   MB ≈ (pods + services) × 0.00086 + 49.
 //!
@@ -79,6 +81,24 @@ fn rss_mib() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// CPU seconds (user + system) process `pid` (or `self`) has used, from `/proc/PID/stat` (fields
+/// 14 and 15, in USER_HZ ticks, which Linux fixes at 100 for userspace).
+fn cpu_seconds(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let after_name = stat
+        .rsplit_once(')')
+        .map_or(stat.as_str(), |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |n: usize| -> Result<f64> {
+        Ok(fields
+            .get(n - 3)
+            .context("short /proc stat")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(14)? + ticks(15)?) / 100.0)
 }
 
 fn ip(n: u32, base: Ipv4Addr) -> Ipv4Addr {
@@ -288,8 +308,16 @@ fn wait_answering(port: u16, name: &str) -> Result<()> {
     bail!("nothing answers {name} on port {port}")
 }
 
-/// One dnsperf run: (queries/s, the response codes line).
-fn dnsperf(port: u16, queries: &Path, seconds: u32, extra: &[&str]) -> Result<(f64, String)> {
+/// One dnsperf run's figures.
+struct Run {
+    qps: f64,
+    completed: f64,
+    /// The response codes line.
+    codes: String,
+}
+
+/// One dnsperf run.
+fn dnsperf(port: u16, queries: &Path, seconds: u32, extra: &[&str]) -> Result<Run> {
     let out = Command::new("dnsperf")
         .args([
             "-s",
@@ -311,6 +339,11 @@ fn dnsperf(port: u16, queries: &Path, seconds: u32, extra: &[&str]) -> Result<(f
         .find(|l| l.contains("Queries per second:"))
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
         .with_context(|| format!("no rate in dnsperf output:\n{text}"))?;
+    let completed = text
+        .lines()
+        .find(|l| l.contains("Queries completed:"))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .with_context(|| format!("no completed count in dnsperf output:\n{text}"))?;
     let codes = text
         .lines()
         .find(|l| l.contains("Response codes:"))
@@ -321,7 +354,11 @@ fn dnsperf(port: u16, queries: &Path, seconds: u32, extra: &[&str]) -> Result<(f
                 .to_string()
         })
         .unwrap_or_default();
-    Ok((qps, codes))
+    Ok(Run {
+        qps,
+        completed,
+        codes,
+    })
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -382,6 +419,7 @@ fn main() -> Result<()> {
     std::fs::write(&external_queries, external_query_file())?;
 
     let knot = start_knot(dir.path(), knot_port)?;
+    let knot_pid = knot.0.id().to_string();
     let _tasks = runtime.block_on(async {
         // One UDP socket per worker thread, as Knot's `udp-workers: 2`.
         let udp = bind_udp(SocketAddr::from(([127, 0, 0, 1], ours_port)), UDP_SOCKETS)?;
@@ -420,6 +458,8 @@ fn main() -> Result<()> {
         ),
     ] {
         let (mut ours, mut knot) = (Vec::new(), Vec::new());
+        // Microseconds of CPU per query answered.
+        let (mut ours_cpu, mut knot_cpu) = (Vec::new(), Vec::new());
         let (mut ours_codes, mut knot_codes) = (String::new(), String::new());
         for run in 0..runs {
             // Alternate who goes first: the machine's noise drifts.
@@ -429,28 +469,42 @@ fn main() -> Result<()> {
                 [false, true]
             };
             for is_ours in order {
-                let port = if is_ours { ours_port } else { knot_port };
-                let (qps, codes) = dnsperf(port, file, seconds, &[])?;
-                if is_ours {
-                    ours.push(qps);
-                    ours_codes = codes;
+                let (port, pid) = if is_ours {
+                    (ours_port, "self".to_string())
                 } else {
-                    knot.push(qps);
-                    knot_codes = codes;
+                    (knot_port, knot_pid.clone())
+                };
+                let cpu_before = cpu_seconds(&pid)?;
+                let run = dnsperf(port, file, seconds, &[])?;
+                let cpu_per_query =
+                    (cpu_seconds(&pid)? - cpu_before) * 1e6 / run.completed.max(1.0);
+                if is_ours {
+                    ours.push(run.qps);
+                    ours_cpu.push(cpu_per_query);
+                    ours_codes = run.codes;
+                } else {
+                    knot.push(run.qps);
+                    knot_cpu.push(cpu_per_query);
+                    knot_codes = run.codes;
                 }
             }
         }
         let (ours, knot) = (median(ours), median(knot));
-        rows.push((what, ours_label, ours, ours_codes, knot, knot_codes));
+        let cpu = (median(ours_cpu), median(knot_cpu));
+        rows.push((what, ours_label, ours, ours_codes, knot, knot_codes, cpu));
     }
     println!(
         "{:<24} {:>14} {:>14} {:>8}",
         "queries", "switchyard q/s", "knotd q/s", "ratio"
     );
-    for (what, label, ours, ours_codes, knot, knot_codes) in &rows {
+    for (what, label, ours, ours_codes, knot, knot_codes, (ours_cpu, knot_cpu)) in &rows {
         println!(
             "{what:<24} {ours:>14.0} {knot:>14.0} {:>8.2}",
             ours / knot.max(1.0)
+        );
+        println!(
+            "    CPU per query: switchyard {ours_cpu:.2} us, knotd {knot_cpu:.2} us (knotd/switchyard {:.2})",
+            knot_cpu / ours_cpu.max(f64::MIN_POSITIVE)
         );
         println!("    {label}: {ours_codes}");
         println!("    knotd: {knot_codes}");
@@ -462,7 +516,7 @@ fn main() -> Result<()> {
         pods_and_services * 0.00086 + 49.0
     );
     if let Ok(out) = Command::new("ps")
-        .args(["-o", "rss=", "-p", &knot.0.id().to_string()])
+        .args(["-o", "rss=", "-p", &knot_pid])
         .output()
     {
         let kib: f64 = String::from_utf8_lossy(&out.stdout)

@@ -12,4 +12,5 @@ pub mod registration;
 mod reply_cache;
 pub mod server;
 pub mod sources;
+mod udp_batch;
 pub mod zone;

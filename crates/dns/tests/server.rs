@@ -408,6 +408,65 @@ async fn sockets_bound_together_share_one_port_and_each_answers_its_clients() ->
 }
 
 #[tokio::test]
+async fn a_burst_of_queries_is_answered_each_with_its_own_id_and_question() -> Result<()> {
+    let running = start_dns(None).await?;
+    running.dns.mark_synced();
+    // More queries than one batch takes (64), sent before reading any reply, from one client:
+    // they wait on the server's socket together (100 small datagrams fit its receive buffer).
+    let client = UdpSocket::bind("127.0.0.1:0").await?;
+    let names = ["dns-version.cluster.local.", "missing.cluster.local."];
+    let mut asked = std::collections::HashMap::new();
+    for n in 0..100u16 {
+        let mut query = query(names[usize::from(n) % 2], RecordType::TXT);
+        query.metadata.id = n;
+        client.send_to(&query.to_vec()?, running.udp).await?;
+        asked.insert(n, names[usize::from(n) % 2]);
+    }
+    let mut buffer = vec![0; 65_535];
+    while !asked.is_empty() {
+        let (len, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buffer))
+            .await
+            .with_context(|| format!("{} queries unanswered", asked.len()))??;
+        let reply = Message::from_vec(&buffer[..len])?;
+        let name = asked
+            .remove(&reply.metadata.id)
+            .context("a reply to no query, or a second one")?;
+        assert_eq!(reply.queries[0].name().to_string(), name);
+        let rcode = if name.starts_with("dns-version") {
+            ResponseCode::NoError
+        } else {
+            ResponseCode::NXDomain
+        };
+        assert_eq!(reply.metadata.response_code, rcode);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_serve_udp_closes_its_socket() -> Result<()> {
+    let dns = Arc::new(Dns::new(
+        Zone::new(ZoneConfig::default()),
+        Forwarder::new(ForwarderConfig::default()),
+        Vec::new(),
+    ));
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let addr = socket.local_addr()?;
+    let task = tokio::spawn(Arc::clone(&dns).serve_udp(socket));
+    // Answered (SERVFAIL before the sync): the socket is being served.
+    let reply = ask_udp(addr, &query("dns-version.cluster.local.", RecordType::TXT)).await?;
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    task.abort();
+    // The port is free again once nothing holds the socket any more.
+    wait_for(
+        WAIT,
+        "the socket to close after its serve_udp was dropped",
+        || async { std::net::UdpSocket::bind(addr).ok() },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_idle_tcp_connection_is_closed() -> Result<()> {
     let dns = Arc::new(
         Dns::new(
