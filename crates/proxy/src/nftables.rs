@@ -736,6 +736,7 @@ pub fn partial_transaction<'a>(
     Some(out)
 }
 
+pub mod netlink;
 pub mod rule;
 
 #[cfg(test)]

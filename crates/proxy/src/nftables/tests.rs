@@ -10,7 +10,7 @@ pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
 }
 
-fn spn(name: &str, port_name: &str, protocol: Protocol) -> ServicePortName {
+pub(crate) fn spn(name: &str, port_name: &str, protocol: Protocol) -> ServicePortName {
     ServicePortName {
         namespace: "default".into(),
         name: name.into(),
@@ -19,7 +19,7 @@ fn spn(name: &str, port_name: &str, protocol: Protocol) -> ServicePortName {
     }
 }
 
-fn node() -> NodeConfig {
+pub(crate) fn node() -> NodeConfig {
     NodeConfig {
         node_name: "node-a".into(),
         node_port_ips: vec![ip("192.168.67.1"), ip("127.0.0.1"), ip("10.244.1.1")],
@@ -29,7 +29,7 @@ fn node() -> NodeConfig {
     }
 }
 
-fn web(endpoints: &[(&str, &str)]) -> (ServicePortName, ServicePort) {
+pub(crate) fn web(endpoints: &[(&str, &str)]) -> (ServicePortName, ServicePort) {
     (
         spn("web", "http", Protocol::Tcp),
         ServicePort {
