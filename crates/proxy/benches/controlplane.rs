@@ -8,6 +8,10 @@
 //!   `NftDataPlane::sync_services`) and with the same transaction text given to `nft -f` (the
 //!   way it was done before, and what kube-proxy's nftables mode does). Each is timed over
 //!   `CONTROLPLANE_ROUNDS` rounds, each round on a service not touched before; median and p99;
+//! - the kernel's share, with netlink: adding one `service-ips` element whose verdict is `drop`
+//!   against one that jumps to a chain. A new jump (element or rule), like a new `dnat` rule,
+//!   makes the kernel validate the whole table when it commits (every chain reachable from
+//!   the base chains), so that figure is the floor of any sync that adds one;
 //! - the size of the applied state: chains and map elements of the services, the full
 //!   transaction's text, and the one-service batch.
 //!
@@ -29,7 +33,7 @@ use switchyard_netns::{can_create_namespaces, run_checked, unique_name, NsGuard}
 use switchyard_proxy::model::{
     Endpoint, Protocol, ServiceKey, ServicePort, ServicePortInfo, ServicePortName, Snapshot,
 };
-use switchyard_proxy::nftables::{self, netlink, NodeConfig, Scheduler};
+use switchyard_proxy::nftables::{self, netlink, NodeConfig, Scheduler, SERVICE_IPS, TABLE};
 use switchyard_proxy::proxier::{NftApplier, NftDataPlane, SyncKind};
 
 const NODE_NAME: &str = "bench-node";
@@ -115,6 +119,8 @@ struct Row {
     full: Duration,
     netlink: Vec<Duration>,
     nft: Vec<Duration>,
+    element_drop: Vec<Duration>,
+    element_goto: Vec<Duration>,
     chains: usize,
     elements: usize,
     full_bytes: usize,
@@ -241,11 +247,41 @@ async fn measure(services: usize, settings: &Settings) -> anyhow::Result<Row> {
         nft.push(started.elapsed());
     }
     eprintln!("   nft -f: median {:?}", percentile(&nft, 50));
+
+    // The kernel's share: one map element whose verdict is `drop` against one that jumps to
+    // an existing chain. Only the second makes the kernel validate the table (walk every
+    // chain reachable from the base chains) when it commits.
+    let mut socket = netlink::Socket::open(&ns)?;
+    let mut element_drop = Vec::with_capacity(settings.rounds);
+    let mut element_goto = Vec::with_capacity(settings.rounds);
+    let target = nftables::service_chain_name("service", &service_port_name(0), 80);
+    for round in 0..settings.rounds {
+        for (verdict, samples) in [
+            ("drop".to_string(), &mut element_drop),
+            (format!("goto {target}"), &mut element_goto),
+        ] {
+            let key = format!("10.255.0.{round} . tcp . 80");
+            let add = format!("add element ip {TABLE} {SERVICE_IPS} {{ {key} : {verdict} }}\n");
+            let started = Instant::now();
+            socket.apply(&add)?;
+            samples.push(started.elapsed());
+            socket.apply(&format!(
+                "delete element ip {TABLE} {SERVICE_IPS} {{ {key} }}\n"
+            ))?;
+        }
+    }
+    eprintln!(
+        "   one element: drop {:?}, goto {:?}",
+        percentile(&element_drop, 50),
+        percentile(&element_goto, 50)
+    );
     Ok(Row {
         services,
         full,
         netlink,
         nft,
+        element_drop,
+        element_goto,
         chains,
         elements,
         full_bytes,
@@ -285,19 +321,21 @@ fn report(settings: &Settings, rows: &[Row], note: &str) -> String {
     let _ = writeln!(out, "{note}\n");
     let _ = writeln!(
         out,
-        "| services | full sync (nft -f) | one service, netlink p50 / p99 | one service, nft -f p50 / p99 | chains | map elements | full transaction | one-service batch |"
+        "| services | full sync (nft -f) | one service, netlink p50 / p99 | one service, nft -f p50 / p99 | one element `: drop` / `: goto` (netlink p50) | chains | map elements | full transaction | one-service batch |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} / {} | {} / {} | {} | {} | {:.1} MB | {} messages, {} bytes |",
+            "| {} | {} | {} / {} | {} / {} | {} / {} | {} | {} | {:.1} MB | {} messages, {} bytes |",
             r.services,
             ms(r.full),
             ms(percentile(&r.netlink, 50)),
             ms(percentile(&r.netlink, 99)),
             ms(percentile(&r.nft, 50)),
             ms(percentile(&r.nft, 99)),
+            ms(percentile(&r.element_drop, 50)),
+            ms(percentile(&r.element_goto, 50)),
             r.chains,
             r.elements,
             r.full_bytes as f64 / 1e6,

@@ -696,10 +696,7 @@ async fn partial_syncs_at_scale_change_only_the_changed_service() {
             .filter(|l| l.trim_start().starts_with("chain "))
             .count()
     };
-    let before = ns
-        .nft(&["list", "chains", "ip", "switchyard"], None)
-        .await
-        .expect("list");
+    let before = ns.nft(&["list", "chains", "ip"], None).await.expect("list");
     // One service loses an endpoint: found by diffing the whole snapshot.
     let key = snapshot.keys().nth(services / 2).expect("key").clone();
     let gone = snapshot
@@ -724,10 +721,7 @@ async fn partial_syncs_at_scale_change_only_the_changed_service() {
         .await
         .expect("one service");
     assert_eq!(kind, SyncKind::Partial);
-    let after = ns
-        .nft(&["list", "chains", "ip", "switchyard"], None)
-        .await
-        .expect("list");
+    let after = ns.nft(&["list", "chains", "ip"], None).await.expect("list");
     assert_eq!(
         chains(&after),
         chains(&before) - 2,
