@@ -284,119 +284,138 @@ fn encode_line(line: &str, seq: u32, set_ids: &mut u32) -> Result<Message, Error
         )
     };
     let rest = parsed.rest;
-    let message = match (parsed.verb, parsed.object) {
-        ("add", "chain") => {
-            let mut m = nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE);
-            m.put_str(NFTA_CHAIN_TABLE, TABLE);
-            m.put_str(NFTA_CHAIN_NAME, name(line, rest)?);
-            m
-        }
-        ("delete", "chain") => {
-            let mut m = nft(NFT_MSG_DELCHAIN, 0);
-            m.put_str(NFTA_CHAIN_TABLE, TABLE);
-            m.put_str(NFTA_CHAIN_NAME, name(line, rest)?);
-            m
-        }
-        ("flush", "chain") => {
-            let mut m = nft(NFT_MSG_DELRULE, 0);
-            m.put_str(NFTA_RULE_TABLE, TABLE);
-            m.put_str(NFTA_RULE_CHAIN, name(line, rest)?);
-            m
-        }
+    // (message, table attribute, name attribute) of the commands that name one object.
+    let named = match (parsed.verb, parsed.object) {
+        ("add", "chain") => Some((
+            nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE),
+            NFTA_CHAIN_TABLE,
+            NFTA_CHAIN_NAME,
+        )),
+        ("delete", "chain") => Some((nft(NFT_MSG_DELCHAIN, 0), NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME)),
+        // Flushing a chain deletes all its rules.
+        ("flush", "chain") => Some((nft(NFT_MSG_DELRULE, 0), NFTA_RULE_TABLE, NFTA_RULE_CHAIN)),
+        ("delete", "set") => Some((nft(NFT_MSG_DELSET, 0), NFTA_SET_TABLE, NFTA_SET_NAME)),
+        _ => None,
+    };
+    if let Some((mut m, table_attr, name_attr)) = named {
+        m.put_str(table_attr, TABLE);
+        m.put_str(name_attr, name(line, rest)?);
+        return Ok(m);
+    }
+    match (parsed.verb, parsed.object) {
         ("add", "rule") => {
-            let (chain, text) = rest
-                .split_once(' ')
-                .ok_or_else(|| Error::invalid(line, "a rule without terms"))?;
-            let rule = Rule::parse(text).map_err(|e| Error::invalid(line, e))?;
             let mut m = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
-            m.put_str(NFTA_RULE_TABLE, TABLE);
-            m.put_str(NFTA_RULE_CHAIN, name(line, chain)?);
-            let expressions = m.begin_nested(NFTA_RULE_EXPRESSIONS);
-            encode_rule(&mut m, &rule).map_err(|reason| match reason {
-                Refusal::Unsupported(r) => Error::unsupported(line, r),
-                Refusal::Invalid(r) => Error::invalid(line, r),
-            })?;
-            m.end_nested(expressions);
-            m
+            put_rule(&mut m, line, rest)?;
+            Ok(m)
         }
         ("add", "set") => {
-            let (set, body) = rest
-                .split_once(" { ")
-                .and_then(|(set, body)| Some((set, body.strip_suffix(" }")?)))
-                .ok_or_else(|| Error::invalid(line, "set without a { declaration }"))?;
-            let decl = SetDecl::parse(body).map_err(|e| Error::invalid(line, e))?;
             *set_ids += 1;
             let mut m = nft(NFT_MSG_NEWSET, NLM_F_CREATE);
-            m.put_str(NFTA_SET_TABLE, TABLE);
-            m.put_str(NFTA_SET_NAME, name(line, set)?);
-            let mut flags = 0;
-            if decl.timeout.is_some() {
-                flags |= NFT_SET_TIMEOUT;
-            }
-            if decl.dynamic {
-                flags |= NFT_SET_TIMEOUT | NFT_SET_EVAL;
-            }
-            m.put_u32(NFTA_SET_FLAGS, flags);
-            let (key_type, key_len) = match decl.family {
-                Family::Ip => (TYPE_IPADDR, 4),
-                Family::Ip6 => (TYPE_IP6ADDR, 16),
-            };
-            m.put_u32(NFTA_SET_KEY_TYPE, key_type);
-            m.put_u32(NFTA_SET_KEY_LEN, key_len);
-            m.put_u32(NFTA_SET_ID, *set_ids);
-            if let Some(seconds) = decl.timeout {
-                m.put(NFTA_SET_TIMEOUT, &(u64::from(seconds) * 1000).to_be_bytes());
-            }
-            m.put(NFTA_SET_USERDATA, &SET_USERDATA_KEY_BIG_ENDIAN);
-            m
+            put_set(&mut m, line, rest, *set_ids)?;
+            Ok(m)
         }
-        ("delete", "set") => {
-            let mut m = nft(NFT_MSG_DELSET, 0);
-            m.put_str(NFTA_SET_TABLE, TABLE);
-            m.put_str(NFTA_SET_NAME, name(line, rest)?);
-            m
+        ("add", "element") => {
+            let mut m = nft(NFT_MSG_NEWSETELEM, NLM_F_CREATE);
+            put_element(&mut m, line, parsed.family, rest, true)?;
+            Ok(m)
         }
-        (verb @ ("add" | "delete"), "element") => {
-            let (map, body) = rest
-                .split_once(" { ")
-                .and_then(|(map, body)| Some((map, body.strip_suffix(" }")?)))
-                .ok_or_else(|| Error::invalid(line, "element without { key }"))?;
-            let keys = map_key_types(parsed.family, map)
-                .ok_or_else(|| Error::invalid(line, format!("unknown map {map:?}")))?;
-            let (key, verdict) = match (verb, body.split_once(" : ")) {
-                ("add", Some((key, verdict))) => (
-                    key,
-                    Some(Verdict::parse(verdict).map_err(|e| Error::invalid(line, e))?),
-                ),
-                ("delete", None) => (body, None),
-                _ => return Err(Error::invalid(line, "element key and verdict")),
-            };
-            let key = Value::parse_key(key, &keys).map_err(|e| Error::invalid(line, e))?;
-            let key = value_bytes(&key).map_err(|r| Error::invalid(line, r))?;
-            let (op, flags) = match verb {
-                "add" => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
-                _ => (NFT_MSG_DELSETELEM, 0),
-            };
-            let mut m = nft(op, flags);
-            m.put_str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
-            m.put_str(NFTA_SET_ELEM_LIST_SET, name(line, map)?);
-            let elements = m.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
-            let element = m.begin_nested(NFTA_LIST_ELEM);
-            let k = m.begin_nested(NFTA_SET_ELEM_KEY);
-            m.put(NFTA_DATA_VALUE, &key);
-            m.end_nested(k);
-            if let Some(verdict) = &verdict {
-                let data = m.begin_nested(NFTA_SET_ELEM_DATA);
-                m.put_verdict(verdict);
-                m.end_nested(data);
-            }
-            m.end_nested(element);
-            m.end_nested(elements);
-            m
+        ("delete", "element") => {
+            let mut m = nft(NFT_MSG_DELSETELEM, 0);
+            put_element(&mut m, line, parsed.family, rest, false)?;
+            Ok(m)
         }
-        _ => return Err(Error::invalid(line, "not a partial-transaction command")),
+        _ => Err(Error::invalid(line, "not a partial-transaction command")),
+    }
+}
+
+/// `<chain> <rule>` as `NFT_MSG_NEWRULE` attributes.
+fn put_rule(m: &mut Message, line: &str, rest: &str) -> Result<(), Error> {
+    let (chain, text) = rest
+        .split_once(' ')
+        .ok_or_else(|| Error::invalid(line, "a rule without terms"))?;
+    let rule = Rule::parse(text).map_err(|e| Error::invalid(line, e))?;
+    m.put_str(NFTA_RULE_TABLE, TABLE);
+    m.put_str(NFTA_RULE_CHAIN, name(line, chain)?);
+    let expressions = m.begin_nested(NFTA_RULE_EXPRESSIONS);
+    encode_rule(m, &rule).map_err(|reason| match reason {
+        Refusal::Unsupported(r) => Error::unsupported(line, r),
+        Refusal::Invalid(r) => Error::invalid(line, r),
+    })?;
+    m.end_nested(expressions);
+    Ok(())
+}
+
+/// `<name> { <declaration> }` as `NFT_MSG_NEWSET` attributes, as nft sends them.
+fn put_set(m: &mut Message, line: &str, rest: &str, id: u32) -> Result<(), Error> {
+    let (set, body) = braced(rest).ok_or_else(|| Error::invalid(line, "set without { … }"))?;
+    let decl = SetDecl::parse(body).map_err(|e| Error::invalid(line, e))?;
+    m.put_str(NFTA_SET_TABLE, TABLE);
+    m.put_str(NFTA_SET_NAME, name(line, set)?);
+    let mut flags = 0;
+    if decl.timeout.is_some() {
+        flags |= NFT_SET_TIMEOUT;
+    }
+    if decl.dynamic {
+        flags |= NFT_SET_TIMEOUT | NFT_SET_EVAL;
+    }
+    m.put_u32(NFTA_SET_FLAGS, flags);
+    let (key_type, key_len) = match decl.family {
+        Family::Ip => (TYPE_IPADDR, 4),
+        Family::Ip6 => (TYPE_IP6ADDR, 16),
     };
-    Ok(message)
+    m.put_u32(NFTA_SET_KEY_TYPE, key_type);
+    m.put_u32(NFTA_SET_KEY_LEN, key_len);
+    m.put_u32(NFTA_SET_ID, id);
+    if let Some(seconds) = decl.timeout {
+        m.put(NFTA_SET_TIMEOUT, &(u64::from(seconds) * 1000).to_be_bytes());
+    }
+    m.put(NFTA_SET_USERDATA, &SET_USERDATA_KEY_BIG_ENDIAN);
+    Ok(())
+}
+
+/// `<map> { <key> : <verdict> }` (added) or `<map> { <key> }` (deleted) as set element
+/// attributes.
+fn put_element(
+    m: &mut Message,
+    line: &str,
+    family: Family,
+    rest: &str,
+    add: bool,
+) -> Result<(), Error> {
+    let (map, body) = braced(rest).ok_or_else(|| Error::invalid(line, "element without { … }"))?;
+    let keys = map_key_types(family, map)
+        .ok_or_else(|| Error::invalid(line, format!("unknown map {map:?}")))?;
+    let (key, verdict) = match (add, body.split_once(" : ")) {
+        (true, Some((key, verdict))) => (
+            key,
+            Some(Verdict::parse(verdict).map_err(|e| Error::invalid(line, e))?),
+        ),
+        (false, None) => (body, None),
+        _ => return Err(Error::invalid(line, "element key and verdict")),
+    };
+    let key = Value::parse_key(key, &keys).map_err(|e| Error::invalid(line, e))?;
+    let key = value_bytes(&key).map_err(|r| Error::invalid(line, r))?;
+    m.put_str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+    m.put_str(NFTA_SET_ELEM_LIST_SET, name(line, map)?);
+    let elements = m.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
+    let element = m.begin_nested(NFTA_LIST_ELEM);
+    let k = m.begin_nested(NFTA_SET_ELEM_KEY);
+    m.put(NFTA_DATA_VALUE, &key);
+    m.end_nested(k);
+    if let Some(verdict) = &verdict {
+        let data = m.begin_nested(NFTA_SET_ELEM_DATA);
+        m.put_verdict(verdict);
+        m.end_nested(data);
+    }
+    m.end_nested(element);
+    m.end_nested(elements);
+    Ok(())
+}
+
+/// `name { body }` → (name, body).
+fn braced(rest: &str) -> Option<(&str, &str)> {
+    let (name, body) = rest.split_once(" { ")?;
+    Some((name, body.strip_suffix(" }")?))
 }
 
 /// One object name: the rest of the line, a single word.
@@ -953,7 +972,7 @@ impl Socket {
     }
 
     /// Sends `batch` in one `sendmsg` and reads an answer for each of its messages.
-    pub fn send(&mut self, batch: &Batch) -> Result<(), Error> {
+    fn send(&mut self, batch: &Batch) -> Result<(), Error> {
         self.reserve(
             batch.len() + 4096,
             (batch.messages() * ACK_TRUESIZE).max(MIN_BUFFER),

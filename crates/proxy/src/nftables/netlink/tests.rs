@@ -282,3 +282,49 @@ async fn a_rejected_batch_names_its_line_and_changes_nothing() {
         .expect("apply");
     assert!(table(&ns).await.contains("chain service-new"));
 }
+
+/// Rules beyond the builder's service chains (its base chains, other prefixes and spellings):
+/// every term the encoder speaks, checked against nft the same way.
+#[tokio::test]
+async fn every_expression_the_encoder_speaks_is_encoded_as_nft_does() {
+    require_namespaces!();
+    let mut guard = NsGuard::new();
+    let (by_nft, by_netlink) = twin_tables(&mut guard).await;
+    let mut socket = Socket::open(&by_netlink).expect("socket");
+    let rules = [
+        "ip daddr . meta l4proto . th dport vmap @service-ips",
+        "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
+        "ip saddr != @nodeport-ips drop",
+        "meta mark & 0x4000 == 0 return",
+        "meta mark set meta mark ^ 0x4000",
+        "meta mark set meta mark | 0x4000",
+        "meta mark 0x10 accept",
+        "ip saddr 10.0.0.0/9 drop",
+        "ip saddr != 10.240.0.0/12 drop",
+        "ip daddr 0.0.0.0/0 drop",
+        "ip daddr 10.1.2.3/32 drop",
+        "ip daddr 10.1.0.0/16 udp dport 53 accept",
+        "ip daddr 10.1.2.3 sctp dport 9000 accept",
+        "meta l4proto udp th dport 53 accept",
+        "numgen inc mod 3 == 0 goto reject-chain",
+        "jhash ip saddr mod 5 seed 0x5359 == 0 goto reject-chain",
+        "fib saddr type local accept",
+        "update @probe-set { ip daddr }",
+        "ip saddr @probe-set return",
+        "meta l4proto udp dnat to 10.244.1.2:53",
+    ];
+    let mut text = String::from(
+        "add set ip switchyard probe-set { type ipv4_addr; flags dynamic,timeout; timeout 5s; }\n\
+         add chain ip switchyard probe\n",
+    );
+    for rule in rules {
+        text.push_str(&format!("add rule ip switchyard probe {rule}\n"));
+    }
+    by_nft.nft(&["-f", "-"], Some(&text)).await.expect("nft");
+    socket.apply(&text).expect("netlink");
+    let (expected, actual) = (expressions(&by_nft).await, expressions(&by_netlink).await);
+    assert!(
+        expected == actual,
+        "--- nft\n{expected}\n--- netlink\n{actual}"
+    );
+}
