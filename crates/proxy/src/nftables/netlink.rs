@@ -711,7 +711,7 @@ fn load(m: &mut Message, key: &Key, reg: u32) -> Result<(), Refusal> {
 fn load_keys(m: &mut Message, keys: &[Key]) -> Result<(), Refusal> {
     let mut word = 0u32;
     for key in keys {
-        let reg = if word % 4 == 0 {
+        let reg = if word.is_multiple_of(4) {
             REG_1 + word / 4
         } else {
             // NFT_REG32_00 = 8

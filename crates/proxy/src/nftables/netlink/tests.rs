@@ -18,13 +18,16 @@ macro_rules! require_namespaces {
     };
 }
 
-/// The golden shapes (see `nftables/tests.rs`), each with the node it is built for. Shapes
-/// with anonymous sets or maps are in [`shapes_nft_applies`].
-fn shapes() -> Vec<(
+/// A named service shape: its ports, and the node its rules are built for.
+type Shape = (
     &'static str,
     Vec<(ServicePortName, ServicePort)>,
     NodeConfig,
-)> {
+);
+
+/// The golden shapes (see `nftables/tests.rs`), each with the node it is built for. Shapes
+/// with anonymous sets or maps are in [`shapes_nft_applies`].
+fn shapes() -> Vec<Shape> {
     let mut out = Vec::new();
     out.push((
         "cluster_ip",
@@ -75,11 +78,7 @@ fn shapes() -> Vec<(
 }
 
 /// Shapes whose rules hold anonymous sets or maps: the encoder refuses them.
-fn shapes_nft_applies() -> Vec<(
-    &'static str,
-    Vec<(ServicePortName, ServicePort)>,
-    NodeConfig,
-)> {
+fn shapes_nft_applies() -> Vec<Shape> {
     let (n, mut p) = web(&[("10.244.1.2", "node-a")]);
     p.info.node_port = Some(30080);
     p.info.load_balancer_ips = vec![ip("198.51.100.9")];
