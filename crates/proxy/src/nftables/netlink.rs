@@ -3,13 +3,18 @@
 //! `NETLINK_NETFILTER` socket of the node's namespace.
 //!
 //! Why: `nft -f` (1.0.6) dumps every chain of the table into its cache before it applies
-//! anything, so changing one service at 10,000 services costs 0.1–1.6 s of `nft`, while the
-//! kernel needs microseconds for the change itself. Full syncs stay with `nft -f` (they replace
-//! the whole table, are rare, and are where nft's checks pay off).
+//! anything, so changing one service at 10,000 services costs 0.1–1.6 s of `nft` before the
+//! kernel sees the change. Full syncs stay with `nft -f` (they replace the whole table, are
+//! rare, and are where nft's checks pay off). What remains is the kernel's own cost: most
+//! messages take microseconds, but a batch that adds a jump, a goto (in a rule or a verdict-map
+//! element) or a `dnat` makes the kernel validate the whole table when it commits (it walks
+//! every chain reachable from the base chains), which is the floor of such a sync (see
+//! `benches/controlplane.rs` and PERFORMANCE.md).
 //!
 //! The encoding is nft's own: `nft --debug=netlink -f FILE` prints the expressions nft sends
 //! for a rule, and the tests load the same transactions through `nft -f` and through this module
-//! into two namespaces and compare `nft list table`. Rules, map keys, verdicts and set
+//! into two namespaces and compare the kernel's tables expression by expression (`nft
+//! --debug=netlink list table`). Rules, map keys, verdicts and set
 //! declarations are read only through [`super::rule`]. Chains, sets and jump targets are named
 //! (the kernel resolves names of objects created earlier in the same batch). Anonymous sets and
 //! maps (`ip saddr != { … }` of `loadBalancerSourceRanges`, the `numgen inc … vmap { … }` of
@@ -963,11 +968,16 @@ impl Socket {
     /// Encodes `transaction` and applies it atomically. [`Error::Unsupported`] when the
     /// encoder does not speak one of its lines (nothing was sent).
     pub fn apply(&mut self, transaction: &str) -> Result<(), Error> {
+        let lines = transaction.lines().count() as u32;
+        if self.seq.checked_add(lines + 2).is_none() {
+            self.seq = 1;
+        }
         let batch = encode(transaction, self.seq)?;
         if batch.is_empty() {
             return Ok(());
         }
-        self.seq = self.seq.wrapping_add(batch.messages() as u32 + 2).max(1);
+        // Fits: checked above (a batch never wraps, its answers are matched by range).
+        self.seq += batch.messages() as u32 + 2;
         self.send(&batch)
     }
 
