@@ -844,6 +844,7 @@ pub fn partial_transaction<'a>(
     Some(out)
 }
 
+pub mod netlink;
 pub mod rule;
 
 #[cfg(test)]

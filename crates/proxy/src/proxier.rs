@@ -1,6 +1,7 @@
 //! The proxy's IO shell: watches (Services, EndpointSlices, the own Node) feeding the change
 //! tracker, the sync loop deciding between full and partial syncs, and [`NftDataPlane`], which
-//! runs `nft -f -` inside the node's namespace and remembers what it applied.
+//! programs the node's namespace (`nft -f -` for full syncs, one netlink batch for partial
+//! ones) and remembers what it applied.
 //!
 //! Rules of the loop (kube-proxy's, see pkg/proxy/nftables/proxier.go `syncProxyRules`):
 //! - nothing is programmed before every informer has stored its first complete list;
@@ -52,6 +53,9 @@ pub enum Error {
     /// `nft` rejected the transaction or could not run.
     #[error("nft: {0}")]
     Nft(#[source] switchyard_netns::Error),
+    /// The kernel rejected a partial sync's netlink batch, or the socket failed.
+    #[error("netlink: {0}")]
+    Netlink(#[source] nftables::netlink::Error),
 }
 
 /// How the proxy runs (kube-proxy's flags and `KubeProxyConfiguration` fields).
@@ -161,12 +165,18 @@ impl NftApplier {
 /// Our two tables (`ip` and `ip6`) in one namespace, and what was last applied to each. The
 /// families are synced as separate transactions and tracked apart: a failure forgets only that
 /// family's applied state, so only its next sync replaces the whole table.
+///
+/// Full syncs run `nft -f`; partial syncs go through [`nftables::netlink`] on one socket kept
+/// for the data plane's life (`nft` would dump the whole table into its cache first), falling
+/// back to `nft -f` for the few rule shapes the encoder leaves to nft.
 #[derive(Debug)]
 pub struct NftDataPlane {
     applier: NftApplier,
     node: NodeConfig,
     /// Indexed by [`family_index`].
     applied: [Option<Ruleset>; 2],
+    /// Opened on the first partial sync; dropped when it fails, so the next one reopens it.
+    netlink: Option<nftables::netlink::Socket>,
 }
 
 /// The slot of `family` in per-family arrays.
@@ -201,6 +211,7 @@ impl NftDataPlane {
             applier: NftApplier::new(netns),
             node,
             applied: [None, None],
+            netlink: None,
         }
     }
 
@@ -341,7 +352,7 @@ impl NftDataPlane {
                     self.applied[slot] = Some(next);
                     return Ok(SyncKind::Nothing);
                 }
-                self.applier.apply(&text).await?;
+                self.apply_partial(&text).await?;
                 self.applied[slot] = Some(next);
                 SyncKind::Partial
             }
@@ -355,6 +366,31 @@ impl NftDataPlane {
         // recreate the entry.
         self.delete_conntrack(&stale).await;
         Ok(kind)
+    }
+
+    /// Applies a partial transaction as one netlink batch, or with `nft -f` when the encoder
+    /// leaves one of its lines to nft. Any other error fails the sync (the next one is full).
+    async fn apply_partial(&mut self, text: &str) -> Result<(), Error> {
+        use nftables::netlink::{self, Socket};
+        let socket = match &mut self.netlink {
+            Some(socket) => socket,
+            None => self
+                .netlink
+                .insert(Socket::open(self.applier.netns()).map_err(Error::Netlink)?),
+        };
+        match socket.apply(text) {
+            Ok(()) => Ok(()),
+            Err(netlink::Error::Unsupported { line, reason }) => {
+                tracing::debug!(%line, %reason, "partial sync through nft");
+                self.applier.apply(text).await
+            }
+            Err(e) => {
+                if matches!(e, netlink::Error::Socket(_)) {
+                    self.netlink = None;
+                }
+                Err(Error::Netlink(e))
+            }
+        }
     }
 
     /// Deletes the conntrack entries of UDP flows whose endpoint is gone. Failures are logged

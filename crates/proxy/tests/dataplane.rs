@@ -757,65 +757,90 @@ async fn every_golden_ruleset_loads_into_the_kernel() {
     assert!(checked_ipv6 >= 6, "only {checked_ipv6} IPv6 goldens");
 }
 
-/// Sync timings at scale (not a gate; numbers for the issue note):
-/// `cargo test -p switchyard-proxy --test dataplane sync_timings -- --ignored --nocapture`.
+/// Partial syncs of a table with many services change exactly the one service (timings at
+/// 1k–30k services are in `benches/controlplane.rs`).
 #[tokio::test]
-#[ignore]
-async fn sync_timings_at_scale() {
+async fn partial_syncs_at_scale_change_only_the_changed_service() {
     require_namespaces!();
-    for (services, endpoints) in [(1_000usize, 10usize), (10_000, 10)] {
-        let mut guard = NsGuard::new();
-        let ns = guard.create(&unique_name("s")).await.expect("ns");
-        let mut snapshot = Snapshot::new();
-        for i in 0..services {
-            let cluster_ip = format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
-            let (n, mut p) = service(&format!("svc-{i}"), &cluster_ip, 80, Protocol::Tcp, &[]);
-            p.endpoints = (0..endpoints)
-                .map(|e| {
-                    let ip = ip(&format!("10.{}.{}.{}", 128 + e, (i / 256) % 256, i % 256));
-                    Endpoint::ready(ip, 8080, Some(NODE_NAME))
-                })
-                .collect();
-            snapshot.insert(n, p);
-        }
-        let mut plane = NftDataPlane::new(ns.clone(), node_config());
-        let started = std::time::Instant::now();
-        assert_eq!(
-            plane.sync_snapshot(&snapshot).await.expect("full"),
-            SyncKind::Full
-        );
-        let full = started.elapsed();
-        // One service loses an endpoint.
-        let key = snapshot.keys().nth(services / 2).expect("key").clone();
-        if let Some(p) = snapshot.get_mut(&key) {
-            p.endpoints.pop();
-        }
-        let started = std::time::Instant::now();
-        assert_eq!(
-            plane.sync_snapshot(&snapshot).await.expect("partial"),
-            SyncKind::Partial
-        );
-        let partial = started.elapsed();
-        // The same, applying only that service (what the proxy's loop does).
-        if let Some(p) = snapshot.get_mut(&key) {
-            p.endpoints.pop();
-        }
-        let rules = switchyard_proxy::nftables::build_service(
-            snapshot.iter().filter(|(n, _)| **n == key),
-            plane.node(),
-            Family::V4,
-        );
-        let started = std::time::Instant::now();
-        let kind = plane
-            .sync_services(Family::V4, [(key.service(), rules)].into_iter().collect())
-            .await
-            .expect("one service");
-        assert_eq!(kind, SyncKind::Partial);
-        let one = started.elapsed();
-        eprintln!(
-            "{services} services x {endpoints} endpoints: full sync {full:?}, partial (diff of all) {partial:?}, partial (one service) {one:?}"
+    let (services, endpoints) = (300usize, 10usize);
+    let mut guard = NsGuard::new();
+    let ns = guard.create(&unique_name("s")).await.expect("ns");
+    let mut snapshot = Snapshot::new();
+    for i in 0..services {
+        let cluster_ip = format!("10.96.{}.{}", i / 256, i % 256);
+        let (n, mut p) = service(&format!("svc-{i}"), &cluster_ip, 80, Protocol::Tcp, &[]);
+        p.endpoints = (0..endpoints)
+            .map(|e| {
+                let ip = ip(&format!("10.{}.{}.{}", 128 + e, i / 256, i % 256));
+                Endpoint::ready(ip, 8080, Some(NODE_NAME))
+            })
+            .collect();
+        snapshot.insert(n, p);
+    }
+    let mut plane = NftDataPlane::new(ns.clone(), node_config());
+    assert_eq!(
+        plane.sync_snapshot(&snapshot).await.expect("full"),
+        SyncKind::Full
+    );
+    let chains = |text: &str| {
+        text.lines()
+            .filter(|l| l.trim_start().starts_with("chain "))
+            .count()
+    };
+    let before = ns.nft(&["list", "chains", "ip"], None).await.expect("list");
+    // One service loses an endpoint: found by diffing the whole snapshot.
+    let key = snapshot.keys().nth(services / 2).expect("key").clone();
+    let gone = snapshot
+        .get_mut(&key)
+        .and_then(|p| p.endpoints.pop())
+        .expect("endpoint");
+    assert_eq!(
+        plane.sync_snapshot(&snapshot).await.expect("partial"),
+        SyncKind::Partial
+    );
+    // Another, applying only that service (what the proxy's loop does).
+    let gone_too = snapshot
+        .get_mut(&key)
+        .and_then(|p| p.endpoints.pop())
+        .expect("endpoint");
+    let rules = switchyard_proxy::nftables::build_service(
+        snapshot.iter().filter(|(n, _)| **n == key),
+        plane.node(),
+        Family::V4,
+    );
+    let kind = plane
+        .sync_services(Family::V4, [(key.service(), rules)].into_iter().collect())
+        .await
+        .expect("one service");
+    assert_eq!(kind, SyncKind::Partial);
+    let after = ns.nft(&["list", "chains", "ip"], None).await.expect("list");
+    assert_eq!(
+        chains(&after),
+        chains(&before) - 2,
+        "two endpoint chains fewer"
+    );
+    for ep in [gone, gone_too] {
+        let suffix = format!("__{}/8080", ep.ip);
+        assert!(
+            before.contains(&suffix) && !after.contains(&suffix),
+            "{suffix}"
         );
     }
+    // The kernel's table is exactly what a full sync of the snapshot writes.
+    let table = ns
+        .nft(&["list", "table", "ip", "switchyard"], None)
+        .await
+        .expect("list");
+    let mut fresh = NftDataPlane::new(ns.clone(), node_config());
+    fresh.sync_snapshot(&snapshot).await.expect("full");
+    let rebuilt = ns
+        .nft(&["list", "table", "ip", "switchyard"], None)
+        .await
+        .expect("list");
+    assert!(
+        table == rebuilt,
+        "partial syncs left a different table than a full sync"
+    );
 }
 
 #[tokio::test]
