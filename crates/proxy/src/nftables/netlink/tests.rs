@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::model::{Endpoint, Protocol, ServicePort, ServicePortInfo, ServicePortName, Snapshot};
-use crate::nftables::fixtures::{ip, node, spn, web};
+use crate::nftables::fixtures::{ip, node, spn, web, web6};
 use crate::nftables::{self, build, full_transaction, Family, NodeConfig, Scheduler, ServiceRules};
 use switchyard_netns::{can_create_namespaces, unique_name, NsGuard};
 
@@ -74,7 +74,50 @@ fn shapes() -> Vec<Shape> {
     p.info.node_port = Some(30081);
     p.info.external_policy_local = true;
     out.push(("cluster_cidr_off_byte", vec![(n, p)], prefix));
+    out.extend(shapes_ipv6());
     out
+}
+
+/// The IPv6 shapes (the `ip6 switchyard` table).
+fn shapes_ipv6() -> Vec<Shape> {
+    let two = [
+        ("fd00:10:244:1::2", "node-a"),
+        ("fd00:10:244:2::2", "node-b"),
+    ];
+    let local = [
+        ("fd00:10:244:1::2", "node-a"),
+        ("fd00:10:244:1::3", "node-a"),
+    ];
+    let mut out = vec![
+        ("ipv6_cluster_ip", vec![web6(&two)], node()),
+        ("ipv6_no_endpoints", vec![web6(&[])], node()),
+    ];
+    let (n, mut p) = web6(&two);
+    p.info.node_port = Some(30080);
+    p.info.external_ips = vec![ip("2001:db8::10")];
+    out.push(("ipv6_node_port_cluster", vec![(n, p)], node()));
+    let (n, mut p) = web6(&two);
+    p.info.node_port = Some(30080);
+    p.info.external_policy_local = true;
+    out.push(("ipv6_node_port_local", vec![(n, p)], node()));
+    let (n, mut p) = web6(&local);
+    p.info.session_affinity_seconds = Some(60);
+    out.push(("ipv6_affinity", vec![(n, p)], node()));
+    let mut sh = node();
+    sh.scheduler = Scheduler::SourceHash;
+    sh.masquerade_all = true;
+    out.push(("ipv6_sh_masquerade_all", vec![web6(&local)], sh));
+    out
+}
+
+/// The family of a shape's table (its first ClusterIP's).
+fn family_of(ports: &[(ServicePortName, ServicePort)]) -> Family {
+    ports
+        .iter()
+        .flat_map(|(_, p)| p.info.cluster_ips.first())
+        .map(Family::of)
+        .next()
+        .unwrap_or_default()
 }
 
 /// Shapes whose rules hold anonymous sets or maps: the encoder refuses them.
@@ -96,7 +139,7 @@ fn shapes_nft_applies() -> Vec<Shape> {
 }
 
 fn rules_of(ports: &[(ServicePortName, ServicePort)], node: &NodeConfig) -> Option<ServiceRules> {
-    nftables::build_service(ports.iter().map(|(n, p)| (n, p)), node, Family::V4)
+    nftables::build_service(ports.iter().map(|(n, p)| (n, p)), node, family_of(ports))
 }
 
 /// Every port loses its last endpoint.
@@ -114,10 +157,14 @@ fn one_endpoint_less(
 fn one_endpoint_more(
     ports: &[(ServicePortName, ServicePort)],
 ) -> Vec<(ServicePortName, ServicePort)> {
+    let extra = match family_of(ports) {
+        Family::V4 => ip("10.244.1.99"),
+        Family::V6 => ip("fd00:10:244:1::99"),
+    };
     let mut ports = ports.to_vec();
     for (_, p) in &mut ports {
         p.endpoints
-            .push(Endpoint::ready(ip("10.244.1.99"), 8080, Some("node-a")));
+            .push(Endpoint::ready(extra, 8080, Some("node-a")));
     }
     ports
 }
@@ -134,15 +181,15 @@ fn transactions(ports: &[(ServicePortName, ServicePort)], node: &NodeConfig) -> 
     states
         .windows(2)
         .map(|w| {
-            nftables::partial_transaction(Family::V4, [(w[0].as_ref(), w[1].as_ref())])
+            nftables::partial_transaction(family_of(ports), [(w[0].as_ref(), w[1].as_ref())])
                 .expect("incremental")
         })
         .filter(|t| !t.is_empty())
         .collect()
 }
 
-/// Two namespaces holding the same full ruleset (one unrelated service in it), one to be
-/// changed by `nft -f`, the other by netlink.
+/// Two namespaces holding the same full rulesets of both families (one unrelated IPv4 service
+/// in them), one to be changed by `nft -f`, the other by netlink.
 async fn twin_tables(guard: &mut NsGuard) -> (NetNs, NetNs) {
     let bystander: Snapshot = [(
         spn("db", "sql", Protocol::Tcp),
@@ -153,13 +200,15 @@ async fn twin_tables(guard: &mut NsGuard) -> (NetNs, NetNs) {
     )]
     .into_iter()
     .collect();
-    let full = full_transaction(&build(&bystander, &node(), Family::V4));
     let mut out = Vec::new();
     for tag in ["a", "b"] {
         let ns = guard.create(&unique_name(tag)).await.expect("namespace");
-        ns.nft(&["-f", "-"], Some(&full))
-            .await
-            .expect("full ruleset");
+        for family in Family::ALL {
+            let full = full_transaction(&build(&bystander, &node(), family));
+            ns.nft(&["-f", "-"], Some(&full))
+                .await
+                .expect("full ruleset");
+        }
         out.push(ns);
     }
     let b = out.pop().expect("two");
@@ -168,7 +217,7 @@ async fn twin_tables(guard: &mut NsGuard) -> (NetNs, NetNs) {
 }
 
 async fn table(ns: &NetNs) -> String {
-    ns.nft(&["list", "table", "ip", TABLE], None)
+    ns.nft(&["list", "table", Family::V4.nft(), TABLE], None)
         .await
         .expect("list table")
 }
@@ -176,9 +225,12 @@ async fn table(ns: &NetNs) -> String {
 /// The table as the kernel holds it: every rule's expressions with their registers and bytes
 /// (`--debug=netlink`), every element's bytes, then the listing. Elements of a set are sorted:
 /// the kernel walks a hash set in the order of its per-set random seed.
-async fn expressions(ns: &NetNs) -> String {
+async fn expressions(ns: &NetNs, family: Family) -> String {
     let text = ns
-        .nft(&["--debug=netlink", "list", "table", "ip", TABLE], None)
+        .nft(
+            &["--debug=netlink", "list", "table", family.nft(), TABLE],
+            None,
+        )
         .await
         .expect("list table");
     let mut out = String::with_capacity(text.len());
@@ -215,7 +267,11 @@ async fn netlink_leaves_the_same_table_as_nft_for_every_service_shape() {
             socket
                 .apply(&text)
                 .unwrap_or_else(|e| panic!("{name}: netlink: {e}\n{text}"));
-            let (expected, actual) = (expressions(&by_nft).await, expressions(&by_netlink).await);
+            let family = family_of(&ports);
+            let (expected, actual) = (
+                expressions(&by_nft, family).await,
+                expressions(&by_netlink, family).await,
+            );
             assert!(
                 expected == actual,
                 "{name}: tables differ after\n{text}\n--- nft\n{expected}\n--- netlink\n{actual}"
@@ -223,7 +279,7 @@ async fn netlink_leaves_the_same_table_as_nft_for_every_service_shape() {
             applied += 1;
         }
     }
-    assert!(applied >= 30, "only {applied} transactions compared");
+    assert!(applied >= 50, "only {applied} transactions compared");
 }
 
 #[test]
@@ -323,7 +379,10 @@ async fn every_expression_the_encoder_speaks_is_encoded_as_nft_does() {
     }
     by_nft.nft(&["-f", "-"], Some(&text)).await.expect("nft");
     socket.apply(&text).expect("netlink");
-    let (expected, actual) = (expressions(&by_nft).await, expressions(&by_netlink).await);
+    let (expected, actual) = (
+        expressions(&by_nft, Family::V4).await,
+        expressions(&by_netlink, Family::V4).await,
+    );
     assert!(
         expected == actual,
         "--- nft\n{expected}\n--- netlink\n{actual}"
