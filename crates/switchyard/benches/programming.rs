@@ -91,6 +91,11 @@ fn main() {
         );
         loaded = scale;
 
+        // A stopped proxy leaves its tables (established connections keep flowing); each
+        // scale starts from none, so its first full sync is what makes the canary answer.
+        for family in ["ip", "ip6"] {
+            let _ = runtime.block_on(node.nft(&["delete", "table", family, "switchyard"], None));
+        }
         let log = dir.path().join(format!("proxy-{scale}.log"));
         let mut proxy = ProxyProcess::start(binary, &server.kubeconfig(), &node_name, &log);
         let live = in_node(
@@ -103,7 +108,7 @@ fn main() {
         // rules went live, so wait for its count).
         let full_sync = in_node(&probe_runtime, async {
             let full = "kubeproxy_sync_full_proxy_rules_duration_seconds";
-            for _ in 0..1000 {
+            for _ in 0..6000 {
                 if metric(&format!("{full}_count")).await >= Some(1.0) {
                     return metric(&format!("{full}_sum")).await;
                 }
