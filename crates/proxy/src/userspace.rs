@@ -137,14 +137,27 @@ struct Running {
 /// A frontend's listening socket and the task serving it.
 struct Listener {
     task: tokio::task::JoinHandle<()>,
-    /// The same socket (a second descriptor), to refit its source filter when the ranges
-    /// change. Dropped with the task, or the socket would stay open and listening.
-    socket: socket2::Socket,
+    /// The socket the task serves, shared so its source filter can be refit when the ranges
+    /// change (one descriptor per frontend: 10,000 services must fit the open-files limit).
+    socket: Bound,
+}
+
+/// A frontend's socket.
+enum Bound {
+    Tcp(Arc<TcpListener>),
+    Udp(Arc<UdpSocket>),
 }
 
 impl Listener {
     fn stop(self) {
         self.task.abort();
+    }
+
+    fn socket(&self) -> socket2::SockRef<'_> {
+        match &self.socket {
+            Bound::Tcp(l) => socket2::SockRef::from(&**l),
+            Bound::Udp(s) => socket2::SockRef::from(&**s),
+        }
     }
 }
 
@@ -285,7 +298,7 @@ impl UserspaceProxy {
         });
         if running.set.source_ranges != set.source_ranges {
             if let Some(l) = &running.listener {
-                source_ranges::apply(&l.socket, &set.source_ranges).map_err(|source| {
+                source_ranges::apply(&l.socket(), &set.source_ranges).map_err(|source| {
                     UserspaceError::Listen {
                         frontend: f,
                         source,
@@ -325,31 +338,23 @@ impl UserspaceProxy {
                 };
                 let socket = bind(&handle, addr, f.protocol, set.source_ranges.clone())
                     .map_err(listen_error)?;
-                let second = socket.try_clone().map_err(listen_error)?;
-                let task = match f.protocol {
+                // Registered with the namespace runtime's reactor, which serves it.
+                let _runtime = handle.enter();
+                let (task, socket) = match f.protocol {
                     L4::Tcp => {
-                        let std = std::net::TcpListener::from(socket);
-                        handle.spawn(async move {
-                            match TcpListener::from_std(std) {
-                                Ok(l) => serve_tcp(l, picker, counters).await,
-                                Err(e) => tracing::warn!(frontend = %f, "listener: {e}"),
-                            }
-                        })
+                        let listener =
+                            Arc::new(TcpListener::from_std(socket.into()).map_err(listen_error)?);
+                        let serve = serve_tcp(listener.clone(), picker, counters);
+                        (handle.spawn(serve), Bound::Tcp(listener))
                     }
                     L4::Udp => {
-                        let std = std::net::UdpSocket::from(socket);
-                        handle.spawn(async move {
-                            match UdpSocket::from_std(std) {
-                                Ok(s) => serve_udp(Arc::new(s), picker, counters).await,
-                                Err(e) => tracing::warn!(frontend = %f, "listener: {e}"),
-                            }
-                        })
+                        let udp =
+                            Arc::new(UdpSocket::from_std(socket.into()).map_err(listen_error)?);
+                        let serve = serve_udp(udp.clone(), picker, counters);
+                        (handle.spawn(serve), Bound::Udp(udp))
                     }
                 };
-                running.listener = Some(Listener {
-                    task,
-                    socket: second,
-                });
+                running.listener = Some(Listener { task, socket });
             }
             _ => {}
         }
@@ -619,7 +624,7 @@ fn current(picker: &RwLock<Arc<Picker>>) -> Arc<Picker> {
 }
 
 async fn serve_tcp(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     picker: Arc<RwLock<Arc<Picker>>>,
     counters: Arc<Counters>,
 ) {
