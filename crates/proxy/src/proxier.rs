@@ -378,7 +378,16 @@ impl NftDataPlane {
                 .netlink
                 .insert(Socket::open(self.applier.netns()).map_err(Error::Netlink)?),
         };
-        match socket.apply(text) {
+        // The kernel may take a while to validate the table (see PERFORMANCE.md): on a
+        // multi-threaded runtime the worker hands its other tasks (health, watches) on first.
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        let result = if multi_thread {
+            tokio::task::block_in_place(|| socket.apply(text))
+        } else {
+            socket.apply(text)
+        };
+        match result {
             Ok(()) => Ok(()),
             Err(netlink::Error::Unsupported { line, reason }) => {
                 tracing::debug!(%line, %reason, "partial sync through nft");
