@@ -372,6 +372,16 @@ async fn answers(ns: &NetNs, addr: &str, n: usize) -> Vec<String> {
     out
 }
 
+/// A data plane for `node` whose first (full) sync programmed `snapshot`.
+async fn programmed(node: &NetNs, snapshot: &Snapshot) -> NftDataPlane {
+    let mut plane = NftDataPlane::new(node.clone(), node_config());
+    assert_eq!(
+        plane.sync_snapshot(snapshot).await.expect("sync"),
+        SyncKind::Full
+    );
+    plane
+}
+
 fn distinct(v: &[String]) -> std::collections::BTreeSet<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -384,11 +394,7 @@ async fn cluster_ip_spreads_over_pods_from_the_node_from_a_pod_and_from_outside(
     let snapshot: Snapshot = [service("web", "10.96.0.10", 80, Protocol::Tcp, &all)]
         .into_iter()
         .collect();
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    assert_eq!(
-        plane.sync_snapshot(&snapshot).await.expect("sync"),
-        SyncKind::Full
-    );
+    let _plane = programmed(&topo.node, &snapshot).await;
 
     let from_node = answers(&topo.node, "10.96.0.10:80", 30).await;
     assert!(distinct(&from_node).len() >= 2, "node: {from_node:?}");
@@ -414,8 +420,7 @@ async fn node_port_and_external_ip_answer_the_client_and_hairpin_reaches_the_pod
     p.info.external_ips = vec![ip("192.0.2.10")];
     let self_only = service("self", "10.96.0.11", 80, Protocol::Tcp, &all[..1]);
     let snapshot: Snapshot = [(n, p), self_only].into_iter().collect();
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane.sync_snapshot(&snapshot).await.expect("sync");
+    let _plane = programmed(&topo.node, &snapshot).await;
 
     let via_node_port = answers(&topo.client, "192.168.67.1:30080", 20).await;
     assert_eq!(distinct(&via_node_port).len(), 2, "{via_node_port:?}");
@@ -437,8 +442,7 @@ async fn a_service_without_endpoints_refuses_connections_at_once() {
     let (n, mut p) = service("empty", "10.96.0.12", 80, Protocol::Tcp, &[]);
     p.info.node_port = Some(30081);
     let snapshot: Snapshot = [(n, p)].into_iter().collect();
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane.sync_snapshot(&snapshot).await.expect("sync");
+    let _plane = programmed(&topo.node, &snapshot).await;
     for (ns, addr) in [
         (&topo.node, "10.96.0.12:80"),
         (&topo.pods[0].ns, "10.96.0.12:80"),
@@ -466,11 +470,7 @@ async fn client_ip_affinity_sticks_and_spreads_when_switched_off() {
     let all: Vec<&Pod> = topo.pods.iter().collect();
     let (n, mut p) = service("sticky", "10.96.0.13", 80, Protocol::Tcp, &all);
     p.info.session_affinity_seconds = Some(60);
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane
-        .sync_snapshot(&[(n.clone(), p.clone())].into_iter().collect())
-        .await
-        .expect("sync");
+    let mut plane = programmed(&topo.node, &[(n.clone(), p.clone())].into_iter().collect()).await;
     for client in [&topo.client, &topo.pods[1].ns] {
         let got = answers(client, "10.96.0.13:80", 15).await;
         assert_eq!(distinct(&got).len(), 1, "affinity: {got:?}");
@@ -496,8 +496,7 @@ async fn a_removed_endpoint_gets_no_new_connections_after_a_partial_sync() {
     ]
     .into_iter()
     .collect();
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane.sync_snapshot(&snapshot).await.expect("sync");
+    let mut plane = programmed(&topo.node, &snapshot).await;
     let before = answers(&topo.pods[0].ns, "10.96.0.14:80", 30).await;
     assert!(distinct(&before).contains("p1"), "{before:?}");
 
@@ -549,8 +548,7 @@ async fn external_traffic_policy_local_keeps_the_client_address_and_uses_local_e
     let (cn, mut cp) = service("cluster", "10.96.0.18", 80, Protocol::Tcp, &all[..1]);
     cp.info.node_port = Some(30083);
     let snapshot: Snapshot = [(n, p), (cn, cp)].into_iter().collect();
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane.sync_snapshot(&snapshot).await.expect("sync");
+    let _plane = programmed(&topo.node, &snapshot).await;
     for _ in 0..10 {
         let greeting = greet(&topo.client, "192.168.67.1:30082")
             .await
@@ -601,11 +599,7 @@ async fn source_ranges_drop_other_clients(
     p.info.node_port = Some(30084);
     p.info.load_balancer_ips = vec![ip(lb_ip)];
     p.info.load_balancer_source_ranges = vec![other.parse().expect("net")];
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane
-        .sync_snapshot(&[(n.clone(), p.clone())].into_iter().collect())
-        .await
-        .expect("sync");
+    let mut plane = programmed(&topo.node, &[(n.clone(), p.clone())].into_iter().collect()).await;
     let lb = SocketAddr::new(ip(lb_ip), 80);
     let err = topo
         .client
@@ -640,8 +634,7 @@ async fn udp_services_answer() {
     let snapshot: Snapshot = [service("dns", "10.96.0.53", 53, Protocol::Udp, &all)]
         .into_iter()
         .collect();
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane.sync_snapshot(&snapshot).await.expect("sync");
+    let _plane = programmed(&topo.node, &snapshot).await;
     let answer = fetch_udp(&topo.pods[0].ns, "10.96.0.53:53").await;
     assert!(answer == "p0" || answer == "p1", "{answer}");
     let answer = fetch_udp(&topo.node, "10.96.0.53:53").await;
@@ -669,8 +662,7 @@ async fn udp_clients_move_off_a_removed_endpoint(cluster_ip: &str) {
             .into_iter()
             .collect()
     };
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane.sync_snapshot(&dns(&all)).await.expect("sync");
+    let mut plane = programmed(&topo.node, &dns(&all)).await;
     let addr = SocketAddr::new(ip(cluster_ip), 53);
     // One client socket: every datagram belongs to the same conntrack entry.
     let socket = udp_socket_for(&topo.client, &addr);
@@ -723,8 +715,7 @@ async fn restart_keeps_an_established_connection(next: NodeConfig) {
     let snapshot: Snapshot = [service("web", "10.96.0.16", 80, Protocol::Tcp, &all)]
         .into_iter()
         .collect();
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane.sync_snapshot(&snapshot).await.expect("sync");
+    let _plane = programmed(&topo.node, &snapshot).await;
 
     let stream = topo
         .client
@@ -906,11 +897,7 @@ async fn an_ipv6_cluster_ip_spreads_over_pods_from_the_node_and_from_a_pod() {
     let snapshot: Snapshot = [service("web6", "fd00:96::10", 80, Protocol::Tcp, &all)]
         .into_iter()
         .collect();
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    assert_eq!(
-        plane.sync_snapshot(&snapshot).await.expect("sync"),
-        SyncKind::Full
-    );
+    let _plane = programmed(&topo.node, &snapshot).await;
     let from_node = answers(&topo.node, "[fd00:96::10]:80", 30).await;
     assert!(distinct(&from_node).len() >= 2, "node: {from_node:?}");
     let from_pod = answers(&topo.pods[0].ns, "[fd00:96::10]:80", 30).await;
@@ -954,11 +941,7 @@ async fn an_ipv6_node_port_answers_an_external_client_on_the_nodes_ipv6_address(
     let (n, mut p) = service("np6", "fd00:96::11", 80, Protocol::Tcp, &all);
     p.info.node_port = Some(30090);
     p.info.external_ips = vec![ip("2001:db8:2::10")];
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane
-        .sync_snapshot(&[(n, p)].into_iter().collect())
-        .await
-        .expect("sync");
+    let _plane = programmed(&topo.node, &[(n, p)].into_iter().collect()).await;
     let via_node_port = answers(&topo.client, "[fd00:67::1]:30090", 20).await;
     assert_eq!(distinct(&via_node_port).len(), 2, "{via_node_port:?}");
     // Cluster policy: the client is masqueraded to the node's address towards the pod.
@@ -979,11 +962,7 @@ async fn an_ipv6_service_without_endpoints_refuses_connections() {
     let topo = topology(1).await;
     let (n, mut p) = service("empty6", "fd00:96::12", 80, Protocol::Tcp, &[]);
     p.info.node_port = Some(30091);
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane
-        .sync_snapshot(&[(n, p)].into_iter().collect())
-        .await
-        .expect("sync");
+    let _plane = programmed(&topo.node, &[(n, p)].into_iter().collect()).await;
     for (ns, addr) in [
         (&topo.node, "[fd00:96::12]:80"),
         (&topo.pods[0].ns, "[fd00:96::12]:80"),
@@ -1013,8 +992,7 @@ async fn a_dual_stack_service_answers_on_both_cluster_ips_in_the_clients_family(
     ]
     .into_iter()
     .collect();
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane.sync_snapshot(&snapshot).await.expect("sync");
+    let mut plane = programmed(&topo.node, &snapshot).await;
     for (addr, source) in [
         ("10.96.0.30:80", "10.244.1.10"),
         ("[fd00:96::30]:80", "fd00:10:244:1::10"),
@@ -1097,11 +1075,7 @@ async fn ipv6_client_ip_affinity_sticks() {
     let all: Vec<&Pod> = topo.pods.iter().collect();
     let (n, mut p) = service("sticky6", "fd00:96::13", 80, Protocol::Tcp, &all);
     p.info.session_affinity_seconds = Some(60);
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane
-        .sync_snapshot(&[(n, p)].into_iter().collect())
-        .await
-        .expect("sync");
+    let _plane = programmed(&topo.node, &[(n, p)].into_iter().collect()).await;
     for client in [&topo.client, &topo.pods[1].ns] {
         let got = answers(client, "[fd00:96::13]:80", 15).await;
         assert_eq!(distinct(&got).len(), 1, "affinity: {got:?}");
@@ -1118,11 +1092,7 @@ async fn ipv6_external_traffic_policy_local_keeps_the_client_address() {
     p.endpoints[1].node_name = Some("node-b".into());
     p.info.node_port = Some(30092);
     p.info.external_policy_local = true;
-    let mut plane = NftDataPlane::new(topo.node.clone(), node_config());
-    plane
-        .sync_snapshot(&[(n, p)].into_iter().collect())
-        .await
-        .expect("sync");
+    let _plane = programmed(&topo.node, &[(n, p)].into_iter().collect()).await;
     for _ in 0..10 {
         let greeting = greet(&topo.client, "[fd00:67::1]:30092")
             .await
